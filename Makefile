@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+
+.PHONY: train test sample clean-venv
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# Trains the default config on the bundled moving-digits dataset and writes samples.
+train: $(VENV)/.installed
+	$(PY) train.py --config=configs/default.py --workdir=$(WORKDIR)
+
+# Samples from the model `make train` wrote.
+sample: $(VENV)/.installed
+	$(PY) sample.py --workdir=$(WORKDIR) --mode=unconditional --output_dir=$(WORKDIR)/sample_out
+
+# The whole test suite (what .ci/run calls).
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

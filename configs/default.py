@@ -1,0 +1,120 @@
+"""Default configuration: every key, commented. Other configs start from this.
+
+The default trains a small class-conditional model on the bundled moving-digits
+dataset (real handwritten digits from scikit-learn, built offline on first use):
+
+  make train      # or: python train.py --config=configs/default.py --workdir=runs/default
+
+Hardware: 2 CPU cores, about 15 minutes. Any key can be overridden from the
+command line, e.g. --config.training.batch_size=16.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default ConfigDict."""
+  config = ml_collections.ConfigDict()
+
+  # --- data: what videos the model sees -------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'moving_digits/32'  # TFDS name; moving_digits is built offline.
+  data.data_dir = 'data/tfds'        # TFDS data_dir holding prepared datasets.
+  data.train_split = 'train'         # Split to train on.
+  data.eval_split = 'test'           # Split for evaluation and conditioning frames.
+  data.num_frames = 8                # T: video frames per training clip.
+  data.frameskip = 1                 # Step between consecutive sampled frames.
+  data.image_size = 32               # Frame height and width after resize/crop.
+  data.channels = 1                  # 1 (grayscale) or 3 (RGB) channels fed to the model.
+  data.num_images = 4                # K: independent images appended per video (joint training).
+  data.random_flip = True            # Random left-right flips of clips and images.
+  data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
+  data.label_key = 'label'           # Name of the label feature; '' for unconditional.
+  data.seed = 0                      # Seed of the data order and augmentation.
+  data.num_workers = 2               # Threads preparing batches (0 = synchronous).
+  data.prefetch = 2                  # Batches prepared ahead of the train step.
+  data.shuffle_buffer = 256          # Shuffle buffer of the tf.data fallback (non-array_record data).
+
+  # --- model: the factorized space-time U-Net (vdm/models/unet3d.py) --------
+  config.model = model = ml_collections.ConfigDict()
+  model.base_channels = 32           # Channels of the first level.
+  model.channel_mult = (1, 2, 2)     # Per-level multipliers; levels = len.
+  model.num_res_blocks = 1           # Residual blocks per level (down path).
+  model.attention_resolutions = (8, 16)  # Frame sizes with spatial+temporal attention.
+  model.head_dim = 32                # Features per attention head.
+  model.num_heads = 0                # Heads per block; 0 = channels // head_dim.
+  model.emb_dim = 0                  # Conditioning embedding width; 0 = 4 * base_channels.
+  model.dropout = 0.1                # Dropout rate in residual blocks.
+  model.num_classes = 10             # Class labels (0 = unconditional model).
+  model.cond_channels = 0            # Extra input channels concatenated to z_t.
+  model.norm_groups = 8              # Groups of every GroupNorm.
+  model.rel_pos_buckets = 32         # Buckets of the temporal relative position bias.
+  model.rel_pos_max_distance = 64    # Distance where relative positions share a bucket.
+  model.dtype = 'float32'            # Compute dtype: float32 or bfloat16 (params stay float32).
+  model.attn_dtype = ''              # Attention dtype; '' = model.dtype.
+  model.remat = False                # Recompute block activations in backward (saves memory).
+
+  # --- diffusion: the forward process and the loss --------------------------
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = 'cosine'      # 'cosine' (log-SNR clipped) or 'linear_beta'.
+  diffusion.logsnr_min = -20.0       # Cosine schedule: lambda at t = 1.
+  diffusion.logsnr_max = 20.0        # Cosine schedule: lambda at t = 0.
+  diffusion.beta_start = 1e-4        # Linear-beta schedule: first beta.
+  diffusion.beta_end = 2e-2          # Linear-beta schedule: last beta.
+  diffusion.beta_num_steps = 1000    # Linear-beta schedule: number of discrete betas.
+  diffusion.parameterization = 'eps' # Network predicts 'eps', 'v' or 'x'.
+  diffusion.loss_type = 'eps_mse'    # 'eps_mse' (paper) or 'v_mse'.
+  diffusion.cond_drop_prob = 0.1     # P(label -> null) in training, for classifier-free guidance.
+  diffusion.low_discrepancy = True   # Stratify t over the batch (lower-variance loss).
+
+  # --- optimizer --------------------------------------------------------------
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = 'adam'                  # 'adam' or 'adamw'.
+  opt.learning_rate = 1e-3           # Peak learning rate.
+  opt.warmup_steps = 100             # Linear warmup steps from 0 to the peak.
+  opt.decay = 'cosine'               # 'none' or 'cosine' decay to 0 at training.num_steps.
+  opt.b1 = 0.9                       # Adam beta1.
+  opt.b2 = 0.99                      # Adam beta2.
+  opt.eps = 1e-8                     # Adam epsilon.
+  opt.weight_decay = 0.0             # Decoupled weight decay (adamw only).
+  opt.grad_clip = 1.0                # Global-norm gradient clipping; 0 disables.
+  opt.ema_decay = 0.995              # EMA of parameters, used for sampling and evaluation.
+
+  # --- training loop -----------------------------------------------------------
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 16           # Global batch size (videos), split over all devices.
+  training.num_steps = 2000          # Total optimizer steps.
+  training.grad_accum_steps = 1      # Micro-batches per step (batch_size must divide).
+  training.seed = 0                  # Seed of initialisation, noise and dropout.
+  training.log_every = 50            # Steps between metric writes and progress lines.
+  training.checkpoint_every = 500    # Steps between checkpoints (and one at the end).
+  training.keep_checkpoints = 3      # Checkpoints kept on disk.
+  training.async_checkpoints = True  # Write checkpoints in the background.
+  training.sample_every = 1000       # Steps between sample videos written to workdir/samples (0 = only at end).
+  training.num_samples = 8           # Videos per periodic sample.
+
+  # --- sampling ------------------------------------------------------------------
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.sampler = 'ddim'          # 'ancestral', 'ddim' or 'pc' (predictor-corrector).
+  sampling.num_steps = 64            # Denoising steps.
+  sampling.gamma = 0.1               # Ancestral variance interpolation (paper: UCF 0.1, BAIR 0).
+  sampling.pc_delta = 0.1            # Langevin step size of the corrector.
+  sampling.clip_x = True             # Clip x_hat to [-1, 1] at every step.
+  sampling.guidance_weight = 0.0     # Classifier-free w: eps = (1 + w) eps_c - w eps_u.
+  sampling.w_r = 2.0                 # Reconstruction guidance weight for conditional modes.
+
+  # --- sharding: device mesh and parameter layout ---------------------------------
+  config.sharding = sharding = ml_collections.ConfigDict()
+  sharding.mesh = (('data', -1), ('fsdp', 1))  # Mesh axes and sizes; -1 fills the rest.
+  # Logical parameter axis -> mesh axis (None = replicated). Dims that do not
+  # divide the mesh axis are replicated.
+  sharding.rules = (('embed', 'fsdp'), ('mlp', None), ('heads', None), ('kv', None),
+                    ('norm', None), ('vocab', None), ('rel_buckets', None))
+
+  # --- evaluation ---------------------------------------------------------------------
+  config.eval = eval_config = ml_collections.ConfigDict()
+  eval_config.every_steps = 0        # Steps between FVD evaluations in training (0 = never).
+  eval_config.num_samples = 256      # Generated and real videos for FVD/KVD.
+  eval_config.batch_size = 16        # Videos per sampling/feature batch.
+
+  return config

@@ -1,0 +1,15 @@
+"""Test set-up: 8 fake CPU devices for the sharding tests, repo on sys.path."""
+
+import os
+import sys
+
+# Must happen before jax is imported anywhere in the test session.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+# Test models are tiny: compile time dominates, and XLA's heavy passes buy
+# nothing at these sizes.
+jax.config.update('jax_disable_most_optimizations', True)

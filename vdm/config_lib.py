@@ -1,0 +1,84 @@
+"""Checks a full config early, with errors that name the offending key.
+
+Training and sampling call ``validate_config`` before doing anything costly, so
+a typo or an inconsistent setting fails in the first second with a message
+that says which key to change, not deep inside a jit trace.
+"""
+
+from __future__ import annotations
+
+from vdm.diffusion import gaussian
+from vdm.diffusion import schedules
+from vdm.models import unet3d
+
+SAMPLERS = ('ancestral', 'ddim', 'pc')
+OPTIMIZERS = ('adam', 'adamw')
+DECAYS = ('none', 'cosine')
+
+
+def _check_sections_against_default(config) -> None:
+  """Unknown sections or keys (typos) are errors that list the known ones."""
+  from configs import default  # Local: configs/ is a sibling package of vdm/.
+  reference = default.get_config()
+  for section in config:
+    if section not in reference:
+      raise ValueError(f'config.{section} is not a known section; known: '
+                       f'{sorted(reference.keys())}.')
+    if hasattr(config[section], 'keys'):
+      unknown = sorted(set(config[section].keys()) - set(reference[section].keys()))
+      if unknown:
+        raise ValueError(f'config.{section} has unknown keys {unknown}; known: '
+                         f'{sorted(reference[section].keys())}.')
+
+
+def validate_config(config) -> unet3d.UNetConfig:
+  """Validates every section of a training/sampling config.
+
+  Args:
+    config: a full ConfigDict (see configs/default.py).
+
+  Returns:
+    The UNetConfig the model will be built from.
+
+  Raises:
+    ValueError: naming the first inconsistent key and how to fix it.
+  """
+  _check_sections_against_default(config)
+  model_cfg = unet3d.UNetConfig.from_config(config)
+  d = config.diffusion
+  schedules.logsnr_fn_from_config(d)
+  gaussian.check_parameterization(d.parameterization)
+  if d.loss_type not in gaussian.LOSS_TYPES:
+    raise ValueError(f'config.diffusion.loss_type={d.loss_type!r} is unknown; '
+                     f'choose one of {gaussian.LOSS_TYPES}.')
+  if not 0.0 <= d.cond_drop_prob < 1.0:
+    raise ValueError(f'config.diffusion.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).')
+  if d.schedule == 'cosine' and not d.logsnr_min < d.logsnr_max:
+    raise ValueError('config.diffusion.logsnr_min must be below config.diffusion.logsnr_max.')
+  data = config.data
+  if data.num_frames < 1 or data.num_images < 0 or data.frameskip < 1:
+    raise ValueError('config.data.num_frames and config.data.frameskip must be >= 1 '
+                     'and config.data.num_images >= 0.')
+  if config.model.num_classes and not data.label_key:
+    raise ValueError('config.model.num_classes > 0 needs config.data.label_key '
+                     '(or set config.model.num_classes = 0 for an unconditional model).')
+  opt = config.optimizer
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'config.optimizer.name={opt.name!r} is unknown; choose one of {OPTIMIZERS}.')
+  if opt.decay not in DECAYS:
+    raise ValueError(f'config.optimizer.decay={opt.decay!r} is unknown; choose one of {DECAYS}.')
+  if opt.learning_rate <= 0 or not 0.0 <= opt.ema_decay < 1.0:
+    raise ValueError('config.optimizer.learning_rate must be > 0 and '
+                     'config.optimizer.ema_decay in [0, 1).')
+  t = config.training
+  if t.batch_size < 1 or t.num_steps < 1 or t.grad_accum_steps < 1:
+    raise ValueError('config.training.batch_size, num_steps and grad_accum_steps must be >= 1.')
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(f'config.training.batch_size={t.batch_size} is not divisible by '
+                     f'config.training.grad_accum_steps={t.grad_accum_steps}.')
+  s = config.sampling
+  if s.sampler not in SAMPLERS:
+    raise ValueError(f'config.sampling.sampler={s.sampler!r} is unknown; choose one of {SAMPLERS}.')
+  if s.num_steps < 1:
+    raise ValueError(f'config.sampling.num_steps={s.num_steps} must be >= 1.')
+  return model_cfg

@@ -1,0 +1,1 @@
+"""Input data: the TFDS input pipeline and the bundled moving digits dataset."""

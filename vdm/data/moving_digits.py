@@ -1,0 +1,429 @@
+"""Moving digits: a small, real, offline video dataset bundled with the code.
+
+Videos of one to three handwritten digits bouncing inside a square frame, in
+the spirit of Moving MNIST, but made from scikit-learn's bundled copy of the
+UCI handwritten digits (1,797 real 8x8 scans, values 0..16), so that it can be
+built on a machine without internet access.
+
+Two layers:
+
+* `generate(...)`: plain numpy (plus scikit-learn for the digit scans). It does
+  not import TensorFlow or TFDS, so machines without them (the accelerator
+  machines) can still produce exactly the same videos in memory.
+* `get_builder_cls()` / `prepare(...)`: a TFDS `GeneratorBasedBuilder` named
+  `moving_digits` (configs `moving_digits/32` and `moving_digits/64`) that
+  writes the generator's output in the array_record format, so the input
+  pipeline can read it with random access through `tfds.data_source`. TFDS is
+  imported only inside these functions.
+
+Train and test videos are made from disjoint source scans: the first 1,437
+scans (80%) feed the train split, the last 360 the test split, so the test
+handwriting is unseen during training. The split is contiguous rather than
+random so that neighbouring scans of the file (which may come from the same
+writer) do not straddle it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+# The UCI digits file holds 1,797 scans; the first 1,437 (80%) are the train
+# pool, the rest the test pool (per-class counts are balanced in both).
+NUM_SOURCE_DIGITS = 1797
+NUM_TRAIN_SOURCES = 1437
+MAX_DIGITS = 3
+
+DEFAULT_NUM_FRAMES = 20
+DEFAULT_NUM_TRAIN = 4000
+DEFAULT_NUM_TEST = 512
+RESOLUTIONS = (32, 64)
+VERSION = '1.0.0'
+
+_SPLIT_CODES = {'train': 0, 'test': 1}
+
+
+def source_indices(split: str) -> np.ndarray:
+  """Indices into `sklearn.datasets.load_digits()` used by a split.
+
+  Args:
+    split: 'train' or 'test'.
+
+  Returns:
+    int64 [n] sorted indices; train and test are disjoint.
+  """
+  if split == 'train':
+    return np.arange(NUM_TRAIN_SOURCES)
+  if split == 'test':
+    return np.arange(NUM_TRAIN_SOURCES, NUM_SOURCE_DIGITS)
+  raise ValueError(f"moving_digits split must be 'train' or 'test', got {split!r}")
+
+
+def digit_size(image_size: int) -> int:
+  """Side of an upsampled digit: 14 px in a 32 px frame, scaled linearly."""
+  return max(4, int(round(image_size * 14 / 32)))
+
+
+def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """Bilinear resampling matrix from a zero-padded `in_size` grid.
+
+  The source gets one zero pixel on each side, so a digit fades smoothly to
+  black at its border instead of being cut off at a bright pixel.
+
+  Args:
+    in_size: number of source pixels (8).
+    out_size: number of output pixels.
+
+  Returns:
+    float64 [out_size, in_size + 2] such that `M @ padded @ M.T` resamples.
+  """
+  # Output pixel centres in source pixel coordinates (centres at 0..in-1),
+  # shifted by one for the zero border.
+  u = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5 + 1.0
+  lo = np.floor(u).astype(int)
+  frac = u - lo
+  m = np.zeros((out_size, in_size + 2))
+  m[np.arange(out_size), lo] += 1.0 - frac
+  m[np.arange(out_size), lo + 1] += frac
+  return m
+
+
+@functools.lru_cache(maxsize=None)
+def _load_scans():
+  """The 1,797 real digit scans as float [N, 8, 8] in 0..16, and classes."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  d = load_digits()
+  return d.images.astype(np.float64), d.target.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _upsampled_digits(size: int):
+  """All scans upsampled to `size` x `size` uint8 (0..255) and their classes.
+
+  Returns:
+    (uint8 [1797, size, size], int32 [1797]).
+  """
+  scans, classes = _load_scans()
+  padded = np.pad(scans, ((0, 0), (1, 1), (1, 1)))  # [N, 10, 10]
+  m = _interp_matrix(8, size)  # [size, 10]
+  up = np.einsum('ij,njk,lk->nil', m, padded, m)  # [N, size, size]
+  up = np.clip(np.round(up * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+  up.setflags(write=False)
+  return up, classes
+
+
+def _fold(p: np.ndarray, limit: float) -> np.ndarray:
+  """Reflects free positions into [0, limit]: a ball bouncing off two walls."""
+  if limit <= 0:
+    return np.zeros_like(p)
+  period = 2.0 * limit
+  return limit - np.abs(np.mod(p, period) - limit)
+
+
+def _make_video(rng: np.random.Generator, pool: np.ndarray,
+                digits_img: np.ndarray, classes: np.ndarray, num_frames: int,
+                image_size: int):
+  """One video: returns (uint8 [T, H, W], int32 [3] classes, int32 [3] sources)."""
+  size = digits_img.shape[-1]
+  limit = float(image_size - size)
+  n = int(rng.integers(1, MAX_DIGITS + 1))
+  src = rng.choice(pool, size=n, replace=False)
+  start = rng.uniform(0.0, limit, size=(n, 2))  # [n, (y, x)]
+  # Each digit gets its own speed and direction; the speed scales with the
+  # frame so that motion looks the same at 32 and 64 px.
+  speed = rng.uniform(1.0, 2.5, size=n) * image_size / 32.0
+  angle = rng.uniform(0.0, 2.0 * np.pi, size=n)
+  vel = np.stack([np.sin(angle), np.cos(angle)], axis=-1) * speed[:, None]
+  t = np.arange(num_frames, dtype=np.float64)
+  pos = start[:, None, :] + vel[:, None, :] * t[None, :, None]  # [n, T, 2]
+  pos = np.round(_fold(pos, limit)).astype(np.int64)
+  frames = np.zeros((num_frames, image_size, image_size), np.uint8)
+  for k in range(n):
+    img = digits_img[src[k]]
+    for f in range(num_frames):
+      y, x = pos[k, f]
+      # Overlapping digits are composited with max so none hides another.
+      np.maximum(frames[f, y:y + size, x:x + size], img,
+                 out=frames[f, y:y + size, x:x + size])
+  digit_cls = np.full((MAX_DIGITS,), -1, np.int32)
+  digit_cls[:n] = classes[src]
+  sources = np.full((MAX_DIGITS,), -1, np.int32)
+  sources[:n] = src
+  return frames, digit_cls, sources
+
+
+def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
+             image_size: int = 32, seed: int = 0, start: int = 0
+             ) -> Dict[str, np.ndarray]:
+  """Generates moving digits videos with plain numpy.
+
+  Video `i` depends only on (split, seed, i, num_frames, image_size), so any
+  range of videos can be generated on its own (`start`) and matches the same
+  rows of a larger call.
+
+  Args:
+    split: 'train' or 'test' (they use disjoint source scans).
+    num_videos: number of videos N.
+    num_frames: frames per video T.
+    image_size: frame side H = W (>= 8).
+    seed: non-negative integer seed.
+    start: index of the first video.
+
+  Returns:
+    dict with
+      video: uint8 [N, T, H, W, 1], values 0..255.
+      label: int32 [N], class (0..9) of the first digit.
+      digits: int32 [N, 3], classes of the 1-3 digits, padded with -1.
+      sources: int32 [N, 3], indices into `sklearn.datasets.load_digits()` of
+        the scans used, padded with -1 (for checks; not in the TFDS dataset).
+  """
+  if split not in _SPLIT_CODES:
+    raise ValueError(f"moving_digits split must be 'train' or 'test', got {split!r}")
+  if image_size < 8:
+    raise ValueError(f'moving_digits image_size must be >= 8, got {image_size}')
+  if seed < 0 or start < 0 or num_videos < 0:
+    raise ValueError('seed, start and num_videos must be non-negative')
+  digits_img, classes = _upsampled_digits(digit_size(image_size))
+  pool = source_indices(split)
+  video = np.zeros((num_videos, num_frames, image_size, image_size, 1), np.uint8)
+  digits = np.zeros((num_videos, MAX_DIGITS), np.int32)
+  sources = np.zeros((num_videos, MAX_DIGITS), np.int32)
+  for j in range(num_videos):
+    # A generator per video keyed by its index makes videos independent of
+    # num_videos and of chunking. The split code keeps train and test streams
+    # apart even for the same seed.
+    rng = np.random.default_rng([_SPLIT_CODES[split], seed, start + j])
+    frames, digits[j], sources[j] = _make_video(
+        rng, pool, digits_img, classes, num_frames, image_size)
+    video[j, ..., 0] = frames
+  return dict(video=video, label=digits[:, 0].copy(), digits=digits,
+              sources=sources)
+
+
+# ----------------------------------------------------------------------------
+# TFDS builder (TFDS imported lazily).
+# ----------------------------------------------------------------------------
+
+_BUILDER_CLS = None
+
+
+def get_builder_cls():
+  """Returns the `MovingDigits` TFDS builder class (defined on first call).
+
+  The class is created lazily so that importing this module never imports
+  TensorFlow or TFDS; it is cached because TFDS registers builder names
+  globally and refuses a second class with the same name.
+
+  Features (decodable with numpy, no TensorFlow needed):
+    video: `tfds.features.Tensor(shape=(T, H, W, 1), dtype=uint8,
+      encoding='zlib')`, a zlib-compressed raw tensor rather than
+      `tfds.features.Video` (one PNG per frame). Measured on 2 CPU cores for
+      the default 32 px build: 3.7 s to build vs 20 s, 6.5 MB vs 25 MB on
+      disk, 0.2 ms vs 2.2 ms to read a video; and TFDS cannot even
+      construct a Video feature without TensorFlow, while this one is built
+      and read with TFDS and numpy alone.
+    label: `ClassLabel(num_classes=10)`, class of the first digit.
+    digits: `Tensor(shape=(3,), dtype=int32)`, classes of the digits, -1 pad.
+
+  Returns:
+    The builder class, a `tfds.core.GeneratorBasedBuilder` subclass.
+  """
+  global _BUILDER_CLS
+  if _BUILDER_CLS is not None:
+    return _BUILDER_CLS
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  class MovingDigitsConfig(tfds.core.BuilderConfig):
+    """A resolution of moving digits ('moving_digits/32', '.../64')."""
+
+    def __init__(self, *, resolution: int, **kwargs):
+      super().__init__(name=str(resolution),
+                       description=f'{resolution}x{resolution} frames.',
+                       **kwargs)
+      self.resolution = resolution
+
+  class MovingDigits(tfds.core.GeneratorBasedBuilder):
+    """Handwritten digits (scikit-learn's UCI scans) bouncing in a frame."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): 'First release.'}
+    BUILDER_CONFIGS = [MovingDigitsConfig(resolution=r) for r in RESOLUTIONS]
+    DEFAULT_CONFIG_NAME = '32'
+
+    def __init__(self, *, num_train: int = DEFAULT_NUM_TRAIN,
+                 num_test: int = DEFAULT_NUM_TEST,
+                 num_frames: int = DEFAULT_NUM_FRAMES, seed: int = 0,
+                 **kwargs):
+      # Sizes are builder arguments rather than configs so that tests can
+      # build a small 'moving_digits/32' under the same name. They only
+      # matter when building: a prepared dataset's own dataset_info.json
+      # describes what is on disk.
+      self._num_train = num_train
+      self._num_test = num_test
+      self._num_frames = num_frames
+      self._seed = seed
+      super().__init__(**kwargs)
+
+    # TFDS locates a builder's source through `importlib_resources` on
+    # Python >= 3.9 without depending on it; name the file directly instead.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+      return epath.Path(__file__)
+
+    def _info(self):
+      res = self.builder_config.resolution
+      shape = (self._num_frames, res, res, 1)
+      return self.dataset_info_from_configs(
+          description=(
+              'One to three real handwritten digits (scikit-learn UCI 8x8 '
+              'scans, smoothly upsampled) bouncing off the walls with their '
+              'own velocities, composited with max. Train and test use '
+              'disjoint scans.'),
+          features=tfds.features.FeaturesDict({
+              'video': tfds.features.Tensor(
+                  shape=shape, dtype=np.uint8, encoding='zlib'),
+              'label': tfds.features.ClassLabel(num_classes=10),
+              'digits': tfds.features.Tensor(
+                  shape=(MAX_DIGITS,), dtype=np.int32),
+          }),
+          supervised_keys=('video', 'label'),
+          # Keep generator order so that `data_source[i]` is video i of
+          # `generate`: the numpy fallback then yields identical batches.
+          disable_shuffling=True,
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # Nothing to download.
+      return {
+          'train': self._generate_examples('train', self._num_train),
+          'test': self._generate_examples('test', self._num_test),
+      }
+
+    def _generate_examples(self, split, num_videos):
+      res = self.builder_config.resolution
+      chunk = 256  # Bounds memory at 64 px (a chunk is ~21 MB there).
+      for start in range(0, num_videos, chunk):
+        n = min(chunk, num_videos - start)
+        out = generate(split, n, self._num_frames, res, self._seed,
+                       start=start)
+        for j in range(n):
+          yield start + j, {
+              'video': out['video'][j],
+              'label': int(out['label'][j]),
+              'digits': out['digits'][j],
+          }
+
+  _BUILDER_CLS = MovingDigits
+  return MovingDigits
+
+
+def parse_name(name: str) -> int:
+  """Resolution of a 'moving_digits[/RES][:VERSION]' dataset name.
+
+  Args:
+    name: e.g. 'moving_digits', 'moving_digits/64', 'moving_digits/32:1.0.0'.
+
+  Returns:
+    The resolution (32 when no config is named).
+  """
+  base = name.split(':')[0]
+  parts = base.split('/')
+  if parts[0] != 'moving_digits' or len(parts) > 2:
+    raise ValueError(f'Not a moving_digits dataset name: {name!r}')
+  if len(parts) == 1 or not parts[1]:
+    return 32
+  try:
+    return int(parts[1])
+  except ValueError:
+    raise ValueError(
+        f'moving_digits config must be a resolution such as '
+        f"'moving_digits/32' or 'moving_digits/64', got {name!r}") from None
+
+
+def prepare(data_dir: Optional[str], resolution: int = 32, *,
+            num_train: Optional[int] = None, num_test: Optional[int] = None,
+            num_frames: Optional[int] = None, seed: int = 0,
+            verbose: bool = True) -> Any:
+  """Builds moving digits into `data_dir` once (offline) and returns a builder.
+
+  A second call finds the build and does no work. Sizes left as None accept
+  whatever is already built (or use the defaults when building); sizes given
+  explicitly must match an existing build.
+
+  Several processes sharing one filesystem should not build at the same time:
+  call this once before a multi-host launch (TFDS writes into a temporary
+  directory and renames it, so a finished build is never seen half-written).
+
+  Args:
+    data_dir: TFDS data directory (created if missing); None or '' means the
+      TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+    resolution: frame side, one of RESOLUTIONS ('moving_digits/<res>').
+    num_train: train videos (default 4000).
+    num_test: test videos (default 512).
+    num_frames: frames per video (default 20).
+    seed: generator seed (used only when building).
+    verbose: print where the dataset went after building it.
+
+  Returns:
+    A prepared `tfds.core.DatasetBuilder` (array_record files when built
+    here; an existing build in another format is returned as it is); use
+    `builder.as_data_source(split)` or
+    `tfds.data_source('moving_digits/<res>', data_dir=data_dir)`.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if resolution not in RESOLUTIONS:
+    raise ValueError(f'moving_digits resolution must be one of {RESOLUTIONS}, '
+                     f'got {resolution}')
+  # Resolve the directory ourselves (as TFDS does) so that an existing build
+  # is found before constructing a builder: a build in another file format
+  # (e.g. tfrecord) can then still be read.
+  data_dir = os.path.abspath(os.path.expanduser(
+      data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')))
+  version_dir = os.path.join(data_dir, 'moving_digits', str(resolution),
+                             VERSION)
+  if os.path.exists(os.path.join(version_dir, 'dataset_info.json')):
+    # Read the build back from its own dataset_info.json, whose features and
+    # split sizes describe what is on disk (the class defaults may not).
+    ro = tfds.builder_from_directory(version_dir)
+    have = dict(num_train=ro.info.splits['train'].num_examples,
+                num_test=ro.info.splits['test'].num_examples,
+                num_frames=ro.info.features['video'].shape[0])
+    wanted = dict(num_train=num_train, num_test=num_test,
+                  num_frames=num_frames)
+    bad = [f'{k}: asked {v}, found {have[k]}' for k, v in wanted.items()
+           if v is not None and v != have[k]]
+    if bad:
+      raise ValueError(
+          f'moving_digits/{resolution} in {version_dir} was built with '
+          f'other sizes ({"; ".join(bad)}). Delete that directory or use '
+          'another data_dir.')
+    return ro
+  os.makedirs(data_dir, exist_ok=True)
+  builder = get_builder_cls()(
+      config=str(resolution), data_dir=data_dir,
+      file_format=tfds.core.FileFormat.ARRAY_RECORD,
+      num_train=DEFAULT_NUM_TRAIN if num_train is None else num_train,
+      num_test=DEFAULT_NUM_TEST if num_test is None else num_test,
+      num_frames=DEFAULT_NUM_FRAMES if num_frames is None else num_frames,
+      seed=seed)
+  t0 = time.time()
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except Exception:  # pylint: disable=broad-except
+    # Another process may have finished the same build first (its rename
+    # then beats ours); its result is identical, so use it.
+    if not os.path.exists(os.path.join(version_dir, 'dataset_info.json')):
+      raise
+    return tfds.builder_from_directory(version_dir)
+  if verbose:
+    print(f'Built moving_digits/{resolution} ({builder.info.splits.total_num_examples} '
+          f'videos) in {time.time() - t0:.1f}s at {builder.data_dir}',
+          flush=True)
+  return builder

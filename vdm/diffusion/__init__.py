@@ -1,0 +1,1 @@
+"""Parameter-free diffusion mathematics: schedules, parameterizations, losses, samplers."""

@@ -1,0 +1,185 @@
+"""The Gaussian forward process, the three parameterizations, and the loss.
+
+Nothing here has parameters: the loss takes any ``denoise_fn`` so that tests can
+plug in an exact analytic denoiser. Shapes are channels-last video
+[B, T, H, W, C]; per-example scalars (t, lambda) are [B] and are broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from vdm.diffusion import schedules
+
+PARAMETERIZATIONS = ('eps', 'v', 'x')
+LOSS_TYPES = ('eps_mse', 'v_mse')
+# Label value that means "no condition": the model maps it to its learned null
+# embedding. Condition dropout writes it; classifier-free guidance passes it.
+NULL_LABEL = -1
+
+# denoise_fn(z_t [B, T, H, W, C], logsnr [B], label [B] or None) -> model output
+# in the configured parameterization, same shape as z_t.
+DenoiseFn = Callable[[jax.Array, jax.Array, Optional[jax.Array]], jax.Array]
+
+
+def expand_to(per_example: jax.Array, like: jax.Array) -> jax.Array:
+  """Reshapes a [B] array to broadcast against ``like`` ([B, ...])."""
+  per_example = jnp.asarray(per_example)
+  return per_example.reshape(per_example.shape + (1,) * (like.ndim - per_example.ndim))
+
+
+def _alpha_sigma_like(logsnr, like):
+  alpha, sigma = schedules.alpha_sigma(expand_to(logsnr, like))
+  return alpha.astype(like.dtype), sigma.astype(like.dtype)
+
+
+def q_sample(x: jax.Array, logsnr: jax.Array, eps: jax.Array) -> jax.Array:
+  """Samples z_t ~ q(z_t | x) = N(alpha_t x, sigma_t^2 I) with the given noise.
+
+  Args:
+    x: clean data [B, ...].
+    logsnr: lambda_t, [B] (or broadcastable to x).
+    eps: standard normal noise, same shape as x.
+
+  Returns:
+    z_t = alpha_t x + sigma_t eps.
+  """
+  alpha, sigma = _alpha_sigma_like(logsnr, x)
+  return alpha * x + sigma * eps
+
+
+def v_from_x_eps(x, eps, logsnr):
+  """v = alpha eps - sigma x (Salimans & Ho's velocity target)."""
+  alpha, sigma = _alpha_sigma_like(logsnr, x)
+  return alpha * eps - sigma * x
+
+
+def x_from_z_eps(z, eps, logsnr):
+  """x = (z - sigma eps) / alpha."""
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return (z - sigma * eps) / alpha
+
+
+def eps_from_z_x(z, x, logsnr):
+  """eps = (z - alpha x) / sigma."""
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return (z - alpha * x) / sigma
+
+
+def x_from_z_v(z, v, logsnr):
+  """x = alpha z - sigma v (exact, since alpha^2 + sigma^2 = 1)."""
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return alpha * z - sigma * v
+
+
+def eps_from_z_v(z, v, logsnr):
+  """eps = sigma z + alpha v."""
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return sigma * z + alpha * v
+
+
+def check_parameterization(parameterization: str) -> None:
+  if parameterization not in PARAMETERIZATIONS:
+    raise ValueError(
+        f'config.diffusion.parameterization={parameterization!r} is unknown; '
+        f'choose one of {PARAMETERIZATIONS}.')
+
+
+def predict_x_eps(z: jax.Array, logsnr: jax.Array, model_out: jax.Array,
+                  parameterization: str) -> tuple[jax.Array, jax.Array]:
+  """Converts a model output into the denoised estimate and the noise estimate.
+
+  Args:
+    z: z_t [B, T, H, W, C].
+    logsnr: lambda_t [B].
+    model_out: network output in ``parameterization``, same shape as z.
+    parameterization: 'eps', 'v' or 'x'.
+
+  Returns:
+    (x_hat, eps_hat), each shaped like z.
+  """
+  check_parameterization(parameterization)
+  if parameterization == 'eps':
+    return x_from_z_eps(z, model_out, logsnr), model_out
+  if parameterization == 'v':
+    return x_from_z_v(z, model_out, logsnr), eps_from_z_v(z, model_out, logsnr)
+  return model_out, eps_from_z_x(z, model_out, logsnr)
+
+
+def drop_condition(rng: jax.Array, label: jax.Array, drop_prob: float) -> jax.Array:
+  """Replaces each label by NULL_LABEL with probability ``drop_prob``.
+
+  Training this way gives one network both the conditional and the
+  unconditional model that classifier-free guidance combines.
+
+  Args:
+    rng: PRNG key.
+    label: int labels [B].
+    drop_prob: probability of dropping each example's label.
+
+  Returns:
+    labels [B] with the dropped ones set to NULL_LABEL.
+  """
+  drop = jax.random.bernoulli(rng, drop_prob, label.shape)
+  return jnp.where(drop, NULL_LABEL, label)
+
+
+def sample_times(rng: jax.Array, batch_size: int, low_discrepancy: bool) -> jax.Array:
+  """Draws t ~ U[0, 1] per example, optionally stratified over the batch.
+
+  The low-discrepancy draw (Kingma et al., 2021) spaces the B times evenly with
+  one random offset, which lowers the variance of the batch loss at no cost.
+  """
+  u = jax.random.uniform(rng, (batch_size,))
+  if not low_discrepancy:
+    return u
+  return jnp.mod(u[0] + jnp.arange(batch_size) / batch_size, 1.0)
+
+
+def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
+                   logsnr_fn: schedules.LogSNRFn, parameterization: str = 'eps',
+                   loss_type: str = 'eps_mse', label: Optional[jax.Array] = None,
+                   cond_drop_prob: float = 0.0, low_discrepancy: bool = True,
+                   t: Optional[jax.Array] = None) -> jax.Array:
+  """The denoising loss of each example.
+
+  The mean is over every pixel of every frame, video frames and appended image
+  frames alike (joint image-video training weights them equally).
+
+  Args:
+    denoise_fn: (z_t, logsnr, label) -> model output in ``parameterization``.
+    x: clean data [B, T, H, W, C] in [-1, 1].
+    rng: PRNG key for t, the noise and condition dropout.
+    logsnr_fn: the schedule t -> lambda_t.
+    parameterization: what denoise_fn predicts: 'eps', 'v' or 'x'.
+    loss_type: 'eps_mse' (||eps - eps_hat||^2, the paper's) or 'v_mse'.
+    label: int labels [B], or None for an unconditional model.
+    cond_drop_prob: probability of replacing a label by NULL_LABEL.
+    low_discrepancy: stratify t over the batch (see sample_times).
+    t: optional fixed times [B]; drawn when None.
+
+  Returns:
+    The loss of each example, [B] float32.
+  """
+  check_parameterization(parameterization)
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f'config.diffusion.loss_type={loss_type!r} is unknown; '
+                     f'choose one of {LOSS_TYPES}.')
+  rng_t, rng_eps, rng_drop = jax.random.split(rng, 3)
+  if t is None:
+    t = sample_times(rng_t, x.shape[0], low_discrepancy)
+  logsnr = logsnr_fn(t)  # [B]
+  eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+  z = q_sample(x, logsnr, eps)
+  if label is not None and cond_drop_prob > 0:
+    label = drop_condition(rng_drop, label, cond_drop_prob)
+  model_out = denoise_fn(z, logsnr, label).astype(jnp.float32)
+  x_hat, eps_hat = predict_x_eps(z, logsnr, model_out, parameterization)
+  if loss_type == 'eps_mse':
+    err = eps - eps_hat
+  else:
+    err = v_from_x_eps(x, eps, logsnr) - v_from_x_eps(x_hat, eps_hat, logsnr)
+  return jnp.mean(jnp.square(err), axis=tuple(range(1, x.ndim)))

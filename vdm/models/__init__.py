@@ -1,0 +1,1 @@
+"""The denoiser network: (z_t, logsnr, label, cond, is_image) -> prediction."""

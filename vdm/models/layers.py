@@ -1,0 +1,164 @@
+"""Building blocks of the factorized space-time U-Net, in Flax NNX.
+
+Every parameter carries ``logical_axes`` metadata (one name per dimension) that
+``vdm.sharding`` maps onto mesh axes, so the model never names a mesh itself.
+Parameters are stored in ``param_dtype`` (float32) and cast to the compute
+``dtype`` (float32 or bfloat16) at use.
+
+Logical axis names: 'embed' (input features), 'mlp' (output features),
+'heads', 'kv' (per-head features), 'norm' (normalisation scales), 'vocab'
+(embedding rows), 'rel_buckets' (relative position buckets); None means the
+dimension is never sharded (kernel height and width).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int],
+          logical_axes: Sequence[Optional[str]], dtype=jnp.float32) -> nnx.Param:
+  """Creates a parameter with its logical axis names attached."""
+  if len(shape) != len(logical_axes):
+    raise ValueError(f'shape {shape} and logical_axes {logical_axes} differ in rank')
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype),
+                   logical_axes=tuple(logical_axes))
+
+
+def zeros_init(key, shape, dtype):
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+def ones_init(key, shape, dtype):
+  del key
+  return jnp.ones(shape, dtype)
+
+
+def variance_scaling(scale: float = 1.0):
+  """Fan-average uniform initialiser (the DDPM default) with a scale."""
+  return jax.nn.initializers.variance_scaling(
+      max(scale, 1e-10), 'fan_avg', 'uniform')
+
+
+class Dense(nnx.Module):
+  """y = x W + b on the last axis."""
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
+               init_scale: float = 1.0, dtype=jnp.float32,
+               logical_axes=('embed', 'mlp')):
+    init = zeros_init if init_scale == 0 else variance_scaling(init_scale)
+    self.kernel = param(rngs, init, (in_features, out_features), logical_axes)
+    self.bias = param(rngs, zeros_init, (out_features,), logical_axes[1:])
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    y = jnp.dot(x, self.kernel[...].astype(self.dtype))
+    return y + self.bias[...].astype(self.dtype)
+
+
+class SpatialConv(nnx.Module):
+  """A space-only convolution (kernel 1 x k x k) of video [B, T, H, W, C].
+
+  This is the factorization of the paper: a 2D image convolution applied to
+  every frame alone, so frames mix only through temporal attention.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs,
+               kernel_size: int = 3, stride: int = 1, init_scale: float = 1.0,
+               dtype=jnp.float32):
+    init = zeros_init if init_scale == 0 else variance_scaling(init_scale)
+    self.kernel = param(rngs, init,
+                        (kernel_size, kernel_size, in_channels, out_channels),
+                        (None, None, 'embed', 'mlp'))
+    self.bias = param(rngs, zeros_init, (out_channels,), ('mlp',))
+    self.stride = stride
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape
+    frames = x.reshape(b * t, h, w, c).astype(self.dtype)  # [B*T, H, W, C]
+    y = jax.lax.conv_general_dilated(
+        frames, self.kernel[...].astype(self.dtype),
+        window_strides=(self.stride, self.stride), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + self.bias[...].astype(self.dtype)
+    return y.reshape((b, t) + y.shape[1:])
+
+
+class GroupNorm(nnx.Module):
+  """Group normalisation over (H, W, channels-in-group) of each frame.
+
+  Statistics are per frame, not over time, so a frame's normalisation never
+  depends on the other frames (the joint image-video masking relies on this).
+  They are computed in float32 whatever the compute dtype.
+  """
+
+  def __init__(self, channels: int, num_groups: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32, eps: float = 1e-6):
+    if channels % num_groups:
+      raise ValueError(f'{channels} channels do not split into '
+                       f'config.model.norm_groups={num_groups} groups')
+    self.scale = param(rngs, ones_init, (channels,), ('norm',))
+    self.bias = param(rngs, zeros_init, (channels,), ('norm',))
+    self.num_groups = num_groups
+    self.dtype = dtype
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    *lead, h, w, c = x.shape
+    g = self.num_groups
+    xf = x.astype(jnp.float32).reshape(*lead, h, w, g, c // g)
+    mean = jnp.mean(xf, axis=(-4, -3, -1), keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=(-4, -3, -1), keepdims=True)
+    y = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+    y = y * self.scale[...] + self.bias[...]
+    return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+  """A lookup table [num_embeddings, features]."""
+
+  def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs):
+    self.embedding = param(rngs, jax.nn.initializers.normal(1.0),
+                           (num_embeddings, features), ('vocab', 'mlp'))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0)
+
+
+def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal features of continuous scalars.
+
+  Args:
+    x: [B] float values.
+    dim: even number of output features.
+    max_period: the longest period among the frequencies.
+
+  Returns:
+    [B, dim] float32: sin and cos of x at geometrically spaced frequencies.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = x.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def dropout(x: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
+  """Inverted dropout; the identity when ``rng`` is None (evaluation)."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+  """Doubles H and W of [B, T, H, W, C] by repetition (frames unchanged)."""
+  x = jnp.repeat(x, 2, axis=2)
+  return jnp.repeat(x, 2, axis=3)

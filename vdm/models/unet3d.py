@@ -1,0 +1,342 @@
+"""The factorized space-time U-Net of Video Diffusion Models (Ho et al., 2022).
+
+A 2D image U-Net made 3D: every 3x3 convolution is space-only (1x3x3), every
+spatial attention block attends within a frame and is followed by a temporal
+attention block along time, and down/up-sampling are spatial only, so the
+number of frames never changes. An embedding of log-SNR (plus an optional class
+label) modulates every residual block with a FiLM scale and shift.
+
+Inputs and outputs are channels-last video [B, T, H, W, C].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vdm.models import attention
+from vdm.models import layers
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# lambda in [-20, 20] times this spans about the range of a 1000-step index,
+# which the sinusoidal frequencies below were designed for.
+LOGSNR_EMBED_SCALE = 25.0
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Hyperparameters of the U-Net (the ``config.model`` section plus data shape).
+
+  Attributes:
+    channels: channels of the data (3 for RGB, 1 for grayscale).
+    image_size: height and width of the frames.
+    base_channels: channels of the first level.
+    channel_mult: per-level channel multipliers; len = number of levels.
+    num_res_blocks: residual blocks per level on the way down.
+    attention_resolutions: frame sizes (pixels) that get spatial + temporal attention.
+    head_dim: features per attention head.
+    num_heads: heads per attention block; 0 means channels // head_dim.
+    emb_dim: conditioning embedding size; 0 means 4 * base_channels.
+    dropout: dropout rate inside residual blocks.
+    num_classes: number of class labels; 0 for an unconditional model.
+    cond_channels: extra input channels concatenated to z_t (super-resolution,
+      image-to-video); 0 for none.
+    norm_groups: groups of every GroupNorm.
+    rel_pos_buckets: buckets of the temporal relative position bias.
+    rel_pos_max_distance: distance beyond which relative positions share a bucket.
+    dtype: compute dtype name ('float32' or 'bfloat16'); parameters stay float32.
+    attn_dtype: dtype of the attention inputs; '' means ``dtype``.
+    remat: recompute each block's activations in the backward pass.
+  """
+  channels: int = 3
+  image_size: int = 64
+  base_channels: int = 128
+  channel_mult: tuple[int, ...] = (1, 2, 4, 8)
+  num_res_blocks: int = 2
+  attention_resolutions: tuple[int, ...] = (8, 16, 32)
+  head_dim: int = 64
+  num_heads: int = 0
+  emb_dim: int = 0
+  dropout: float = 0.1
+  num_classes: int = 0
+  cond_channels: int = 0
+  norm_groups: int = 32
+  rel_pos_buckets: int = 32
+  rel_pos_max_distance: int = 64
+  dtype: str = 'float32'
+  attn_dtype: str = ''
+  remat: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, 'channel_mult', tuple(self.channel_mult))
+    object.__setattr__(self, 'attention_resolutions', tuple(self.attention_resolutions))
+    self.validate()
+
+  @classmethod
+  def from_config(cls, config) -> 'UNetConfig':
+    """Builds the U-Net config from a full config (``data`` and ``model`` sections)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {'channels', 'image_size'}
+    model = dict(config.model)
+    unknown = sorted(set(model) - fields)
+    if unknown:
+      raise ValueError(f'config.model has unknown keys {unknown}; '
+                       f'known keys: {sorted(fields)}.')
+    return cls(channels=config.data.channels, image_size=config.data.image_size, **model)
+
+  @property
+  def resolutions(self) -> tuple[int, ...]:
+    """Frame size at each level."""
+    return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+
+  def heads_at(self, channels: int) -> int:
+    return self.num_heads or channels // self.head_dim
+
+  def validate(self) -> None:
+    """Raises ValueError naming the config key of any inconsistent setting."""
+    def fail(msg):
+      raise ValueError(msg)
+    levels = len(self.channel_mult)
+    if levels < 1 or any(m < 1 for m in self.channel_mult):
+      fail(f'config.model.channel_mult={self.channel_mult} needs at least one '
+           'positive multiplier.')
+    if self.image_size < 1 or self.image_size % 2**(levels - 1):
+      fail(f'config.data.image_size={self.image_size} is not divisible by '
+           f'2^(levels - 1) = {2**(levels - 1)} for the {levels} levels of '
+           f'config.model.channel_mult={self.channel_mult}; change one of them.')
+    missing = [r for r in self.attention_resolutions if r not in self.resolutions]
+    if missing:
+      fail(f'config.model.attention_resolutions={self.attention_resolutions}: '
+           f'{missing} never occur; the U-Net has frame sizes {self.resolutions}.')
+    if not 0.0 <= self.dropout < 1.0:
+      fail(f'config.model.dropout={self.dropout} must be in [0, 1).')
+    for name in ('base_channels', 'num_res_blocks', 'head_dim', 'channels',
+                 'rel_pos_buckets', 'rel_pos_max_distance', 'norm_groups'):
+      if getattr(self, name) < 1:
+        fail(f'config.model.{name}={getattr(self, name)} must be >= 1.')
+    for name in ('num_heads', 'emb_dim', 'num_classes', 'cond_channels'):
+      if getattr(self, name) < 0:
+        fail(f'config.model.{name}={getattr(self, name)} must be >= 0.')
+    if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
+      fail(f'config.model.rel_pos_buckets={self.rel_pos_buckets} must be even and >= 4.')
+    for name in ('dtype', 'attn_dtype'):
+      value = getattr(self, name)
+      if value not in DTYPES and not (name == 'attn_dtype' and value == ''):
+        fail(f'config.model.{name}={value!r} is unknown; choose one of {sorted(DTYPES)}.')
+    for mult in self.channel_mult:
+      ch = self.base_channels * mult
+      if ch % self.norm_groups:
+        fail(f'{ch} channels (config.model.base_channels x channel_mult) do not '
+             f'split into config.model.norm_groups={self.norm_groups} groups.')
+    for res, mult in zip(self.resolutions, self.channel_mult):
+      ch = self.base_channels * mult
+      if res in self.attention_resolutions and not self.num_heads and ch % self.head_dim:
+        fail(f'{ch} channels at resolution {res} are not a multiple of '
+             f'config.model.head_dim={self.head_dim}; set config.model.num_heads.')
+
+
+class ResBlock(nnx.Module):
+  """GroupNorm-SiLU-conv, FiLM from the embedding, GroupNorm-SiLU-dropout-conv."""
+
+  def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
+    dtype = DTYPES[cfg.dtype]
+    self.norm1 = layers.GroupNorm(in_ch, cfg.norm_groups, rngs=rngs, dtype=dtype)
+    self.conv1 = layers.SpatialConv(in_ch, out_ch, rngs=rngs, dtype=dtype)
+    self.film = layers.Dense(_emb_dim(cfg), 2 * out_ch, rngs=rngs, dtype=dtype)
+    self.norm2 = layers.GroupNorm(out_ch, cfg.norm_groups, rngs=rngs, dtype=dtype)
+    # Zero init: each residual block starts as the identity (DDPM practice).
+    self.conv2 = layers.SpatialConv(out_ch, out_ch, rngs=rngs, init_scale=0.0, dtype=dtype)
+    self.skip = (layers.SpatialConv(in_ch, out_ch, rngs=rngs, kernel_size=1, dtype=dtype)
+                 if in_ch != out_ch else None)
+    self.dropout_rate = cfg.dropout
+
+  def __call__(self, x: jax.Array, emb: jax.Array, rng: Optional[jax.Array]) -> jax.Array:
+    h = self.conv1(jax.nn.silu(self.norm1(x)))  # [B, T, H, W, out]
+    scale, shift = jnp.split(self.film(jax.nn.silu(emb)), 2, axis=-1)  # [B, out] each
+    h = self.norm2(h) * (1 + scale[:, None, None, None]) + shift[:, None, None, None]
+    h = layers.dropout(jax.nn.silu(h), self.dropout_rate, rng)
+    h = self.conv2(h)
+    skip = x if self.skip is None else self.skip(x)
+    return skip.astype(h.dtype) + h
+
+
+class AttentionBlock(nnx.Module):
+  """Spatial attention followed by temporal attention (the factorization)."""
+
+  def __init__(self, ch: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
+    dtype = DTYPES[cfg.dtype]
+    attn_dtype = DTYPES[cfg.attn_dtype or cfg.dtype]
+    kw = dict(norm_groups=cfg.norm_groups, rngs=rngs, dtype=dtype, attn_dtype=attn_dtype)
+    heads = cfg.heads_at(ch)
+    self.spatial = attention.SpatialAttention(ch, heads, cfg.head_dim, **kw)
+    self.temporal = attention.TemporalAttention(
+        ch, heads, cfg.head_dim, num_buckets=cfg.rel_pos_buckets,
+        max_distance=cfg.rel_pos_max_distance, **kw)
+
+  def __call__(self, x: jax.Array, is_image: Optional[jax.Array]) -> jax.Array:
+    return self.temporal(self.spatial(x), is_image)
+
+
+class Level(nnx.Module):
+  """One residual block, with its attention block where the resolution asks."""
+
+  def __init__(self, in_ch: int, out_ch: int, use_attention: bool, cfg: UNetConfig,
+               *, rngs: nnx.Rngs):
+    self.res = ResBlock(in_ch, out_ch, cfg, rngs=rngs)
+    self.attn = AttentionBlock(out_ch, cfg, rngs=rngs) if use_attention else None
+    self.remat = cfg.remat
+
+  def _forward(self, x, emb, rng, is_image):
+    x = self.res(x, emb, rng)
+    return x if self.attn is None else self.attn(x, is_image)
+
+  def __call__(self, x, emb, rng, is_image):
+    if self.remat:
+      return nnx.remat(Level._forward)(self, x, emb, rng, is_image)
+    return self._forward(x, emb, rng, is_image)
+
+
+def _emb_dim(cfg: UNetConfig) -> int:
+  return cfg.emb_dim or 4 * cfg.base_channels
+
+
+class UNet3D(nnx.Module):
+  """The denoiser (z_t, logsnr, label, cond, is_image) -> prediction.
+
+  Attributes:
+    config: the UNetConfig it was built with.
+  """
+
+  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+    cfg = config
+    self.config = cfg
+    dtype = DTYPES[cfg.dtype]
+    emb = _emb_dim(cfg)
+    base = cfg.base_channels
+    self.time_mlp1 = layers.Dense(base, emb, rngs=rngs, dtype=dtype)
+    self.time_mlp2 = layers.Dense(emb, emb, rngs=rngs, dtype=dtype)
+    # Row num_classes is the learned null label for classifier-free guidance.
+    self.label_embed = (layers.Embed(cfg.num_classes + 1, emb, rngs=rngs)
+                        if cfg.num_classes else None)
+    self.conv_in = layers.SpatialConv(cfg.channels + cfg.cond_channels, base,
+                                      rngs=rngs, dtype=dtype)
+    chans = [base]  # Channels of every skip activation, in order.
+    ch = base
+    down, downsample = [], []
+    for level, (res, mult) in enumerate(zip(cfg.resolutions, cfg.channel_mult)):
+      use_attn = res in cfg.attention_resolutions
+      for _ in range(cfg.num_res_blocks):
+        down.append(Level(ch, base * mult, use_attn, cfg, rngs=rngs))
+        ch = base * mult
+        chans.append(ch)
+      if level < len(cfg.channel_mult) - 1:
+        downsample.append(layers.SpatialConv(ch, ch, stride=2, rngs=rngs, dtype=dtype))
+        chans.append(ch)
+    self.down = nnx.List(down)
+    self.downsample = nnx.List(downsample)
+    self.mid1 = Level(ch, ch, True, cfg, rngs=rngs)
+    self.mid2 = Level(ch, ch, False, cfg, rngs=rngs)
+    up, upsample = [], []
+    for level in reversed(range(len(cfg.channel_mult))):
+      res, mult = cfg.resolutions[level], cfg.channel_mult[level]
+      use_attn = res in cfg.attention_resolutions
+      for _ in range(cfg.num_res_blocks + 1):
+        up.append(Level(ch + chans.pop(), base * mult, use_attn, cfg, rngs=rngs))
+        ch = base * mult
+      if level > 0:
+        upsample.append(layers.SpatialConv(ch, ch, rngs=rngs, dtype=dtype))
+    self.up = nnx.List(up)
+    self.upsample = nnx.List(upsample)
+    self.norm_out = layers.GroupNorm(ch, cfg.norm_groups, rngs=rngs, dtype=dtype)
+    self.conv_out = layers.SpatialConv(ch, cfg.channels, rngs=rngs, init_scale=0.0,
+                                       dtype=dtype)
+
+  def _check_inputs(self, z, logsnr, label, cond, is_image):
+    cfg = self.config
+    if z.ndim != 5 or z.shape[-1] != cfg.channels:
+      raise ValueError(f'z_t must be [B, T, H, W, {cfg.channels}] video; got shape {z.shape}.')
+    b, t, h, w, _ = z.shape
+    factor = 2**(len(cfg.channel_mult) - 1)
+    if h % factor or w % factor:
+      raise ValueError(f'frame size {h}x{w} is not divisible by {factor}, the '
+                       f'downsampling factor of the {len(cfg.channel_mult)} levels.')
+    if jnp.shape(logsnr) != (b,):
+      raise ValueError(f'logsnr must be [B] = [{b}]; got shape {jnp.shape(logsnr)}.')
+    if label is not None and not cfg.num_classes:
+      raise ValueError('a label was given to an unconditional model '
+                       '(config.model.num_classes = 0).')
+    if label is not None and jnp.shape(label) != (b,):
+      raise ValueError(f'label must be [B] = [{b}]; got shape {jnp.shape(label)}.')
+    if cfg.cond_channels:
+      want = (b, t, h, w, cfg.cond_channels)
+      if cond is None or cond.shape != want:
+        raise ValueError(f'cond must be {list(want)} (config.model.cond_channels='
+                         f'{cfg.cond_channels}); got {None if cond is None else cond.shape}.')
+    elif cond is not None:
+      raise ValueError('cond was given but config.model.cond_channels = 0.')
+    if is_image is not None and jnp.shape(is_image) != (t,):
+      raise ValueError(f'is_image must be a [T] = [{t}] bool mask; got shape '
+                       f'{jnp.shape(is_image)}.')
+
+  def __call__(self, z: jax.Array, logsnr: jax.Array, *, label: Optional[jax.Array] = None,
+               cond: Optional[jax.Array] = None, is_image: Optional[jax.Array] = None,
+               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """Predicts eps, v or x (whatever it was trained for) from z_t.
+
+    Args:
+      z: noisy video z_t [B, T, H, W, C].
+      logsnr: lambda_t [B].
+      label: int class labels [B]; negative values mean "no label" (the learned
+        null embedding). None on a conditional model means all null.
+      cond: extra conditioning channels [B, T, H, W, cond_channels].
+      is_image: [T] bool, True for appended independent image frames.
+      dropout_rng: PRNG key enabling dropout (training); None disables it.
+
+    Returns:
+      The prediction [B, T, H, W, C] in the compute dtype.
+    """
+    cfg = self.config
+    self._check_inputs(z, logsnr, label, cond, is_image)
+    if is_image is not None:
+      is_image = jnp.asarray(is_image, bool)
+    emb = layers.sinusoidal_embedding(LOGSNR_EMBED_SCALE * logsnr, cfg.base_channels)
+    emb = self.time_mlp2(jax.nn.silu(self.time_mlp1(emb)))  # [B, E]
+    if self.label_embed is not None:
+      if label is None:
+        label = jnp.full(z.shape[:1], -1, jnp.int32)
+      label = jnp.where(label < 0, cfg.num_classes, label)
+      emb = emb + self.label_embed(label).astype(emb.dtype)
+
+    block = iter(range(10**6))  # Each residual block gets its own dropout key.
+    def rng():
+      i = next(block)
+      return None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+
+    x = z if cond is None else jnp.concatenate([z, cond.astype(z.dtype)], axis=-1)
+    h = self.conv_in(x)
+    skips = [h]
+    blocks = iter(self.down)
+    for level in range(len(cfg.channel_mult)):
+      for _ in range(cfg.num_res_blocks):
+        h = next(blocks)(h, emb, rng(), is_image)
+        skips.append(h)
+      if level < len(cfg.channel_mult) - 1:
+        h = self.downsample[level](h)
+        skips.append(h)
+    h = self.mid2(self.mid1(h, emb, rng(), is_image), emb, rng(), is_image)
+    blocks = iter(self.up)
+    for i, level in enumerate(reversed(range(len(cfg.channel_mult)))):
+      for _ in range(cfg.num_res_blocks + 1):
+        h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
+        h = next(blocks)(h, emb, rng(), is_image)
+      if level > 0:
+        h = self.upsample[i](layers.upsample_nearest(h))
+    return self.conv_out(jax.nn.silu(self.norm_out(h)))
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of scalar parameters of a model."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
