@@ -1,0 +1,39 @@
+"""Trains a video diffusion model.
+
+  python train.py --config=configs/default.py --workdir=runs/default \
+      [--config.training.batch_size=32 ...]
+
+Multi-host: launch one process per host; JAX's runtime is started from the
+cluster environment (SLURM, TPU pods) or from --coordinator_address,
+--num_processes and --process_id.
+"""
+
+import sys
+
+from absl import app
+from absl import logging
+from absl import flags
+from ml_collections import config_flags
+
+from vdm import sharding
+from vdm import train_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/default.py', 'Path to a config file (get_config()).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory; rerun to resume.', required=True)
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-host).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-host).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
+
+
+def main(argv):
+  del argv
+  # Orbax and TFDS log every file operation at INFO; keep the console readable.
+  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
+    logging.set_verbosity(logging.WARNING)
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  train_lib.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
