@@ -22,11 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
   data.data_dir = 'data/tfds'        # TFDS data_dir holding prepared datasets.
   data.train_split = 'train'         # Split to train on.
   data.eval_split = 'test'           # Split for evaluation and conditioning frames.
-  data.num_frames = 8                # T: video frames per training clip.
+  data.num_frames = 10               # T: video frames per training clip (FVD's I3D needs >= 9).
   data.frameskip = 1                 # Step between consecutive sampled frames.
   data.image_size = 32               # Frame height and width after resize/crop.
   data.channels = 1                  # 1 (grayscale) or 3 (RGB) channels fed to the model.
-  data.num_images = 4                # K: independent images appended per video (joint training).
+  data.num_images = 2                # K: independent images appended per video (joint training).
   data.random_flip = True            # Random left-right flips of clips and images.
   data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.base_channels = 32           # Channels of the first level.
   model.channel_mult = (1, 2, 2)     # Per-level multipliers; levels = len.
   model.num_res_blocks = 1           # Residual blocks per level (down path).
-  model.attention_resolutions = (8, 16)  # Frame sizes with spatial+temporal attention.
+  model.attention_resolutions = (8,)     # Frame sizes with spatial+temporal attention.
   model.head_dim = 32                # Features per attention head.
   model.num_heads = 0                # Heads per block; 0 = channels // head_dim.
   model.emb_dim = 0                  # Conditioning embedding width; 0 = 4 * base_channels.
@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- training loop -----------------------------------------------------------
   config.training = training = ml_collections.ConfigDict()
-  training.batch_size = 16           # Global batch size (videos), split over all devices.
+  training.batch_size = 8            # Global batch size (videos), split over all devices.
   training.num_steps = 2000          # Total optimizer steps.
   training.grad_accum_steps = 1      # Micro-batches per step (batch_size must divide).
   training.seed = 0                  # Seed of initialisation, noise and dropout.

@@ -390,3 +390,37 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           f'{os.path.join(workdir, "samples")}; TensorBoard: tensorboard --logdir={workdir}',
           flush=True)
   return state
+
+
+def restore_trained(workdir: str, step: Optional[int] = None,
+                    overrides: Optional[dict] = None) -> tuple[Trainer, Any, int]:
+  """Loads a run for sampling or evaluation: its saved config and EMA weights.
+
+  Args:
+    workdir: the --workdir of a train.py run.
+    step: a checkpoint step; the newest readable one when None.
+    overrides: optional {'section.key': value} changes to the saved config that
+      do not change the model (e.g. {'sampling.num_steps': 256}).
+
+  Returns:
+    (trainer, ema_params, step).
+
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint in workdir.
+  """
+  config = load_config(workdir)
+  for dotted, value in (overrides or {}).items():
+    section, key = dotted.split('.', 1)
+    if key not in config[section]:
+      raise ValueError(f'config.{dotted} is not a config key.')
+    config[section][key] = value
+  trainer = Trainer(config)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  try:
+    restored_step, state = ckpt.restore(trainer.abstract_state, step)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first with '
+                            f'python train.py --workdir={workdir}.')
+  return trainer, state.ema_params, restored_step

@@ -13,6 +13,7 @@ dimension is never sharded (kernel height and width).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -63,6 +64,60 @@ class Dense(nnx.Module):
     return y + self.bias[...].astype(self.dtype)
 
 
+def _conv_same(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding='SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """'SAME' 2D convolution of [N, H, W, Cin] with an HWIO kernel.
+
+  The value and the input gradient are XLA's convolutions. The kernel gradient
+  is computed as one matmul per kernel tap instead: XLA's CPU backend lowers
+  the kernel-gradient convolution (a reduction over N*H*W) several times
+  slower than the equivalent matmuls, and it dominated the training step
+  (benchmarks/ and BENCHMARKS.md have the numbers). On GPU/TPU both forms
+  become the same few large matmuls.
+
+  Args:
+    x: [N, H, W, Cin].
+    kernel: [kh, kw, Cin, Cout].
+    stride: spatial stride (static).
+
+  Returns:
+    [N, ceil(H / stride), ceil(W / stride), Cout].
+  """
+  return _conv_same(x, kernel, stride)
+
+
+def _conv2d_fwd(x, kernel, stride):
+  return _conv_same(x, kernel, stride), (x, kernel)
+
+
+def _conv2d_bwd(stride, residuals, grad):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x_: _conv_same(x_, kernel, stride), x)
+  (dx,) = input_vjp(grad)
+  kh, kw, cin, cout = kernel.shape
+  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), 'SAME')
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  oh, ow = grad.shape[1:3]
+  g = grad.reshape(-1, cout)  # [N*OH*OW, Cout]
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      window = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+      taps.append(jnp.dot(window.reshape(-1, cin).T, g,
+                          preferred_element_type=jnp.float32))  # [Cin, Cout]
+  dkernel = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
+  return dx, dkernel
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
 class SpatialConv(nnx.Module):
   """A space-only convolution (kernel 1 x k x k) of video [B, T, H, W, C].
 
@@ -84,10 +139,7 @@ class SpatialConv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, h, w, c = x.shape
     frames = x.reshape(b * t, h, w, c).astype(self.dtype)  # [B*T, H, W, C]
-    y = jax.lax.conv_general_dilated(
-        frames, self.kernel[...].astype(self.dtype),
-        window_strides=(self.stride, self.stride), padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = conv2d(frames, self.kernel[...].astype(self.dtype), self.stride)
     y = y + self.bias[...].astype(self.dtype)
     return y.reshape((b, t) + y.shape[1:])
 

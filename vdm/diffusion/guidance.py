@@ -1,0 +1,211 @@
+"""Guidance: classifier-free guidance, replacement and reconstruction guidance.
+
+Classifier-free guidance wraps a label-conditioned network into the plain
+``model_fn(z, logsnr)`` that the samplers take. Conditional sampling (known
+frames, or a known low-resolution video) is a ``samplers.Guide`` that the
+sampler calls at every model evaluation; see vdm/diffusion/samplers.py.
+
+Conventions:
+  * Classifier-free weight w is the paper's: eps~ = (1 + w) eps(z, c) - w eps(z);
+    w = 0 is the plain conditional model (diffusers/imagen's scale s = 1 + w).
+  * Reconstruction guidance (PAPERS.md section 1):
+      x~^b = x_hat^b - (w_r alpha_t / 2) grad_{z_t^b} || x^a - x_hat^a(z_t) ||^2
+    with the squared norm a sum over every known number, applied on top of
+    replacement (z^a <- a fresh sample of q(z_t^a | x^a) before denoising), so
+    w_r = 0 is the replacement method.
+  * Super-resolution: the observation is ``bilinear_downsample(x)``
+    (jax.image.resize, method 'linear', antialias=True: a triangle filter
+    widened by the downsampling factor). Nothing is replaced; the whole z is
+    unknown and the loss is taken on the downsampled x_hat.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from vdm.diffusion import gaussian
+from vdm.diffusion import samplers
+from vdm.diffusion import schedules
+
+# fn(z [B, ...], logsnr [B], label [B] int) -> model output, same shape as z.
+LabelModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def classifier_free(fn: LabelModelFn, label: jax.Array,
+                    weight: float | jax.Array) -> samplers.ModelFn:
+  """Classifier-free guidance as a model_fn for the samplers.
+
+  The conditional and the unconditional branch run in ONE call of ``fn`` on a
+  doubled batch [z; z] with labels [label; NULL_LABEL].
+
+  The outputs are mixed directly in the model's own parameterization. That is
+  exactly the paper's mixing in eps space: at fixed z every parameterization is
+  an affine map of eps (eps itself; v = (eps - sigma z) / alpha; x = (z - sigma
+  eps) / alpha) and the weights (1 + w) and -w sum to one, so the affine offset
+  passes through unchanged. Mixing outputs avoids converting to eps and back,
+  which loses precision where alpha or sigma is tiny.
+
+  Args:
+    fn: (z, logsnr, label) -> output of a network trained with label dropout.
+    label: int labels [B]; entries equal to NULL_LABEL sample unconditionally.
+    weight: w >= 0 in the paper's convention (0: no guidance).
+
+  Returns:
+    model_fn(z [B, ...], logsnr [B]) -> guided output [B, ...].
+  """
+  label = jnp.asarray(label, jnp.int32)
+
+  def model_fn(z, logsnr):
+    b = z.shape[0]
+    if label.shape != (b,):
+      raise ValueError(f'label must be [B] = [{b}]; got shape {label.shape}.')
+    out = fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
+             jnp.concatenate([label, jnp.full_like(label, gaussian.NULL_LABEL)]))
+    cond, uncond = out[:b], out[b:]  # [B, T, H, W, C] each
+    return (1.0 + weight) * cond - weight * uncond
+
+  return model_fn
+
+
+def bilinear_downsample(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Antialiased bilinear resize of every frame to ``size``.
+
+  Args:
+    x: video [B, T, H, W, C].
+    size: (h, w) of the output frames.
+
+  Returns:
+    [B, T, h, w, C].
+  """
+  b, t, _, _, c = x.shape
+  return jax.image.resize(x, (b, t, *size, c), method='linear', antialias=True)
+
+
+def _frame_mask(mask: jax.Array, like: jax.Array) -> jax.Array:
+  """A [T] bool mask shaped [1, T, 1, 1, 1] to broadcast against video."""
+  mask = jnp.asarray(mask, bool)
+  if mask.shape != like.shape[1:2]:
+    raise ValueError(f'frame_mask must be [T] = [{like.shape[1]}]; got {mask.shape}.')
+  return mask.reshape((1, -1) + (1,) * (like.ndim - 2))
+
+
+def _is_static_zero(weight) -> bool:
+  return isinstance(weight, (int, float)) and weight == 0
+
+
+def conditional_guide(*, x_known: Optional[jax.Array] = None,
+                      frame_mask: Optional[jax.Array] = None,
+                      residual_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+                      weight: float | jax.Array = 0.0) -> samplers.Guide:
+  """The general conditional guide: replacement and/or reconstruction guidance.
+
+  At each model evaluation, in this order:
+    1. if ``frame_mask`` is given: z^a <- alpha_t x^a + sigma_t e with fresh
+       noise e (a fresh sample of q(z_t^a | x^a));
+    2. x_hat, eps_hat = denoise(z); unless ``weight`` is a Python 0, the
+       gradient g = grad_z sum(residual_fn(x_hat(z))^2) is taken through the
+       whole denoiser and x_hat <- x_hat - (weight alpha_t / 2) g, eps_hat kept
+       consistent (samplers.shift_x);
+    3. if ``frame_mask`` is given: x_hat^a <- x^a and eps_hat^a <- e, the exact
+       pair of the replaced z^a (the next step replaces z^a anyway, and the
+       final output then carries the known frames exactly).
+  A traced weight of 0 takes the gradient path and gives the same result as a
+  Python 0, which skips the backward pass.
+
+  Args:
+    x_known: [B, T, H, W, C] video whose masked frames are x^a (other frames
+      are ignored); needed with frame_mask.
+    frame_mask: [T] bool, True for known frames; None replaces nothing.
+    residual_fn: x_hat [B, T, H, W, C] -> residual whose squared sum is the
+      reconstruction loss; None (or weight 0) means no reconstruction term.
+    weight: w_r.
+
+  Returns:
+    A samplers.Guide.
+  """
+  if (frame_mask is None) != (x_known is None):
+    raise ValueError('x_known and frame_mask go together.')
+  use_gradient = residual_fn is not None and not _is_static_zero(weight)
+
+  def guide(denoise, z, step, rng):
+    if frame_mask is not None:
+      mask = _frame_mask(frame_mask, z)  # [1, T, 1, 1, 1]
+      noise = samplers.standard_normal(rng, z.shape)
+      z = jnp.where(mask, gaussian.q_sample(x_known, step.logsnr, noise), z)
+    if use_gradient:
+      def loss(z):
+        x, eps = denoise(z)
+        return jnp.sum(jnp.square(residual_fn(x))), (x, eps)
+      grad, (x, eps) = jax.grad(loss, has_aux=True)(z)  # grad: [B, T, H, W, C]
+      alpha = schedules.alpha_sigma(gaussian.expand_to(step.logsnr, z))[0]
+      x, eps = samplers.shift_x(x, eps, -0.5 * weight * alpha * grad, step.logsnr)
+    else:
+      x, eps = denoise(z)
+    if frame_mask is not None:
+      x = jnp.where(mask, x_known, x)
+      eps = jnp.where(mask, noise, eps)
+    return z, x, eps
+
+  return guide
+
+
+def replacement_guide(x_known: jax.Array, frame_mask: jax.Array) -> samplers.Guide:
+  """The replacement method for known frames.
+
+  Args:
+    x_known: [B, T, H, W, C], the known frames at the masked positions.
+    frame_mask: [T] bool, True for known frames.
+
+  Returns:
+    A samplers.Guide.
+  """
+  return conditional_guide(x_known=x_known, frame_mask=frame_mask)
+
+
+def reconstruction_guide(x_known: jax.Array, frame_mask: jax.Array,
+                         weight: float | jax.Array) -> samplers.Guide:
+  """Reconstruction guidance for known frames, on top of replacement.
+
+  Args:
+    x_known: [B, T, H, W, C], the known frames at the masked positions.
+    frame_mask: [T] bool, True for known frames.
+    weight: w_r (the paper: 50 on BAIR, 9 on Kinetics); 0 is replacement.
+
+  Returns:
+    A samplers.Guide.
+  """
+  x_known = jnp.asarray(x_known, jnp.float32)
+
+  def residual(x):
+    return jnp.where(_frame_mask(frame_mask, x), x_known - x, 0.0)
+
+  return conditional_guide(x_known=x_known, frame_mask=frame_mask,
+                           residual_fn=residual, weight=weight)
+
+
+def super_resolution_guide(
+    low_res: jax.Array, weight: float | jax.Array,
+    downsample: Optional[Callable[[jax.Array, tuple[int, int]], jax.Array]] = None
+) -> samplers.Guide:
+  """Reconstruction guidance towards a known low-resolution video.
+
+  Args:
+    low_res: [B, T, h, w, C] observation.
+    weight: w_r.
+    downsample: (x [B, T, H, W, C], (h, w)) -> [B, T, h, w, C]; defaults to
+      bilinear_downsample.
+
+  Returns:
+    A samplers.Guide (replaces nothing; guides the whole z).
+  """
+  low_res = jnp.asarray(low_res, jnp.float32)
+  downsample = downsample or bilinear_downsample
+  size = low_res.shape[2:4]
+
+  def residual(x):
+    return low_res - downsample(x, size)
+
+  return conditional_guide(residual_fn=residual, weight=weight)
