@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.keep_checkpoints = 3      # Checkpoints kept on disk.
   training.async_checkpoints = True  # Write checkpoints in the background.
   training.sample_every = 1000       # Steps between sample videos written to workdir/samples (0 = only at end).
-  training.num_samples = 8           # Videos per periodic sample.
+  training.num_samples = 8           # Videos per periodic sample (0 = no samples).
 
   # --- sampling ------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -185,7 +185,7 @@ class Trainer:
     params = optax.apply_updates(state.params, updates)
     decay = self.config.optimizer.ema_decay
     ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': self.lr_schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, ema_params=ema,
                          opt_state=opt_state), metrics
@@ -375,7 +375,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _check_finite(pending, pending_from)  # Never save a non-finite state.
         pending, pending_from = [], step
         ckpt.save(step, state)
-      if (t.sample_every and step % t.sample_every == 0) or is_last:
+      if t.num_samples and ((t.sample_every and step % t.sample_every == 0) or is_last):
         path = write_samples(trainer, state.ema_params, step, workdir, writer if is_main else None)
         if is_main:
           print(f'Wrote samples to {path}', flush=True)

@@ -1,0 +1,215 @@
+"""Training: sharded steps equal the single-device step, exact resume after
+SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from vdm import checkpoints
+from vdm import sharding
+from vdm import train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, 'tests', 'train_worker.py')
+
+
+def _synthetic_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  b, t, k = config.training.batch_size, config.data.num_frames, config.data.num_images
+  s, c = config.data.image_size, config.data.channels
+  return {'video': rng.uniform(-1, 1, (b, t + k, s, s, c)).astype(np.float32),
+          'label': rng.integers(0, 10, (b,)).astype(np.int32),
+          'is_image': np.array([False] * t + [True] * k)}
+
+
+def _run_steps(config, mesh, num_steps=2):
+  trainer = train_lib.Trainer(config, mesh=mesh)
+  state = trainer.init_state()
+  losses = []
+  for step in range(num_steps):
+    batch = sharding.global_batch(_synthetic_batch(config, step), mesh)
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics['loss']))
+  return losses, jax.device_get(state.params), state
+
+
+def test_sharded_steps_match_single_device():
+  config = tiny.get_config()
+  config.training.batch_size = 8
+  config.model.dropout = 0.1  # Dropout masks must not depend on the sharding either.
+  ref_losses, ref_params, _ = _run_steps(config, sharding.create_mesh((('data', 1), ('fsdp', 1))))
+  for shape in ((4, 2), (2, 4)):
+    mesh = sharding.create_mesh((('data', shape[0]), ('fsdp', shape[1])))
+    losses, params, state = _run_steps(config, mesh)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # FSDP really shards: some kernel is split over the 'fsdp' axis.
+    specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
+    assert any('fsdp' in spec for spec in specs)
+
+
+def test_batch_size_must_fit_mesh():
+  config = tiny.get_config()
+  config.training.batch_size = 6
+  with pytest.raises(ValueError, match=r'config\.training\.batch_size=6'):
+    train_lib.Trainer(config, mesh=sharding.create_mesh((('data', 4), ('fsdp', 1))))
+
+
+def test_grad_accumulation_runs():
+  config = tiny.get_config()
+  config.training.batch_size = 4
+  config.training.grad_accum_steps = 2
+  losses, _, _ = _run_steps(config, sharding.create_mesh((('data', 2), ('fsdp', 1))), 1)
+  assert np.isfinite(losses).all() and 0.2 < losses[0] < 5.0
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  from vdm.data import moving_digits
+  moving_digits.prepare(path, 32, verbose=False)
+  return path
+
+
+@pytest.fixture(scope='module')
+def jax_cache(tmp_path_factory):
+  """One persistent compilation cache for all worker processes of this module."""
+  return str(tmp_path_factory.mktemp('jax_cache'))
+
+
+def _worker_env(cache_dir, num_devices=1):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = 'true'
+  env['PYTHONPATH'] = REPO
+  return env
+
+
+def _load(path):
+  with np.load(path) as f:
+    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
+
+
+def _assert_same_state(path_a, path_b):
+  a, b = _load(path_a), _load(path_b)
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_run(tmp_path_factory, data_dir, jax_cache):
+  """Params, EMA and optimizer state after 4 uninterrupted steps, one process."""
+  workdir = str(tmp_path_factory.mktemp('full'))
+  subprocess.run([sys.executable, WORKER, workdir, data_dir, '4', '--dump', workdir + '.npz'],
+                 env=_worker_env(jax_cache), check=True, timeout=600)
+  return workdir + '.npz'
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, jax_cache,
+                                                   uninterrupted_run):
+  env = _worker_env(jax_cache)
+  resumed = str(tmp_path / 'resumed')
+  killed = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--kill_at', '2'],
+                          env=env, timeout=600)
+  assert killed.returncode == -9  # Died by SIGKILL, right after checkpoint 2.
+  assert checkpoints.Checkpointer(os.path.join(resumed, 'checkpoints')).all_steps() == [2]
+  out = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--dump', resumed + '.npz'],
+                       env=env, check=True, timeout=600, capture_output=True, text=True)
+  assert 'Resumed from step 2' in out.stdout
+  _assert_same_state(resumed + '.npz', uninterrupted_run)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_hosts_train_like_one_process(tmp_path, data_dir, jax_cache, uninterrupted_run):
+  """Two CPU processes as two hosts reach the one-process parameters.
+
+  Each host reads only its half of every global batch; the global batch, and
+  so the training, must not depend on how many processes share it.
+  """
+  two = str(tmp_path / 'two')
+  port = _free_port()
+  env = _worker_env(jax_cache, num_devices=1)
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, two, data_dir, '4', '--dump', two + '.npz',
+       '--coordinator', f'127.0.0.1:{port}', '--num_processes', '2', '--process_id', str(i)],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  # Only process 0 reports progress.
+  assert 'Done: 4 steps' in outputs[0] and 'Done: 4 steps' not in outputs[1]
+  _assert_same_state(two + '.npz', uninterrupted_run)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+  config = tiny.get_config()
+  config.data.data_dir = data_dir
+  config.data.num_workers = 0
+  config.training.num_steps = 6
+  config.training.log_every = 1
+  config.training.checkpoint_every = 2
+  config.training.num_samples = 0
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))
+  original_loss, original_step = train_lib.Trainer.loss, train_lib.Trainer._train_step
+
+  def tracking_step(self, state, batch):
+    self._current_step = state.step  # Traced: the poisoned loss reads it below.
+    return original_step(self, state, batch)
+
+  def nan_after_two(self, params, batch, rng):
+    """The true loss for steps 1-2, NaN from step 3 on."""
+    loss = original_loss(self, params, batch, rng)
+    return loss + jnp.where(self._current_step >= 2, jnp.nan, 0.0)
+  monkeypatch.setattr(train_lib.Trainer, 'loss', nan_after_two)
+  monkeypatch.setattr(train_lib.Trainer, '_train_step', tracking_step)
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(train_lib.NonFiniteLossError, match='at step 3'):
+    train_lib.train(config, workdir)
+  assert checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints')).all_steps() == [2]
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
+  state = {'w': jnp.arange(6.0).reshape(2, 3), 'step': jnp.int32(0)}
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=3, async_save=False)
+  ckpt.save(1, state)
+  ckpt.save(2, {'w': state['w'] + 1, 'step': jnp.int32(2)})
+  ckpt.wait()
+  # Garble every file of checkpoint 2's array data.
+  for root, _, files in os.walk(tmp_path / '2'):
+    for name in files:
+      if 'METADATA' not in name and 'commit' not in name:
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'garbage')
+  step, restored = checkpoints.Checkpointer(str(tmp_path)).restore(checkpoints.abstract_like(state))
+  assert step == 1
+  np.testing.assert_array_equal(restored['w'], state['w'])
+  with pytest.raises(FileNotFoundError, match='no checkpoint for step 7'):
+    checkpoints.Checkpointer(str(tmp_path)).restore(checkpoints.abstract_like(state), step=7)
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+  state = {'w': jnp.ones(3)}
+  ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(1, state)
+  ckpt.wait()
+  # What a crash mid-write leaves behind: orbax's temporary directory.
+  shutil.copytree(tmp_path / '1', tmp_path / '2.orbax-checkpoint-tmp-123')
+  assert checkpoints.Checkpointer(str(tmp_path)).all_steps() == [1]
