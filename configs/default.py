@@ -83,10 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   # --- training loop -----------------------------------------------------------
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 8            # Global batch size (videos), split over all devices.
-  training.num_steps = 2000          # Total optimizer steps.
+  training.num_steps = 300           # Total optimizer steps.
   training.grad_accum_steps = 1      # Micro-batches per step (batch_size must divide).
   training.seed = 0                  # Seed of initialisation, noise and dropout.
-  training.log_every = 50            # Steps between metric writes and progress lines.
+  training.log_every = 10            # Steps between metric writes and progress lines.
   training.checkpoint_every = 500    # Steps between checkpoints (and one at the end).
   training.keep_checkpoints = 3      # Checkpoints kept on disk.
   training.async_checkpoints = True  # Write checkpoints in the background.

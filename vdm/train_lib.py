@@ -93,12 +93,12 @@ class Trainer:
     mesh: device mesh; built from config.sharding.mesh when None.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, for_training: bool = True):
     self.config = config
     self.model_config = config_lib.validate_config(config)
     self.mesh = mesh if mesh is not None else sharding.create_mesh(config.sharding.mesh)
     divisor = sharding.batch_size_divisor(self.mesh) * config.training.grad_accum_steps
-    if config.training.batch_size % divisor:
+    if for_training and config.training.batch_size % divisor:
       raise ValueError(
           f'config.training.batch_size={config.training.batch_size} must be a multiple of '
           f'{divisor} (batch shards of the mesh {dict(self.mesh.shape)} x '
@@ -109,9 +109,11 @@ class Trainer:
     self.graphdef, abstract_params = nnx.split(abstract_model)
     self.param_shardings = sharding.param_shardings(abstract_params, self.mesh,
                                                     config.sharding.rules)
-    init = jax.jit(self._init_state, out_shardings=self._state_out_shardings())
-    self._init = init
-    self.state_shardings = init.lower().compile().output_shardings
+    # Compiled once: its output shardings (the optimizer state's are inferred
+    # from the params') are also what checkpoints restore into.
+    self._init = jax.jit(self._init_state,
+                         out_shardings=self._state_out_shardings()).lower().compile()
+    self.state_shardings = self._init.output_shardings
     self.abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         jax.eval_shape(self._init_state), self.state_shardings)
@@ -135,8 +137,7 @@ class Trainer:
 
   def init_state(self) -> TrainState:
     """A freshly initialised, sharded train state."""
-    with jax.set_mesh(self.mesh) if hasattr(jax, 'set_mesh') else _nullcontext():
-      return self._init()
+    return self._init()
 
   def model(self, params) -> unet3d.UNet3D:
     """The network with the given parameters (e.g. state.ema_params)."""
@@ -214,14 +215,6 @@ class Trainer:
     fn = _sample_fn(self.graphdef, shape, self.model_config.num_classes > 0, c.diffusion.parameterization,
                     self.logsnr_fn, s.sampler, s.num_steps, s.clip_x, progress)
     return np.asarray(fn(params, rng, labels, s.guidance_weight, s.gamma, s.pc_delta))
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *args):
-    return False
 
 
 @functools.lru_cache(maxsize=16)
@@ -414,7 +407,9 @@ def restore_trained(workdir: str, step: Optional[int] = None,
     if key not in config[section]:
       raise ValueError(f'config.{dotted} is not a config key.')
     config[section][key] = value
-  trainer = Trainer(config)
+  # Sampling may run on another machine than training: the saved batch size
+  # need not fit this machine's mesh.
+  trainer = Trainer(config, for_training=False)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
   try:
     restored_step, state = ckpt.restore(trainer.abstract_state, step)

@@ -1,0 +1,88 @@
+"""Samples videos from a trained run (the EMA weights of its newest checkpoint).
+
+  python sample.py --workdir=runs/default --mode=unconditional --output_dir=out/uncond
+  python sample.py --workdir=runs/default --mode=extend --num_frames=40 --output_dir=out/long
+  python sample.py --workdir=runs/default --mode=predict --context_frames=2 --output_dir=out/pred
+  python sample.py --workdir=runs/default --mode=interpolate --stride=3 --output_dir=out/interp
+  python sample.py --workdir=runs/default --mode=superres --lowres_factor=2 --output_dir=out/sr
+
+Writes OUTPUT_DIR/samples.npz (uint8 'videos' [N, T, H, W, C], plus the
+'conditioning' frames and 'labels' when used), samples.mp4 and samples.gif (a
+grid of all videos). See vdm/sample_lib.py for what each mode does.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from vdm import sample_lib
+from vdm import sampling
+from vdm.diffusion import samplers
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a train.py run.',
+                               required=True)
+_MODE = flags.DEFINE_enum(
+    'mode', 'unconditional', sample_lib.MODES,
+    'unconditional: new clips. extend: a long video, clip by clip, from --input frames or '
+    'from an unconditional first clip. predict: the first --context_frames of a clip given, '
+    'the rest sampled. interpolate: keyframes every --stride frames given, the rest sampled. '
+    'superres: a low-resolution video given, the full-resolution one sampled.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where samples.{npz,mp4,gif} go.',
+                                  required=True)
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to draw (one batch).')
+_NUM_FRAMES = flags.DEFINE_integer(
+    'num_frames', None, 'Frames per video. Default: the training clip length T '
+    '(config.data.num_frames); extend: 2 T. interpolate keeps the largest '
+    '(K - 1) * stride + 1 <= num_frames.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Denoising steps (default: config.sampling.num_steps).')
+_SAMPLER = flags.DEFINE_enum('sampler', None, samplers.SAMPLERS,
+                             'Sampler (default: config.sampling.sampler).')
+_GUIDANCE_WEIGHT = flags.DEFINE_float(
+    'guidance_weight', None,
+    'Classifier-free guidance weight w, in the paper\'s convention eps~ = (1 + w) eps(z, c) '
+    '- w eps(z): 0 is the plain conditional model (diffusers\' guidance_scale = 1 + w). '
+    'Class-conditional models trained with config.diffusion.cond_drop_prob > 0 only. '
+    'Default: config.sampling.guidance_weight.')
+_W_R = flags.DEFINE_float('w_r', None, 'Reconstruction guidance weight of the conditional '
+                          'modes (paper: 50 BAIR, 9 Kinetics). Default: config.sampling.w_r.')
+_METHOD = flags.DEFINE_enum('method', 'reconstruction', sampling.METHODS,
+                            'Conditioning on known frames: reconstruction guidance (on top of '
+                            'replacement) or plain replacement.')
+_LABEL = flags.DEFINE_integer('label', None, 'Class of every sample (class-conditional models). '
+                              'Default: the dataset clips\' labels when conditioning on them, '
+                              'else 0, 1, 2, ... in turn.')
+_INPUT = flags.DEFINE_string(
+    'input', None, 'Conditioning video: an mp4/GIF, an npz (\'videos\' [N, T, H, W, C] or '
+    '[T, H, W, C]), or "dataset" for the first clips of config.data.eval_split. Default: '
+    'the dataset (predict, interpolate, superres) or none (extend starts with an '
+    'unconditional clip). Frames must be the model\'s size (superres: size / '
+    '--lowres_factor). interpolate: the file holds the keyframes.')
+_CONTEXT_FRAMES = flags.DEFINE_integer(
+    'context_frames', None, 'predict: known first frames (default 1). extend: frames each new '
+    'clip is conditioned on (default T // 2).')
+_STRIDE = flags.DEFINE_integer('stride', 2, 'interpolate: frames from one keyframe to the next.')
+_LOWRES_FACTOR = flags.DEFINE_integer('lowres_factor', 2, 'superres: high / low resolution.')
+_CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None,
+                                        'Checkpoint to load (default: the newest).')
+_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed; the same seed gives the same videos.')
+_FPS = flags.DEFINE_integer('fps', 8, 'Frame rate of the mp4 and GIF.')
+
+
+def main(argv):
+  del argv
+  # Orbax and TFDS log every file operation at INFO; keep the console readable.
+  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
+    logging.set_verbosity(logging.WARNING)
+  sample_lib.sample(
+      _WORKDIR.value, _OUTPUT_DIR.value, mode=_MODE.value, num_samples=_NUM_SAMPLES.value,
+      num_frames=_NUM_FRAMES.value, steps=_STEPS.value, sampler=_SAMPLER.value,
+      guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value, method=_METHOD.value,
+      label=_LABEL.value, input_path=_INPUT.value, context_frames=_CONTEXT_FRAMES.value,
+      stride=_STRIDE.value, lowres_factor=_LOWRES_FACTOR.value,
+      checkpoint_step=_CHECKPOINT_STEP.value, seed=_SEED.value, fps=_FPS.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,244 @@
+"""sample.py and vdm/sample_lib.py end to end on a tiny trained checkpoint.
+
+One run of configs/tiny.py is trained for 2 steps per module; every mode then
+samples from its EMA weights with 4 denoising steps. The samples are noise (the
+model is untrained); what is checked is the plumbing: shapes and dtypes, given
+frames kept exactly, the requested length, the files written, determinism, and
+that wrong requests fail before anything is compiled.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from vdm import sample_lib
+from vdm import train_lib
+from vdm import video_io
+from vdm.data import moving_digits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+N = 2  # Samples per run.
+T = 4  # tiny.py's clip length.
+S = 8  # tiny.py's frame size.
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A tiny class-conditional run trained for 2 steps; returns its workdir."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  # A small build of the bundled dataset: conditioning reads the first N test clips.
+  moving_digits.prepare(data_dir, 32, num_train=32, num_test=8, verbose=False)
+  config = tiny.get_config()
+  config.data.data_dir = data_dir
+  config.data.num_workers = 0
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))  # One device: batch 4 needs no 8-way split.
+  config.training.num_steps = 2
+  config.training.num_samples = 0  # No sample videos during training.
+  config.training.async_checkpoints = False
+  path = str(tmp_path_factory.mktemp('run'))
+  train_lib.train(config, path)
+  return path
+
+
+@pytest.fixture(scope='module', autouse=True)
+def restore_once():
+  """Loads each checkpoint once for the whole module.
+
+  restore_trained builds a Trainer, which compiles its initializer: seconds
+  per call on a busy 2-core machine. The CLI test still restores for real.
+  """
+  cache = {}
+  real = train_lib.restore_trained
+
+  def restore(workdir, step=None, overrides=None):
+    key = (workdir, step, repr(overrides))
+    if key not in cache:
+      cache[key] = real(workdir, step, overrides)
+    return cache[key]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train_lib, 'restore_trained', restore)
+    yield
+
+
+def run(workdir, out_dir, mode, **kwargs):
+  return sample_lib.sample(workdir, str(out_dir), mode=mode, num_samples=N, steps=STEPS,
+                           **kwargs)
+
+
+def check_outputs(result, frames, out_dir):
+  """Shapes, dtypes and the three files of one result."""
+  assert result.videos.shape == (N, frames, S, S, 1) and result.videos.dtype == np.uint8
+  assert result.step == 2
+  for kind in ('npz', 'mp4', 'gif'):
+    assert result.paths[kind] == os.path.join(str(out_dir), f'samples.{kind}')
+    assert os.path.getsize(result.paths[kind]) > 0
+  with np.load(result.paths['npz']) as saved:
+    np.testing.assert_array_equal(saved['videos'], result.videos)
+    if result.conditioning is not None:
+      np.testing.assert_array_equal(saved['conditioning'], result.conditioning)
+  # The GIF grid holds every frame.
+  assert video_io.read_video(result.paths['gif']).shape[0] == frames
+
+
+@pytest.fixture(scope='module')
+def cli(workdir, tmp_path_factory):
+  """Starts sample.py in a fresh process; tests run while it compiles.
+
+  Same flags and seed as ``unconditional`` below, so its videos must match.
+  """
+  out = tmp_path_factory.mktemp('cli')
+  # The same XLA options as this process (conftest), so the same numbers.
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  proc = subprocess.Popen(
+      [sys.executable, 'sample.py', f'--workdir={workdir}', '--mode=unconditional',
+       f'--num_samples={N}', f'--steps={STEPS}', '--seed=3', f'--output_dir={out}'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  yield proc, out
+  if proc.poll() is None:
+    proc.kill()
+    proc.communicate()
+
+
+@pytest.fixture(scope='module')
+def unconditional(cli, workdir, tmp_path_factory):
+  """The library's unconditional samples (seed 3) and their output directory."""
+  del cli  # Requested first so that the CLI runs alongside.
+  out = tmp_path_factory.mktemp('unconditional')
+  return run(workdir, out, 'unconditional', seed=3), out
+
+
+def test_unconditional(unconditional):
+  result, out = unconditional
+  check_outputs(result, T, out)
+  np.testing.assert_array_equal(result.labels, [0, 1])  # Labels cycle for a class model.
+  assert result.conditioning is None
+
+
+def test_extend_keeps_given_frames_to_the_requested_length(workdir, tmp_path, capsys):
+  # Two grey frames as an RGB mp4, like any video file; extended to 2.5 clips
+  # (3 new frames per clip of 4 with context_frames=1).
+  given = np.random.default_rng(0).integers(0, 256, (2, S, S, 1), np.uint8)
+  path = video_io.save_mp4(str(tmp_path / 'given.mp4'), np.repeat(given, 3, axis=-1))
+  result = run(workdir, tmp_path / 'out', 'extend', input_path=path, num_frames=10,
+               context_frames=1)
+  assert 'clip 3 done, 10/10 frames' in capsys.readouterr().out  # Progress over clips.
+  check_outputs(result, 10, tmp_path / 'out')
+  assert result.conditioning.shape == (N, 2, S, S, 1)
+  np.testing.assert_array_equal(result.videos[:, :2], result.conditioning)
+  # The decoded file is the grey video up to the codec's loss.
+  assert np.abs(result.conditioning[0].astype(int) - given).mean() < 20
+
+
+def test_predict_keeps_the_dataset_frames(workdir, tmp_path):
+  # Replacement compiles no backward pass; extend and superres cover
+  # reconstruction guidance.
+  result = run(workdir, tmp_path, 'predict', context_frames=1, method='replacement')
+  check_outputs(result, T, tmp_path)
+  assert result.conditioning.shape == (N, 1, S, S, 1)
+  np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
+  assert result.labels.shape == (N,)  # The clips' own labels.
+
+
+def test_interpolate_keeps_keyframes(workdir, tmp_path):
+  result = run(workdir, tmp_path, 'interpolate', num_frames=5, stride=2,
+               method='replacement', label=7)
+  check_outputs(result, 5, tmp_path)
+  assert result.conditioning.shape == (N, 3, S, S, 1)
+  np.testing.assert_array_equal(result.videos[:, ::2], result.conditioning)
+  np.testing.assert_array_equal(result.labels, [7, 7])
+
+
+def test_superres_from_the_downsampled_dataset(workdir, tmp_path):
+  result = run(workdir, tmp_path, 'superres', lowres_factor=2)
+  check_outputs(result, T, tmp_path)
+  assert result.conditioning.shape == (N, T, S // 2, S // 2, 1)
+
+
+def config_only_workdir(workdir, path, **changes):
+  """A workdir holding the trained run's config with changes, no checkpoint."""
+  config = train_lib.load_config(workdir)
+  for dotted, value in changes.items():
+    section, key = dotted.split('.')
+    config[section][key] = value
+  os.makedirs(path, exist_ok=True)
+  train_lib.save_config(config, str(path))
+  return str(path)
+
+
+def save_npz(path, video):
+  np.savez(str(path), videos=video)
+  return str(path)
+
+
+@pytest.fixture
+def no_restore(monkeypatch):
+  """Makes reaching the checkpoint restore (and so any compile) a failure."""
+  def fail(*args, **kwargs):
+    raise AssertionError('restore_trained reached: the error came too late.')
+  monkeypatch.setattr(train_lib, 'restore_trained', fail)
+
+
+@pytest.mark.usefixtures('no_restore')
+@pytest.mark.parametrize('mode, kwargs, match', [
+    ('dream', {}, r"mode='dream' is unknown"),
+    ('predict', dict(context_frames=T), rf'expected 1 <= context_frames < {T}'),
+    ('extend', dict(context_frames=T), rf'context_frames={T} must be in \[1, {T}\)'),
+    ('extend', dict(num_frames=2, context_frames=2), r'num_frames=2 leaves nothing to add'),
+    ('predict', dict(input_path='/no/such/video.mp4'), r'does not exist'),
+    ('unconditional', dict(input_path='dataset'), r'unconditional mode takes no input'),
+    ('interpolate', dict(stride=1), r'stride=1 must be >= 2'),
+    ('unconditional', dict(label=10), r'label=10 is out of range: .* 10 classes'),
+    ('unconditional', dict(sampler='euler'), r"sampler='euler' is unknown"),
+    ('unconditional', dict(guidance_weight=-1.0), r'guidance_weight=-1.0 must be >= 0'),
+    ('superres', dict(method='replacement'), r'no frames to replace'),
+    ('unconditional', dict(checkpoint_step=99), r'no checkpoint for step 99 .* \[2\]'),
+])
+def test_bad_requests_fail_early(workdir, tmp_path, mode, kwargs, match):
+  with pytest.raises((ValueError, FileNotFoundError), match=match):
+    run(workdir, tmp_path, mode, **kwargs)
+
+
+@pytest.mark.usefixtures('no_restore')
+@pytest.mark.parametrize('mode, video, match', [
+    ('predict', np.zeros((T, 2 * S, 2 * S, 1), np.uint8), rf'16x16 frames; predict expects {S}x{S}'),
+    ('superres', np.zeros((T, S, S, 1), np.uint8), rf'8x8 frames; superres expects {S // 2}x{S // 2}'),
+    ('extend', np.stack([np.zeros((2, S, S)), np.full((2, S, S), 255)], -1)[..., [0, 1, 1]]
+     .astype(np.uint8), r'3-channel colour frames; the model expects 1 channel'),
+    ('extend', np.zeros((8, S, S, 1), np.uint8), r'already has 8 frames; extend needs num_frames > 8'),
+    ('interpolate', np.zeros((1, S, S, 1), np.uint8), r'has 1 frames; interpolate needs at least 2'),
+])
+def test_bad_input_videos_fail_early(workdir, tmp_path, mode, video, match):
+  path = save_npz(tmp_path / 'input.npz', video)
+  with pytest.raises(ValueError, match=match):
+    run(workdir, tmp_path, mode, input_path=path)
+
+
+@pytest.mark.usefixtures('no_restore')
+def test_bad_model_requests_fail_early(workdir, tmp_path):
+  uncond = config_only_workdir(workdir, tmp_path / 'uncond', **{'model.num_classes': 0})
+  with pytest.raises(ValueError, match=r'label=3 was given but this model is unconditional'):
+    run(uncond, tmp_path, 'unconditional', label=3)
+  no_dropout = config_only_workdir(workdir, tmp_path / 'nodrop', **{'diffusion.cond_drop_prob': 0.0})
+  with pytest.raises(ValueError, match=r'cond_drop_prob = 0'):
+    run(no_dropout, tmp_path, 'unconditional', guidance_weight=2.0)
+  with pytest.raises(FileNotFoundError, match=r'no checkpoint in'):
+    run(no_dropout, tmp_path, 'unconditional')
+  with pytest.raises(FileNotFoundError, match=r'config\.json does not exist'):
+    run(str(tmp_path / 'empty'), tmp_path, 'unconditional')
+
+
+def test_cli_matches_the_library(cli, unconditional):
+  proc, out = cli
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert str(out / 'samples.mp4') in stdout
+  assert f'sampling step {STEPS}/{STEPS}' in stderr  # Progress over sampling steps.
+  # Same seed, fresh process: the same videos.
+  with np.load(out / 'samples.npz') as saved:
+    np.testing.assert_array_equal(saved['videos'], unconditional[0].videos)

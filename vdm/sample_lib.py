@@ -1,0 +1,561 @@
+"""Sampling from a trained run: what ``sample.py`` calls.
+
+One function, ``sample``, reads a run's saved config and the EMA weights of
+one of its checkpoints and draws videos in one of five modes:
+
+  unconditional  plain (or class-conditional) clips of ``num_frames`` frames;
+  extend         a video of any length, clip by clip (vdm.sampling.extend_video),
+                 starting from given frames or from an unconditional clip;
+  predict        the first k frames of a clip given, the rest sampled;
+  interpolate    keyframes every ``stride`` frames given, the frames between
+                 sampled;
+  superres       a low-resolution video given, the full-resolution one sampled
+                 with the (unconditional) high-resolution model by
+                 reconstruction guidance on its bilinear downsample.
+
+Conditioning frames come from a file (mp4, GIF or npz, see ``read_input``) or
+from the first clips of the run's evaluation split (``input_path='dataset'``).
+
+Everything that can be checked without the network is checked first (mode,
+sampler options, labels, guidance weight, frame counts, the conditioning
+video's size and channels), so a wrong command fails within seconds instead of
+after loading and compiling the model.
+
+Outputs in ``output_dir``: samples.npz (uint8 'videos' [N, T, H, W, C], plus
+'conditioning' and 'labels' when there are any), samples.mp4 and samples.gif
+(all N videos tiled into one grid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, NamedTuple, Optional
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vdm import checkpoints
+from vdm import config_lib
+from vdm import sampling
+from vdm import train_lib
+from vdm import video_io
+from vdm.diffusion import guidance
+from vdm.diffusion import samplers
+
+MODES = ('unconditional', 'extend', 'interpolate', 'predict', 'superres')
+# input_path value that takes conditioning clips from config.data.eval_split.
+DATASET_INPUT = 'dataset'
+# A 3-channel input counts as grey for a 1-channel model when its channels
+# differ by at most this many levels (video codecs add small chroma noise).
+_GREY_TOLERANCE = 8
+
+
+class SampleResult(NamedTuple):
+  """What ``sample`` produced.
+
+  Attributes:
+    videos: uint8 [N, T, H, W, C], the samples.
+    conditioning: uint8 [N, n, h, w, C] frames the samples were conditioned on
+      (known frames, or the low-resolution video for superres); None when none.
+    labels: int32 [N] class labels used, None for an unconditional model.
+    step: the checkpoint step the weights came from.
+    paths: {'npz', 'mp4', 'gif'} -> written file.
+  """
+  videos: np.ndarray
+  conditioning: Optional[np.ndarray]
+  labels: Optional[np.ndarray]
+  step: int
+  paths: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """The frame layout of one run, worked out from flags and config up front.
+
+  Attributes:
+    out_frames: frames of every output video.
+    clip_frames: frames per model call (extend: the training clip length).
+    known: conditioning frames to take: from a file, its first ``known`` frames
+      (None: all of them, extend); from the dataset, see dataset_frames.
+    cond_size: side of the conditioning frames (image_size, or image_size //
+      lowres_factor for superres).
+    dataset_frames: frames of each evaluation clip read for conditioning.
+    stride: interpolate: keyframe spacing (dataset clips keep every stride-th
+      frame as a keyframe); 1 otherwise.
+    context_frames: extend only, frames each new clip is conditioned on.
+  """
+  out_frames: int
+  clip_frames: int
+  known: Optional[int] = 0
+  cond_size: int = 0
+  dataset_frames: int = 0
+  stride: int = 1
+  context_frames: int = 0
+
+
+def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
+           num_frames: Optional[int] = None, steps: Optional[int] = None,
+           sampler: Optional[str] = None, guidance_weight: Optional[float] = None,
+           w_r: Optional[float] = None, method: str = 'reconstruction',
+           label: Optional[int] = None, input_path: Optional[str] = None,
+           context_frames: Optional[int] = None, stride: int = 2,
+           lowres_factor: int = 2, checkpoint_step: Optional[int] = None,
+           seed: int = 0, fps: int = 8, progress: bool = True) -> SampleResult:
+  """Samples videos from a trained run and writes them to ``output_dir``.
+
+  Args:
+    workdir: the --workdir of a train.py run.
+    output_dir: where samples.{npz,mp4,gif} go (created).
+    mode: one of MODES.
+    num_samples: N, videos drawn (in one batch).
+    num_frames: frames per output video. Default: the training clip length T
+      (config.data.num_frames); extend: 2 T. interpolate uses the largest
+      (K - 1) * stride + 1 <= num_frames.
+    steps: denoising steps; config.sampling.num_steps when None.
+    sampler: 'ancestral', 'ddim' or 'pc'; config.sampling.sampler when None.
+    guidance_weight: classifier-free guidance weight w in the paper's
+      convention eps~ = (1 + w) eps(z, c) - w eps(z) (0: plain conditional);
+      config.sampling.guidance_weight when None. Needs a class-conditional
+      model trained with config.diffusion.cond_drop_prob > 0.
+    w_r: reconstruction guidance weight of the conditional modes;
+      config.sampling.w_r when None.
+    method: 'reconstruction' or 'replacement' (extend, predict, interpolate).
+    label: class of every sample for a class-conditional model; None uses
+      the dataset clips' labels when conditioning on them, else 0, 1, 2, ...
+    input_path: conditioning video file (mp4/GIF [T, H, W, C], npz with
+      'videos' [N', T, H, W, C] or [T, H, W, C]; rows are reused in turn to
+      make N), 'dataset' for the first N clips of config.data.eval_split, or
+      None: the dataset for predict/interpolate/superres, an unconditional
+      first clip for extend. A file for interpolate holds the keyframes; for
+      superres the low-resolution frames.
+    context_frames: k. predict: given first frames (default 1); extend: frames
+      each new clip is conditioned on (default T // 2), and the frames taken
+      from the dataset.
+    stride: interpolate: distance between keyframes (>= 2).
+    lowres_factor: superres: the high/low resolution ratio.
+    checkpoint_step: checkpoint to load; the newest when None.
+    seed: PRNG seed; the same seed gives the same videos.
+    fps: frame rate of the mp4 and GIF.
+    progress: print progress over sampling steps (and clips when extending).
+
+  Returns:
+    A SampleResult.
+
+  Raises:
+    ValueError: a flag or the conditioning video does not fit the model; the
+      message says what was expected. Raised before the model is built.
+    FileNotFoundError: no run, checkpoint or input file where given.
+  """
+  if mode not in MODES:
+    raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
+  if num_samples < 1:
+    raise ValueError(f'num_samples={num_samples} must be >= 1.')
+  config = train_lib.load_config(workdir)
+  flag_values = dict(num_steps=steps, sampler=sampler, guidance_weight=guidance_weight, w_r=w_r)
+  config.sampling.update({k: v for k, v in flag_values.items() if v is not None})
+  config_lib.validate_config(config)
+  _check_options(config, guidance_weight, label, method, mode)
+  plan = _plan(config, mode, num_frames, context_frames, stride, lowres_factor)
+  conditioning, dataset_labels = _conditioning(config, mode, plan, input_path, num_samples)
+  labels = _labels(config, label, num_samples, dataset_labels)
+  _check_checkpoint(workdir, checkpoint_step)
+
+  # Sampling reads ``config`` (with the flags, validated above); the trainer
+  # only supplies the network and the noise schedule.
+  trainer, params, step = train_lib.restore_trained(workdir, checkpoint_step)
+  print(f'Loaded the EMA weights of step {step} from {workdir}; sampling {num_samples} x '
+        f'{plan.out_frames} frames ({mode}, {config.sampling.sampler}, '
+        f'{config.sampling.num_steps} steps).', flush=True)
+  model_fn = jax.tree_util.Partial(
+      _Denoiser(trainer.graphdef, float(config.sampling.guidance_weight)), params,
+      None if labels is None else np.asarray(labels))
+  sampler_kwargs = dict(
+      logsnr_fn=trainer.logsnr_fn, parameterization=config.diffusion.parameterization,
+      sampler=config.sampling.sampler, num_steps=config.sampling.num_steps,
+      gamma=config.sampling.gamma, pc_delta=config.sampling.pc_delta,
+      clip_x=config.sampling.clip_x, progress=progress)
+  rng = jax.random.PRNGKey(seed)
+  cond = None if conditioning is None else video_io.to_model_range(conditioning)
+  if mode == 'extend':
+    videos = sampling.extend_video(
+        model_fn, rng, plan.out_frames, clip_frames=plan.clip_frames,
+        context_frames=plan.context_frames, init_frames=cond,
+        clip_shape=(num_samples, config.data.image_size, config.data.image_size,
+                    config.data.channels),
+        method=method, guidance_weight=float(config.sampling.w_r), verbose=progress,
+        **sampler_kwargs)
+  else:
+    run = _single_clip_sampler(config, mode, plan, method, sampler_kwargs, num_samples)
+    videos = np.asarray(run(model_fn, rng, cond))
+  videos = video_io.to_uint8(videos)  # [N, T, H, W, C]
+  paths = _write(output_dir, videos, conditioning, labels, config.data.image_size, fps)
+  print('Wrote ' + ', '.join(paths.values()), flush=True)
+  return SampleResult(videos, conditioning, labels, step, paths)
+
+
+def read_input(path: str) -> np.ndarray:
+  """A conditioning video file as uint8 [N', T, H, W, C].
+
+  Args:
+    path: mp4 or GIF (one video), or npz ('videos' or its first array, [N', T,
+      H, W, C] or [T, H, W, C]; float arrays are taken to be in [-1, 1]).
+
+  Returns:
+    uint8 [N', T, H, W, C] (N' = 1 for mp4/GIF).
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'input video {path!r} does not exist.')
+  video = video_io.read_video(path)
+  if video.ndim == 4:
+    video = video[None]
+  if video.ndim != 5:
+    raise ValueError(f'{path} holds an array of shape {video.shape}; expected a video '
+                     '[T, H, W, C] or a batch of videos [N, T, H, W, C].')
+  if video.dtype != np.uint8:
+    video = video_io.to_uint8(video)
+  return video
+
+
+def _check_checkpoint(workdir: str, step: Optional[int]) -> None:
+  """Raises FileNotFoundError when the checkpoint to load does not exist.
+
+  restore_trained finds out too, but only after building the Trainer, which
+  compiles; listing the checkpoints costs nothing.
+  """
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  try:
+    steps = ckpt.all_steps()
+  finally:
+    ckpt.close()
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first with '
+                            f'python train.py --workdir={workdir}.')
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f'no checkpoint for step {step} in {ckpt.directory}; '
+                            f'available: {steps}.')
+
+
+def _check_options(config, guidance_weight: Optional[float], label: Optional[int],
+                   method: str, mode: str) -> None:
+  """Checks the label, guidance and method flags against the run's model.
+
+  Args:
+    config: the run's config with the sampling flags applied.
+    guidance_weight: the --guidance_weight flag (None: not given).
+    label: the --label flag.
+    method: 'reconstruction' or 'replacement'.
+    mode: one of MODES.
+
+  Raises:
+    ValueError: saying which flag does not fit and why.
+  """
+  num_classes = config.model.num_classes
+  if label is not None:
+    if not num_classes:
+      raise ValueError(f'label={label} was given but this model is unconditional '
+                       '(config.model.num_classes = 0); leave it out.')
+    if not 0 <= label < num_classes:
+      raise ValueError(f'label={label} is out of range: this model has '
+                       f'{num_classes} classes, labels 0 to {num_classes - 1}.')
+  if guidance_weight is not None:
+    if guidance_weight < 0:
+      raise ValueError(f'guidance_weight={guidance_weight} must be >= 0.')
+    if guidance_weight and not num_classes:
+      raise ValueError(f'guidance_weight={guidance_weight} needs a class-conditional model; '
+                       'this one is unconditional (config.model.num_classes = 0).')
+    if guidance_weight and config.diffusion.cond_drop_prob == 0:
+      raise ValueError(
+          f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
+          'but this run had config.diffusion.cond_drop_prob = 0, so its unconditional '
+          'branch was never trained. Use guidance_weight=0.')
+  if config.sampling.w_r < 0:
+    raise ValueError(f'w_r={config.sampling.w_r} must be >= 0.')
+  if method not in sampling.METHODS:
+    raise ValueError(f'method={method!r} is unknown; choose one of {sampling.METHODS}.')
+  if mode == 'superres' and method != 'reconstruction':
+    raise ValueError('superres guides the whole video towards the low-resolution one; '
+                     f'method={method!r} has no frames to replace. Use reconstruction.')
+  if config.model.cond_channels:
+    raise ValueError(f'config.model.cond_channels={config.model.cond_channels}: sampling '
+                     'models conditioned on extra input channels is not supported.')
+
+
+def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional[int],
+          stride: int, lowres_factor: int) -> _Plan:
+  """Frame counts and sizes of one run.
+
+  Args:
+    config: the run's config (data.num_frames T and data.image_size S).
+    mode: one of MODES.
+    num_frames: the requested output length, None for the mode's default.
+    context_frames: k of predict/extend, None for the default.
+    stride: keyframe spacing of interpolate.
+    lowres_factor: S / low resolution of superres.
+
+  Returns:
+    The _Plan.
+
+  Raises:
+    ValueError: the frame counts cannot work (e.g. k >= T).
+  """
+  clip, size = config.data.num_frames, config.data.image_size
+  out = num_frames if num_frames is not None else (2 * clip if mode == 'extend' else clip)
+  if out < 1:
+    raise ValueError(f'num_frames={out} must be >= 1.')
+  if mode == 'unconditional':
+    return _Plan(out_frames=out, clip_frames=out)
+  if mode == 'predict':
+    k = 1 if context_frames is None else context_frames
+    if not 0 < k < out:
+      raise ValueError(f'predict: {k} known frames (context_frames) leave nothing to predict '
+                       f'in a clip of num_frames={out}; expected 1 <= context_frames < {out}.')
+    return _Plan(out_frames=out, clip_frames=out, known=k, cond_size=size, dataset_frames=k)
+  if mode == 'extend':
+    k = max(1, clip // 2) if context_frames is None else context_frames
+    if not 0 < k < clip:
+      raise ValueError(f'extend: context_frames={k} must be in [1, {clip}): each new clip '
+                       f'of the model holds {clip} frames (config.data.num_frames).')
+    if out <= k:
+      raise ValueError(f'extend: num_frames={out} leaves nothing to add to {k} context '
+                       'frames; ask for more frames.')
+    return _Plan(out_frames=out, clip_frames=clip, known=None, cond_size=size,
+                 dataset_frames=k, context_frames=k)
+  if mode == 'interpolate':
+    if stride < 2:
+      raise ValueError(f'interpolate: stride={stride} must be >= 2 (a keyframe every '
+                       'stride frames, stride - 1 frames sampled between).')
+    keyframes = (out - 1) // stride + 1
+    if keyframes < 2:
+      raise ValueError(f'interpolate: num_frames={out} holds fewer than 2 keyframes at '
+                       f'stride={stride}; expected num_frames >= {stride + 1}.')
+    span = (keyframes - 1) * stride + 1  # <= out
+    return _Plan(out_frames=span, clip_frames=span, known=keyframes, cond_size=size,
+                 dataset_frames=span, stride=stride)
+  # superres
+  if lowres_factor < 2 or size % lowres_factor:
+    raise ValueError(f'superres: lowres_factor={lowres_factor} must be >= 2 and divide the '
+                     f'model resolution {size} (config.data.image_size).')
+  return _Plan(out_frames=out, clip_frames=out, known=out, cond_size=size // lowres_factor,
+               dataset_frames=out)
+
+
+def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
+                  num_samples: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+  """The conditioning frames of every sample, checked against the model.
+
+  Args:
+    config: the run's config.
+    mode: one of MODES.
+    plan: the run's frame layout.
+    input_path: a video file, DATASET_INPUT or None (see ``sample``).
+    num_samples: N.
+
+  Returns:
+    (uint8 [N, n, s, s, C] or None when unconditioned, the dataset clips'
+    labels int32 [N] or None).
+
+  Raises:
+    ValueError: the file's frames have the wrong size, channels or count.
+  """
+  if mode == 'unconditional':
+    if input_path is not None:
+      raise ValueError('unconditional mode takes no input video; use extend, predict, '
+                       'interpolate or superres to condition on one.')
+    return None, None
+  if input_path is None and mode == 'extend':
+    return None, None  # extend_video starts with an unconditional clip.
+  if input_path in (None, DATASET_INPUT):
+    return _dataset_conditioning(config, mode, plan, num_samples)
+  video = read_input(input_path)  # [N', T', H', W', C']
+  video = _match_channels(video, config.data.channels, input_path)
+  n, t, h, w, _ = video.shape
+  s = plan.cond_size
+  if (h, w) != (s, s):
+    what = (f'{s}x{s} (config.data.image_size {config.data.image_size} / lowres_factor '
+            f'{config.data.image_size // s})' if mode == 'superres'
+            else f'{s}x{s} (config.data.image_size)')
+    raise ValueError(f'{input_path} has {h}x{w} frames; {mode} expects {what}.')
+  if mode == 'extend' and t >= plan.out_frames:
+    raise ValueError(f'{input_path} already has {t} frames; extend needs num_frames > {t}.')
+  if plan.known is not None and t < plan.known:
+    raise ValueError(f'{input_path} has {t} frames; {mode} needs at least {plan.known} '
+                     f'({_known_frames_meaning(mode)}).')
+  rows = np.arange(num_samples) % n  # Reuse the file's videos in turn.
+  return video[rows, :plan.known], None
+
+
+def _known_frames_meaning(mode: str) -> str:
+  """What the known frames of ``mode`` are, for error messages."""
+  return {'predict': 'context_frames',
+          'interpolate': 'keyframes for num_frames at this stride',
+          'superres': 'num_frames low-resolution frames'}[mode]
+
+
+def _match_channels(video: np.ndarray, channels: int, path: str) -> np.ndarray:
+  """Checks the channels of an input video; grey stored as RGB counts as grey.
+
+  mp4 and GIF files always hold RGB, so a 1-channel model accepts them when
+  the three channels agree (up to codec noise).
+
+  Args:
+    video: uint8 [N, T, H, W, c].
+    channels: the model's channel count.
+    path: the file, for the error message.
+
+  Returns:
+    uint8 [N, T, H, W, channels].
+  """
+  c = video.shape[-1]
+  if c == channels:
+    return video
+  if channels == 1 and c == 3:
+    spread = video.max(axis=-1).astype(np.int16) - video.min(axis=-1)
+    if spread.max() <= _GREY_TOLERANCE:  # Grey saved as RGB (mp4/GIF always are).
+      return np.round(video.mean(axis=-1, keepdims=True)).astype(np.uint8)
+  kind = 'colour ' if c == 3 else ''
+  raise ValueError(f'{path} has {c}-channel {kind}frames; the model expects {channels} '
+                   f'channel(s) (config.data.channels).')
+
+
+def _dataset_conditioning(config, mode: str, plan: _Plan, num_samples: int):
+  """The first num_samples clips of config.data.eval_split, as conditioning.
+
+  Args:
+    config: the run's config (its data section says where the data is).
+    mode: one of MODES; superres downsamples the clips.
+    plan: the run's frame layout (clip length, stride, low resolution).
+    num_samples: N.
+
+  Returns:
+    (uint8 [N, n, s, s, C], labels int32 [N] or None).
+  """
+  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  print(f'Conditioning on the first {num_samples} clips of {config.data.dataset} '
+        f'{config.data.eval_split!r}.', flush=True)
+  batches = pipeline.make_eval_iterator(
+      config, num_examples=num_samples, batch_size=num_samples,
+      num_frames=plan.dataset_frames, process_index=0, process_count=1)
+  try:
+    batch = next(iter(batches))
+  finally:
+    getattr(batches, 'close', lambda: None)()
+  video = batch['video'][:, ::plan.stride]  # [N, n, S, S, C] uint8
+  if mode == 'superres':
+    low = guidance.bilinear_downsample(video_io.to_model_range(video),
+                                       (plan.cond_size, plan.cond_size))
+    video = video_io.to_uint8(low)  # Saved and used as uint8, like a file input.
+  return video, batch.get('label')
+
+
+def _labels(config, label: Optional[int], num_samples: int,
+            dataset_labels: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """Class labels: the flag's, else the dataset clips', else 0, 1, 2, ...
+
+  Args:
+    config: the run's config.
+    label: the --label flag.
+    num_samples: N.
+    dataset_labels: int [N] labels of the conditioning clips, or None.
+
+  Returns:
+    int32 [N] for a class-conditional model, None for an unconditional one.
+  """
+  num_classes = config.model.num_classes
+  if not num_classes:
+    return None
+  if label is not None:
+    return np.full(num_samples, label, np.int32)
+  if dataset_labels is not None:
+    return np.asarray(dataset_labels, np.int32)
+  return np.arange(num_samples, dtype=np.int32) % num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Denoiser:
+  """The network as a sampler model_fn, with classifier-free guidance.
+
+  Used as ``jax.tree_util.Partial(_Denoiser(graphdef, w), params, labels)``:
+  the weights and labels are then pytree leaves that jit takes as arguments
+  instead of baking them into the compiled program as constants.
+
+  Attributes:
+    graphdef: the model's nnx GraphDef.
+    guidance_weight: w, the paper's convention; 0 runs the conditional branch
+      alone (half the work of mixing in a zero-weighted unconditional one).
+  """
+  graphdef: Any
+  guidance_weight: float
+
+  def __call__(self, params, labels, z: jax.Array, logsnr: jax.Array) -> jax.Array:
+    model = nnx.merge(self.graphdef, params)
+    if labels is None:
+      return model(z, logsnr)
+    if self.guidance_weight == 0:
+      return model(z, logsnr, label=labels)
+    return guidance.classifier_free(lambda z, l, y: model(z, l, label=y), labels,
+                                    self.guidance_weight)(z, logsnr)
+
+
+def _single_clip_sampler(config, mode: str, plan: _Plan, method: str, sampler_kwargs: dict,
+                         num_samples: int):
+  """The sampler of the one-clip modes (all but extend), jitted as a whole.
+
+  Args:
+    config: the run's config.
+    mode: 'unconditional', 'predict', 'interpolate' or 'superres'.
+    plan: the run's frame layout.
+    method: 'reconstruction' or 'replacement' (predict, interpolate).
+    sampler_kwargs: passed to samplers.sample.
+    num_samples: N.
+
+  Returns:
+    run(model_fn, rng, cond) -> float32 [N, T, H, W, C], where cond is float
+    [N, n, s, s, C] in [-1, 1] (None for unconditional).
+  """
+  size, channels = config.data.image_size, config.data.channels
+  w_r = float(config.sampling.w_r)
+  frames_kwargs = dict(method=method, guidance_weight=w_r, **sampler_kwargs)
+
+  def run(model_fn, rng, cond):
+    if mode == 'unconditional':
+      shape = (num_samples, plan.out_frames, size, size, channels)
+      return samplers.sample(model_fn, rng, shape, **sampler_kwargs)
+    if mode == 'predict':
+      return sampling.predict_frames(model_fn, rng, cond, plan.clip_frames, **frames_kwargs)
+    if mode == 'interpolate':
+      return sampling.interpolate_frames(model_fn, rng, cond, plan.stride, **frames_kwargs)
+    return sampling.super_resolve(model_fn, rng, cond, (size, size), guidance_weight=w_r,
+                                  **sampler_kwargs)
+  return jax.jit(run)
+
+
+def _write(output_dir: str, videos: np.ndarray, conditioning: Optional[np.ndarray],
+           labels: Optional[np.ndarray], image_size: int, fps: int) -> dict:
+  """Writes samples.npz and a grid of all videos as samples.mp4 and .gif.
+
+  Args:
+    output_dir: created if missing.
+    videos: uint8 [N, T, H, W, C].
+    conditioning: uint8 [N, n, h, w, C] or None.
+    labels: int32 [N] or None.
+    image_size: frame side, to choose the display enlargement.
+    fps: frame rate of the mp4 and GIF.
+
+  Returns:
+    {'npz', 'mp4', 'gif'} -> path.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  arrays = dict(videos=videos)
+  if conditioning is not None:
+    arrays['conditioning'] = conditioning
+  if labels is not None:
+    arrays['labels'] = labels
+  npz = os.path.join(output_dir, 'samples.npz')
+  np.savez_compressed(npz, **arrays)
+  # Small frames are enlarged (nearest neighbour) so that players show them.
+  tiled = video_io.upscale(video_io.grid(videos), max(1, 128 // image_size))
+  return dict(npz=npz,
+              mp4=video_io.save_mp4(os.path.join(output_dir, 'samples.mp4'), tiled, fps),
+              gif=video_io.save_gif(os.path.join(output_dir, 'samples.gif'), tiled, fps))
