@@ -317,6 +317,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
 
   trainer = Trainer(config)
+  if config.eval.every_steps:
+    from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
+    evaluate_lib.check_config(config)  # Fail now, not at the first evaluation.
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = pipeline.dataset_info(config)
@@ -372,6 +375,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         path = write_samples(trainer, state.ema_params, step, workdir, writer if is_main else None)
         if is_main:
           print(f'Wrote samples to {path}', flush=True)
+      if config.eval.every_steps and (step % config.eval.every_steps == 0 or is_last):
+        # Every process samples its share; only process 0 writes.
+        evaluate_lib.evaluate_during_training(trainer, state.ema_params, step, workdir,
+                                              writer if is_main else None)
       for hook in hooks:
         hook(step, state, ckpt)
   finally:

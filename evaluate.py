@@ -1,0 +1,70 @@
+"""FVD / KVD of a trained model's samples against real clips of a TFDS split.
+
+  python evaluate.py --workdir=runs/default --num_samples=256
+  python evaluate.py --workdir=runs/bair --mode=predict --context_frames=1
+  python evaluate.py --workdir=runs/default --real_vs_real --num_samples=256
+  python evaluate.py --config=configs/default.py --real_vs_real    # no run needed
+
+Samples come from the EMA weights with the run's sampling config (override
+with --sampler, --steps, --guidance_weight, --w_r). Progress goes to stderr;
+the result is ONE JSON line on stdout (FVD, KVD and the protocol: sample
+count, split, frames, resolution, selection without replacement, protocol
+version), also written to <workdir>/eval/<step>.json. The I3D features of the
+real clips are cached under <config.data.data_dir>/fvd_cache.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from vdm.diffusion import samplers
+from vdm.evaluation import evaluate_lib
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a train.py run.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Only with --real_vs_real: a config file describing the data, '
+    'instead of <workdir>/config.json.')
+_NUM_SAMPLES = flags.DEFINE_integer(
+    'num_samples', None, 'N generated and N real videos; config.eval.num_samples if unset.')
+_SPLIT = flags.DEFINE_string('split', None, 'Real split; config.data.eval_split if unset.')
+_MODE = flags.DEFINE_enum('mode', 'unconditional', list(evaluate_lib.MODES),
+                          "'unconditional' samples; 'predict' conditions on the first "
+                          '--context_frames frames of the real clips.')
+_CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', 1, 'Given frames in --mode=predict.')
+_CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint; newest if unset.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'Videos per sampling / I3D batch; config.eval.batch_size if unset.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+_SAMPLER = flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
+                             'Override config.sampling.sampler.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Override config.sampling.num_steps.')
+_GUIDANCE_WEIGHT = flags.DEFINE_float(
+    'guidance_weight', None, 'Override config.sampling.guidance_weight (classifier-free).')
+_W_R = flags.DEFINE_float(
+    'w_r', None, 'Override config.sampling.w_r (reconstruction guidance, --mode=predict).')
+_REAL_VS_REAL = flags.DEFINE_bool(
+    'real_vs_real', False, 'FVD/KVD between two disjoint sets of real clips (the floor); '
+    'no checkpoint needed.')
+_CACHE_DIR = flags.DEFINE_string(
+    'cache_dir', None, 'Real-feature cache; <config.data.data_dir>/fvd_cache if unset.')
+
+
+def main(argv):
+  del argv
+  # Orbax and TFDS log every file operation at INFO; keep the console readable.
+  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
+    logging.set_verbosity(logging.WARNING)
+  evaluate_lib.evaluate(
+      _WORKDIR.value, config=_CONFIG.value, num_samples=_NUM_SAMPLES.value,
+      split=_SPLIT.value, mode=_MODE.value, context_frames=_CONTEXT_FRAMES.value,
+      checkpoint_step=_CHECKPOINT_STEP.value, batch_size=_BATCH_SIZE.value,
+      seed=_SEED.value, real_vs_real_only=_REAL_VS_REAL.value, sampler=_SAMPLER.value,
+      steps=_STEPS.value, guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value,
+      cache_dir=_CACHE_DIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

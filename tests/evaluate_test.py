@@ -1,0 +1,210 @@
+"""Tests of evaluate.py / vdm.evaluation.evaluate_lib on a tiny trained run.
+
+One module-scoped run: configs/tiny.py with 10-frame 8x8 clips (the I3D needs
+>= 9 frames), trained 2 steps on a small moving-digits build (32 train / 16
+test videos) in a temporary data_dir. Everything evaluates N = 4 videos in
+batches of 4, so the sampler and the I3D compile one shape each. The real
+I3D runs at 224x224 on CPU (about 2 s per clip here), which dominates the
+runtime.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from vdm import train_lib
+from vdm.data import moving_digits
+from vdm.evaluation import evaluate_lib
+from vdm.evaluation import i3d
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = 4
+
+
+def _config(data_dir, **data):
+  c = tiny.get_config()
+  c.data.num_frames = 10
+  c.data.image_size = 8
+  c.data.data_dir = data_dir
+  c.data.num_workers = 0
+  c.data.update(data)
+  c.training.num_steps = 2
+  c.training.checkpoint_every = 2
+  c.training.num_samples = 0  # No sample GIFs: saves a sampler compile.
+  c.training.async_checkpoints = False
+  c.sharding.mesh = (('data', 1), ('fsdp', 1))
+  c.eval.num_samples = N
+  c.eval.batch_size = N
+  return c
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """(config, workdir, final train state) of a 2-step tiny run."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  moving_digits.prepare(data_dir, 32, num_train=32, num_test=16, verbose=False)
+  config = _config(data_dir)
+  workdir = str(tmp_path_factory.mktemp('run'))
+  state = train_lib.train(config, workdir)
+  return config, workdir, state
+
+
+def _json_line(out: str) -> dict:
+  """The result line: evaluate prints exactly one JSON object on stdout."""
+  lines = [l for l in out.splitlines() if l.startswith('{')]
+  assert len(lines) == 1, out
+  return json.loads(lines[0])
+
+
+class _CountPasses:
+  """Wraps evaluate_lib._real_pass and records which passes computed I3D."""
+
+  def __init__(self, monkeypatch):
+    self.feature_passes = 0
+    self._orig = evaluate_lib._real_pass
+    monkeypatch.setattr(evaluate_lib, '_real_pass', self)
+
+  def __call__(self, *args, **kwargs):
+    if kwargs.get('features', True):
+      self.feature_passes += 1
+    return self._orig(*args, **kwargs)
+
+
+def _cache_files(config):
+  d = evaluate_lib.default_cache_dir(config)
+  return {f: os.path.getmtime(os.path.join(d, f)) for f in os.listdir(d)} if os.path.isdir(d) else {}
+
+
+def test_select_indices_spread_and_distinct():
+  np.testing.assert_array_equal(evaluate_lib.select_indices(16, 4), [0, 4, 8, 12])
+  np.testing.assert_array_equal(evaluate_lib.select_indices(5, 5), np.arange(5))
+  idx = evaluate_lib.select_indices(3783, 2048)
+  assert len(np.unique(idx)) == 2048 and idx[-1] < 3783 and idx[-1] > 3700
+  with pytest.raises(ValueError, match='without replacement'):
+    evaluate_lib.select_indices(10, 11)
+
+
+def test_evaluate_end_to_end(run, capsys, monkeypatch):
+  config, workdir, _ = run
+  counter = _CountPasses(monkeypatch)
+  result = evaluate_lib.evaluate(workdir, num_samples=N)
+  line = _json_line(capsys.readouterr().out)
+  assert line == result
+  assert np.isfinite(line['fvd']) and line['fvd'] >= 0.0
+  assert np.isfinite(line['kvd'])
+  assert line['step'] == 2 and line['mode'] == 'unconditional'
+  assert (line['num_samples'], line['num_real'], line['split']) == (N, N, 'test')
+  assert (line['frames'], line['resolution'], line['frameskip']) == (10, 8, 1)
+  assert line['replacement'] == 'without'
+  assert line['protocol_version'] == i3d.FVD_PROTOCOL['version']
+  assert line['dataset'] == 'moving_digits/32'
+  assert line['sample_labels'] == 'labels of the real clips'  # tiny is class-conditional.
+  path = os.path.join(workdir, 'eval', '2.json')
+  with open(path) as f:
+    assert json.load(f) == line
+  # Real features and labels were computed in one pass and cached.
+  assert counter.feature_passes == 1
+  assert len(_cache_files(config)) == 2
+
+
+def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypatch):
+  config, workdir, _ = run
+  # Fills the cache if this test runs alone; a cheap hit after the test above.
+  evaluate_lib.real_features(config, 'test', N, batch_size=N, with_labels=True)
+  before = _cache_files(config)
+  counter = _CountPasses(monkeypatch)
+  # The I3D path is the one tested above; here it only records the generated
+  # videos, which keeps this test to the cost of the sampler.
+  seen = []
+
+  def fake_features(videos, batch_size):
+    seen.append(np.array(videos))
+    return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
+  monkeypatch.setattr(evaluate_lib.i3d, 'extract_features', fake_features)
+  # One sampling step: reconstruction guidance differentiates through the
+  # network, which runs ~15x slower under jax_disable_most_optimizations.
+  evaluate_lib.evaluate(workdir, num_samples=N, mode='predict', context_frames=2, w_r=1.0,
+                        steps=1)
+  line = _json_line(capsys.readouterr().out)
+  assert counter.feature_passes == 0  # Cache hit: no I3D on real clips.
+  assert _cache_files(config) == before  # Nothing rewritten.
+  assert line['mode'] == 'predict' and line['context_frames'] == 2
+  assert line['reconstruction_guidance_weight'] == 1.0 and line['sampling_steps'] == 1
+  assert np.isfinite(line['fvd']) and line['fvd'] >= 0.0
+  assert os.path.exists(os.path.join(workdir, 'eval', '2_predict2.json'))
+  # The generated clips start with the first 2 frames of the N real clips.
+  (generated,) = seen
+  assert generated.shape == (N, 10, 8, 8, 1) and generated.dtype == np.uint8
+  real = evaluate_lib._real_pass(config, 'test', evaluate_lib.select_indices(16, N), N,
+                                 features=False, keep_videos=True)['videos']
+  np.testing.assert_array_equal(generated[:, :2], real[:, :2])
+
+
+def test_evaluate_during_training_matches_cli_and_writes_scalars(run, capsys):
+  config, workdir, state = run
+
+  class Writer:
+    def __init__(self):
+      self.scalars = []
+
+    def write_scalars(self, step, scalars):
+      self.scalars.append((step, dict(scalars)))
+
+  trainer = train_lib.Trainer(config)
+  writer = Writer()
+  result = evaluate_lib.evaluate_during_training(trainer, state.ema_params, 2, workdir, writer)
+  assert writer.scalars == [(2, {'fvd': result['fvd'], 'kvd': result['kvd']})]
+  with open(os.path.join(workdir, 'eval', '2.json')) as f:
+    cli = json.load(f)
+  # Same weights, seed, N and batch size as evaluate(): the same samples.
+  assert result['fvd'] == pytest.approx(cli['fvd'], rel=1e-4)
+  assert result['kvd'] == pytest.approx(cli['kvd'], rel=1e-4, abs=1e-6)
+
+
+def test_real_vs_real(run, capsys, monkeypatch):
+  config, workdir, _ = run
+  # Two sets of n = N / 2 select the same 2n = N clips as a model evaluation
+  # with N samples, so the features come from the cache (no I3D run here).
+  evaluate_lib.real_features(config, 'test', N, batch_size=N)
+  counter = _CountPasses(monkeypatch)
+  n = N // 2
+  result = evaluate_lib.evaluate(workdir, num_samples=n, real_vs_real_only=True)
+  line = _json_line(capsys.readouterr().out)
+  assert counter.feature_passes == 0
+  assert line == result and line['mode'] == 'real_vs_real'
+  # The split has 16 >= 2n clips: two disjoint sets of n.
+  assert (line['num_samples'], line['num_real']) == (n, n)
+  assert np.isfinite(line['fvd']) and line['fvd'] >= 0.0
+  assert line['replacement'] == 'without'
+  assert os.path.exists(os.path.join(workdir, 'eval', f'real_vs_real_test_{n}.json'))
+  # Without a run: the data described by a config alone; no file is written.
+  line2 = evaluate_lib.evaluate(config=config, num_samples=n, real_vs_real_only=True)
+  assert line2['fvd'] == line['fvd']
+
+
+def test_too_few_frames_fails_early_in_cli(tmp_path):
+  # A workdir with only a config: the check must come before any checkpoint
+  # or data is read.
+  config = _config(str(tmp_path / 'no_data'), num_frames=8)
+  train_lib.save_config(config, str(tmp_path))
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, os.path.join(REPO, 'evaluate.py'),
+                        f'--workdir={tmp_path}', '--num_samples=4'],
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert 'at least 9 frames' in out.stderr and 'num_frames=8' in out.stderr
+  assert not os.path.exists(tmp_path / 'no_data')
+
+
+def test_bad_predict_context_and_config_misuse(run):
+  config, workdir, _ = run
+  with pytest.raises(ValueError, match='context_frames=10'):
+    evaluate_lib.check_config(config, 'predict', 10)
+  with pytest.raises(ValueError, match='only for --real_vs_real'):
+    evaluate_lib.evaluate(workdir, config=config, num_samples=N)

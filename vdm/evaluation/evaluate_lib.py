@@ -1,0 +1,687 @@
+"""FVD / KVD evaluation of a trained model (or of the real data against itself).
+
+One entry point, `evaluate`, used by evaluate.py, and `evaluate_during_training`
+for the training loop. Both fix the whole protocol in code and print it with
+every figure:
+
+* Real videos: N clips of a TFDS split, made exactly like training clips
+  (same frames, frameskip, resolution and channels; frame 0 onwards, never
+  flipped) by `vdm.data.pipeline.make_eval_iterator`. The N clips are the
+  examples floor(i * S / N), i = 0..N-1, of the split's S examples in stored
+  order: distinct (without replacement) and spread over the whole split, so
+  that a split stored sorted by class (UCF101) is not represented by its first
+  few classes only. Their I3D features (and labels) are cached on disk.
+* Generated videos: N samples from the EMA weights with the config's sampler,
+  in batches of config.eval.batch_size, as uint8 exactly like the saved
+  samples (`vdm.video_io.to_uint8`; no video compression).
+  - 'unconditional': `Trainer.sample`; a class-conditional model gets the
+    labels of the N real clips, so the generated label distribution equals
+    the real one.
+  - 'predict': the first k frames of each of the N real clips are given and
+    the rest of the clip is sampled with reconstruction guidance
+    (`vdm.sampling.predict_frames`); FVD is taken over all T frames (the k
+    given ones included), as in the BAIR 1 -> 15 frame protocol.
+* Features: `vdm.evaluation.i3d` (Kinetics-400 I3D, the reference FVD
+  protocol; see `i3d.FVD_PROTOCOL`). FVD = Frechet distance, KVD = unbiased
+  cubic-polynomial-kernel MMD^2, both on the 400-d logits.
+* Real vs real: FVD/KVD between two disjoint sets of real clips (N each when
+  the split has >= 2N examples, else N/2 each): the floor a model is compared
+  against.
+
+Only numpy, jax and the repo are needed at import time; TFDS (through the input
+pipeline) and clu (the writer passed in) are used lazily.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vdm import sampling
+from vdm import video_io
+from vdm.diffusion import guidance
+from vdm.evaluation import i3d
+from vdm.evaluation import metrics
+
+MODES = ('unconditional', 'predict')
+# Versions the choice of real clips; part of the cache key, so a change in how
+# clips are selected can never reuse stale features.
+REAL_SELECTION = 'evenly-spaced-v1'
+CACHE_SUBDIR = 'fvd_cache'
+
+
+# ---------------------------------------------------------------------------
+# Small helpers.
+
+
+def _log(msg: str) -> None:
+  """Progress goes to stderr so that stdout carries only the JSON result."""
+  if jax.process_index() == 0:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Progress:
+  """'what: done/total, elapsed, ETA' lines, at most one every `every` s.
+
+  Args:
+    what: name of the work in the lines.
+    total: number of videos.
+    every: minimum seconds between lines (the last line always prints).
+  """
+
+  def __init__(self, what: str, total: int, every: float = 5.0):
+    self.what, self.total, self.every = what, total, every
+    self.start = time.perf_counter()
+    self.last = -math.inf
+
+  def __call__(self, done: int) -> None:
+    now = time.perf_counter()
+    if done < self.total and now - self.last < self.every:
+      return
+    self.last = now
+    dt = now - self.start
+    eta = dt / max(done, 1) * (self.total - done)
+    _log(f'{self.what}: {done}/{self.total} videos, {dt:.1f}s '
+         f'({dt / max(done, 1):.2f} s/video, ETA {eta:.0f}s)')
+
+
+def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
+                 context_frames: int = 1) -> None:
+  """Fails early (before any checkpoint or data is read) on unusable settings.
+
+  Args:
+    config: the run's config.
+    mode: one of MODES.
+    context_frames: k given frames in 'predict' mode.
+
+  Raises:
+    ValueError: clips shorter than the I3D's minimum, unknown mode or bad k.
+  """
+  t = int(config.data.num_frames)
+  if t < i3d.MIN_FRAMES:
+    raise ValueError(
+        f'FVD needs clips of at least {i3d.MIN_FRAMES} frames (the I3D halves '
+        f'the time axis three times and then pools over 2 frames), but '
+        f'config.data.num_frames={t}. Train with --config.data.num_frames='
+        f'{i3d.MIN_FRAMES} or more to evaluate FVD.')
+  if mode not in MODES:
+    raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
+  if mode == 'predict' and not 0 < context_frames < t:
+    raise ValueError(f'context_frames={context_frames} must be in (0, '
+                     f'config.data.num_frames={t}) for mode=predict.')
+
+
+def default_cache_dir(config: ml_collections.ConfigDict) -> str:
+  """Where real-split features are cached: next to the data they describe.
+
+  Args:
+    config: the run's config.
+
+  Returns:
+    <config.data.data_dir, or $TFDS_DATA_DIR / ~/tensorflow_datasets>/fvd_cache.
+  """
+  data_dir = str(config.data.get('data_dir', '') or '') or os.environ.get(
+      'TFDS_DATA_DIR', '~/tensorflow_datasets')
+  return os.path.join(os.path.abspath(os.path.expanduser(data_dir)), CACHE_SUBDIR)
+
+
+def split_size(config: ml_collections.ConfigDict, split: str) -> int:
+  """Number of examples in `split` of config.data.dataset.
+
+  `pipeline.dataset_info` reports the size of the train split, so it is asked
+  about a copy of the config whose train split is `split`.
+
+  Args:
+    config: the run's config.
+    split: split name.
+
+  Returns:
+    S, the number of examples.
+  """
+  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  probe = copy.deepcopy(config)
+  probe.data.train_split = split
+  return int(pipeline.dataset_info(probe)['num_train_examples'])
+
+
+def select_indices(num_available: int, num: int) -> np.ndarray:
+  """`num` distinct example indices spread evenly over [0, num_available).
+
+  Args:
+    num_available: S, the split size.
+    num: N <= S.
+
+  Returns:
+    int64 [N], strictly increasing: floor(i * S / N).
+  """
+  if not 0 < num <= num_available:
+    raise ValueError(f'cannot take {num} distinct clips from a split of '
+                     f'{num_available} (FVD here samples without replacement).')
+  return (np.arange(num, dtype=np.int64) * num_available) // num
+
+
+def real_cache_key(config: ml_collections.ConfigDict, split: str, num: int,
+                   num_available: int, what: str = 'i3d_features') -> dict:
+  """Everything the cached real features (or labels) depend on.
+
+  Args:
+    config: the run's config (its data section).
+    split: split name.
+    num: N, clips selected.
+    num_available: S, the split size (the selection depends on it).
+    what: 'i3d_features' or 'labels'.
+
+  Returns:
+    A JSON-like key for `metrics.cached_real_features`.
+  """
+  d = config.data
+  key = {
+      'what': what,
+      'dataset': str(d.dataset),
+      'split': split,
+      'split_size': int(num_available),
+      'resolution': int(d.image_size),
+      'channels': int(d.channels),
+      'frames': int(d.num_frames),
+      'frameskip': int(d.get('frameskip', 1)),
+      'video_key': str(d.get('video_key', 'video')),
+      'num_samples': int(num),
+      'selection': REAL_SELECTION,
+      'protocol_version': i3d.FVD_PROTOCOL['version'],
+  }
+  if what == 'labels':
+    key['label_key'] = str(d.get('label_key', ''))
+  return key
+
+
+def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
+               num_frames: Optional[int] = None, features: bool = True,
+               keep_videos: bool = False, what: str = 'real clips'
+               ) -> dict[str, Optional[np.ndarray]]:
+  """One ordered pass over the split that keeps the clips at `indices`.
+
+  Reading goes through `make_eval_iterator` (the training clip recipe), up to
+  the last wanted example. Kept clips are buffered and sent to the I3D in full
+  batches of `batch_size`, so the I3D compiles once and never runs on mostly
+  padding even when the wanted clips are sparse in the split.
+
+  Args:
+    config: the run's config.
+    split: split name.
+    indices: int64 [N] strictly increasing example indices.
+    batch_size: reading and I3D batch size.
+    num_frames: clip length; config.data.num_frames when None.
+    features: compute I3D features of the kept clips.
+    keep_videos: also return the kept clips.
+    what: name in progress lines.
+
+  Returns:
+    dict with 'features' (float64 [N, 400] or None), 'labels' (int64 [N] or
+    None when the config has no label_key) and 'videos' (uint8 [N, T', H, W,
+    C] or None), rows in the order of `indices`.
+  """
+  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  n = len(indices)
+  wanted = np.zeros(int(indices[-1]) + 1, bool)
+  wanted[indices] = True
+  it = pipeline.make_eval_iterator(
+      config, split, num_examples=len(wanted),
+      batch_size=batch_size, num_frames=num_frames,
+      # Every process reads all N clips: the metric is computed redundantly on
+      # each host rather than gathered.
+      process_index=0, process_count=1)
+  feats, labels, videos, buffer = [], [], [], []
+  progress = _Progress(f'I3D features of {what}' if features else f'reading {what}', n)
+  done = 0
+
+  def flush(force: bool):
+    nonlocal buffer, done
+    while buffer and (force or sum(len(b) for b in buffer) >= batch_size):
+      stacked = np.concatenate(buffer)
+      chunk, rest = stacked[:batch_size], stacked[batch_size:]
+      buffer = [rest] if len(rest) else []
+      if features:
+        # Padded to a full batch: one compiled I3D shape for every call.
+        feats.append(i3d.extract_features(_pad_rows(chunk, batch_size),
+                                          batch_size=batch_size)[:len(chunk)])
+      if keep_videos:
+        videos.append(chunk)
+      done += len(chunk)
+      progress(done)
+
+  try:
+    for batch in it:
+      keep = batch['mask'] & wanted[np.maximum(batch['index'], 0)]
+      if not keep.any():
+        continue
+      buffer.append(batch['video'][keep])
+      if 'label' in batch:
+        labels.append(batch['label'][keep].astype(np.int64))
+      flush(force=False)
+    flush(force=True)
+  finally:
+    getattr(it, 'close', lambda: None)()
+  if done != n:
+    raise RuntimeError(f'read {done} of the {n} wanted clips of split {split!r}.')
+  return {
+      'features': np.concatenate(feats) if features else None,
+      'labels': np.concatenate(labels) if labels else None,
+      'videos': np.concatenate(videos) if keep_videos else None,
+  }
+
+
+def real_features(config, split: str, num: int, *, batch_size: int,
+                  cache_dir: Optional[str] = None, with_labels: bool = False
+                  ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """I3D features (and labels) of the N protocol clips of a split, cached.
+
+  Args:
+    config: the run's config (config.data describes the clips).
+    split: split name.
+    num: N, number of clips (<= split size).
+    batch_size: reading / I3D batch size.
+    cache_dir: cache directory; default_cache_dir(config) when None.
+    with_labels: also return the clips' labels (needs config.data.label_key).
+
+  Returns:
+    (float64 [N, 400] features, int64 [N] labels or None).
+  """
+  cache_dir = cache_dir or default_cache_dir(config)
+  s = split_size(config, split)
+  indices = select_indices(s, num)
+  key = real_cache_key(config, split, num, s)
+  passes = {}
+
+  def compute():
+    passes['out'] = _real_pass(config, split, indices, batch_size,
+                               what=f'{num} real clips ({split})')
+    return passes['out']['features']
+
+  feats = metrics.cached_real_features(cache_dir, key, compute)
+  if 'out' not in passes:
+    _log(f'Real features: cache hit in {cache_dir} ({num} clips of {split}).')
+  labels = None
+  if with_labels:
+    def compute_labels():
+      out = passes.get('out') or _real_pass(config, split, indices, batch_size,
+                                            features=False, what='real labels')
+      if out['labels'] is None:
+        raise ValueError('a class-conditional model needs config.data.label_key.')
+      return out['labels'][:, None]  # The cache stores [N, D] arrays.
+    labels = metrics.cached_real_features(
+        cache_dir, real_cache_key(config, split, num, s, what='labels'),
+        compute_labels)[:, 0].astype(np.int64)
+  return feats, labels
+
+
+# ---------------------------------------------------------------------------
+# Generated videos.
+
+
+@functools.lru_cache(maxsize=8)
+def _predict_fn(graphdef, conditional: bool, num_frames: int, parameterization,
+                logsnr_fn, sampler: str, num_steps: int, clip_x: bool):
+  """Compiled 'first k frames given' sampler, cached across evaluations."""
+
+  @jax.jit
+  def run(params, rng, context, labels, guidance_weight, w_r, gamma, pc_delta):
+    model = nnx.merge(graphdef, params)
+    if conditional:
+      model_fn = guidance.classifier_free(lambda z, l, y: model(z, l, label=y),
+                                          labels, guidance_weight)
+    else:
+      model_fn = lambda z, l: model(z, l)
+    return sampling.predict_frames(
+        model_fn, rng, context, num_frames, method='reconstruction',
+        guidance_weight=w_r, logsnr_fn=logsnr_fn,
+        parameterization=parameterization, sampler=sampler,
+        num_steps=num_steps, gamma=gamma, pc_delta=pc_delta, clip_x=clip_x)
+  return run
+
+
+def _pad_rows(x: Optional[np.ndarray], size: int) -> Optional[np.ndarray]:
+  """Pads axis 0 to `size` by repeating the last row (one compiled shape)."""
+  if x is None or len(x) == size:
+    return x
+  return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+
+
+def generated_features(trainer, params, num: int, *, batch_size: int, seed: int,
+                       labels: Optional[np.ndarray] = None,
+                       contexts: Optional[np.ndarray] = None,
+                       w_r: Optional[float] = None,
+                       on_videos: Optional[Callable[[int, np.ndarray], None]] = None
+                       ) -> np.ndarray:
+  """Samples N videos batch by batch and returns their I3D features.
+
+  Each batch is sampled, converted to uint8 like saved samples and passed to
+  the I3D at once, so memory holds one batch of videos. Every batch has the
+  same shape (the last one is padded and trimmed), so the sampler compiles
+  once. Batch b uses the key fold_in(PRNGKey(seed), b).
+
+  Args:
+    trainer: a train_lib.Trainer (its config's sampling section is used).
+    params: EMA parameters.
+    num: N videos.
+    batch_size: videos per sampling / I3D call.
+    seed: sampling seed.
+    labels: int [N] class labels for a class-conditional model, else None.
+    contexts: uint8 [N, k, H, W, C] given first frames ('predict' mode), or
+      None for unconditional sampling.
+    w_r: reconstruction guidance weight ('predict'); config.sampling.w_r when
+      None.
+    on_videos: optional callback(first_index, uint8 videos) per batch (e.g.
+      to keep a few samples).
+
+  Returns:
+    float64 [N, 400] I3D features.
+  """
+  c = trainer.config
+  s = c.sampling
+  t = c.data.num_frames
+  conditional = bool(trainer.model_config.num_classes)
+  rng = jax.random.PRNGKey(seed)
+  bs = max(1, min(batch_size, num))
+  feats = []
+  progress = _Progress('sampling + I3D of generated videos', num, every=0.0)
+  for b, lo in enumerate(range(0, num, bs)):
+    rows = min(bs, num - lo)
+    key = jax.random.fold_in(rng, b)
+    lab = _pad_rows(None if labels is None else np.asarray(labels[lo:lo + rows]), bs)
+    if contexts is None:
+      videos = trainer.sample(params, key, bs, num_frames=t,
+                              labels=None if lab is None else jnp.asarray(lab, jnp.int32))
+    else:
+      ctx = _pad_rows(video_io.to_model_range(contexts[lo:lo + rows]), bs)
+      fn = _predict_fn(trainer.graphdef, conditional, t, c.diffusion.parameterization,
+                       trainer.logsnr_fn, s.sampler, s.num_steps, s.clip_x)
+      if lab is None:
+        lab = np.zeros(bs, np.int32)  # Unused by an unconditional model.
+      videos = np.asarray(fn(params, key, jnp.asarray(ctx), jnp.asarray(lab, jnp.int32),
+                             s.guidance_weight, s.w_r if w_r is None else w_r,
+                             s.gamma, s.pc_delta))
+    videos_u8 = video_io.to_uint8(videos[:rows])  # [rows, T, H, W, C]
+    if on_videos is not None:
+      on_videos(lo, videos_u8)
+    feats.append(i3d.extract_features(_pad_rows(videos_u8, bs), batch_size=bs)[:rows])
+    progress(lo + rows)
+  return np.concatenate(feats)
+
+
+# ---------------------------------------------------------------------------
+# Results.
+
+
+def _distances(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+  kvd, kvd_std = metrics.kernel_distance(real, fake, return_std=True)
+  return {'fvd': metrics.fvd_from_features(real, fake), 'kvd': kvd, 'kvd_std': kvd_std}
+
+
+def protocol_fields(config, split: str, num: int, num_real: Optional[int] = None
+                    ) -> dict[str, Any]:
+  """The protocol printed with every figure (flat, for grep and JSON).
+
+  Args:
+    config: the run's config.
+    split: real split.
+    num: generated (or first real set) videos.
+    num_real: real videos (num when None).
+
+  Returns:
+    dict of JSON-able protocol fields.
+  """
+  d = config.data
+  return {
+      'num_samples': int(num),
+      'num_real': int(num if num_real is None else num_real),
+      'dataset': str(d.dataset),
+      'split': split,
+      'frames': int(d.num_frames),
+      'frameskip': int(d.get('frameskip', 1)),
+      'resolution': int(d.image_size),
+      'channels': int(d.channels),
+      'replacement': 'without',
+      'sample_format': 'uint8 frames as sampled (video_io.to_uint8), no video compression',
+      'real_selection': f'{REAL_SELECTION}: examples floor(i * S / N) of the split',
+      'protocol_version': i3d.FVD_PROTOCOL['version'],
+      'protocol': i3d.format_protocol(),
+  }
+
+
+def _write_json(path: str, result: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _emit(result: dict, path: Optional[str]) -> None:
+  """Prints the result as one JSON line on stdout and writes it to `path`."""
+  if jax.process_index() != 0:
+    return
+  if path:
+    result['output'] = path
+    _write_json(path, result)
+  print(json.dumps(result, sort_keys=True), flush=True)
+  if path:
+    _log(f'Wrote {path}')
+
+
+def _model_eval(trainer, params, step: int, *, num: int, split: str, mode: str,
+                context_frames: int, batch_size: int, seed: int,
+                cache_dir: Optional[str], w_r: Optional[float] = None) -> dict:
+  """FVD/KVD of a model's samples against N real clips; returns the result."""
+  config = trainer.config
+  check_config(config, mode, context_frames)
+  if num < 2:
+    raise ValueError(f'num_samples={num}: FVD needs at least 2 videos.')
+  start = time.time()
+  conditional = bool(trainer.model_config.num_classes)
+  real, labels = real_features(config, split, num, batch_size=batch_size,
+                               cache_dir=cache_dir, with_labels=conditional)
+  contexts = None
+  if mode == 'predict':
+    s = split_size(config, split)
+    contexts = _real_pass(config, split, select_indices(s, num), batch_size,
+                          num_frames=context_frames, features=False,
+                          keep_videos=True, what='context frames')['videos']
+  fake = generated_features(trainer, params, num, batch_size=batch_size, seed=seed,
+                            labels=labels, contexts=contexts, w_r=w_r)
+  sc = config.sampling
+  result = {
+      **_distances(real, fake),
+      'step': int(step),
+      'mode': mode,
+      **protocol_fields(config, split, num),
+      'sampler': str(sc.sampler),
+      'sampling_steps': int(sc.num_steps),
+      'clip_x': bool(sc.clip_x),
+      'seed': int(seed),
+      'batch_size': int(batch_size),
+      'sample_labels': 'labels of the real clips' if conditional else 'none',
+  }
+  if conditional:
+    result['guidance_weight'] = float(sc.guidance_weight)
+  if mode == 'predict':
+    result.update(context_frames=int(context_frames),
+                  reconstruction_guidance_weight=float(sc.w_r if w_r is None else w_r),
+                  fvd_frames='all frames, the given context frames included')
+  result['seconds'] = round(time.time() - start, 1)
+  return result
+
+
+def real_vs_real(config, *, num: int, split: str, batch_size: int,
+                 cache_dir: Optional[str] = None) -> dict:
+  """FVD/KVD between two disjoint sets of real clips of a split.
+
+  With S >= 2N examples the sets have N clips each (the same size as a model
+  evaluation with N samples); with N <= S < 2N they have N // 2 each. The
+  2M selected clips (evenly spaced, see module docstring) alternate between
+  the sets, so both cover the whole split.
+
+  Args:
+    config: the run's config (data section).
+    num: N.
+    split: split name.
+    batch_size: reading / I3D batch size.
+    cache_dir: feature cache; default_cache_dir(config) when None.
+
+  Returns:
+    The result dict (fvd, kvd, protocol fields).
+  """
+  check_config(config)
+  start = time.time()
+  s = split_size(config, split)
+  if s >= 2 * num:
+    total = 2 * num
+  elif s >= num:
+    total = 2 * (num // 2)
+  else:
+    raise ValueError(f'split {split!r} of {config.data.dataset} has {s} examples, '
+                     f'fewer than num_samples={num}.')
+  if total < 4:
+    raise ValueError(f'num_samples={num} leaves fewer than 2 clips per set.')
+  feats, _ = real_features(config, split, total, batch_size=batch_size,
+                           cache_dir=cache_dir)
+  a, b = feats[0::2], feats[1::2]
+  result = {**_distances(a, b), 'mode': 'real_vs_real',
+            **protocol_fields(config, split, len(b), len(a)),
+            'real_vs_real': f'{len(a)} vs {len(b)} disjoint real clips '
+                            '(alternate clips of the selection)',
+            'batch_size': int(batch_size)}
+  result['seconds'] = round(time.time() - start, 1)
+  return result
+
+
+# ---------------------------------------------------------------------------
+# Entry points.
+
+
+def _load_run_config(workdir: Optional[str], config) -> ml_collections.ConfigDict:
+  from vdm import train_lib  # pylint: disable=g-import-not-at-top
+  if config is not None:
+    return copy.deepcopy(config)
+  if not workdir:
+    raise ValueError('give --workdir (a train.py run) or --config.')
+  return train_lib.load_config(workdir)
+
+
+def evaluate(workdir: Optional[str] = None, *, config=None,
+             num_samples: Optional[int] = None, split: Optional[str] = None,
+             mode: str = 'unconditional', context_frames: int = 1,
+             checkpoint_step: Optional[int] = None, batch_size: Optional[int] = None,
+             seed: int = 0, real_vs_real_only: bool = False,
+             sampler: Optional[str] = None, steps: Optional[int] = None,
+             guidance_weight: Optional[float] = None, w_r: Optional[float] = None,
+             cache_dir: Optional[str] = None) -> dict:
+  """Evaluates a checkpoint (or the real split against itself); prints JSON.
+
+  Prints progress on stderr, then the result as ONE JSON line on stdout, and
+  writes it to workdir/eval/<step>.json ('predict' mode:
+  <step>_predict<k>.json; real vs real: real_vs_real_<split>_<N>.json, only
+  when a workdir is given).
+
+  Args:
+    workdir: a train.py --workdir (its config.json and checkpoints).
+    config: with real_vs_real_only, a config to use instead of
+      workdir/config.json (no training run needed); not allowed otherwise.
+    num_samples: N; config.eval.num_samples when None.
+    split: real split; config.data.eval_split when None.
+    mode: 'unconditional' or 'predict'.
+    context_frames: k given frames in 'predict' mode.
+    checkpoint_step: the checkpoint; the newest when None.
+    batch_size: sampling / I3D batch; config.eval.batch_size when None.
+    seed: sampling seed.
+    real_vs_real_only: compute the real-vs-real floor instead (no checkpoint).
+    sampler, steps, guidance_weight, w_r: override config.sampling.sampler,
+      num_steps, guidance_weight (classifier-free) and w_r (reconstruction
+      guidance, 'predict' mode).
+    cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
+
+  Returns:
+    The result dict that was printed.
+  """
+  from vdm import train_lib  # pylint: disable=g-import-not-at-top
+  run_config = _load_run_config(workdir, config)
+  # Fail before touching checkpoints or data.
+  check_config(run_config, mode, context_frames)
+  num = int(num_samples or run_config.eval.num_samples)
+  split = split or str(run_config.data.get('eval_split', 'test'))
+  bs = int(batch_size or run_config.eval.batch_size)
+  _log(f'FVD protocol {i3d.format_protocol()}')
+  if real_vs_real_only:
+    result = real_vs_real(run_config, num=num, split=split, batch_size=bs,
+                          cache_dir=cache_dir)
+    path = (os.path.join(workdir, 'eval', f'real_vs_real_{split}_{num}.json')
+            if workdir else None)
+    _emit(result, path)
+    return result
+  if not workdir or config is not None:
+    # The model must be rebuilt exactly as trained, so its own saved config is
+    # the only one used; --config only describes the data for real vs real.
+    raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
+                     '--config; --config is only for --real_vs_real.')
+  overrides = {'eval.batch_size': bs}
+  for key, value in (('sampling.sampler', sampler), ('sampling.num_steps', steps),
+                     ('sampling.guidance_weight', guidance_weight),
+                     ('sampling.w_r', w_r)):
+    if value is not None:
+      overrides[key] = value
+  trainer, params, step = train_lib.restore_trained(workdir, checkpoint_step, overrides)
+  _log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
+       f'sampler={trainer.config.sampling.sampler} x {trainer.config.sampling.num_steps} steps.')
+  result = _model_eval(trainer, params, step, num=num, split=split, mode=mode,
+                       context_frames=context_frames, batch_size=bs, seed=seed,
+                       cache_dir=cache_dir)
+  result['workdir'] = workdir
+  name = f'{step}.json' if mode == 'unconditional' else f'{step}_predict{context_frames}.json'
+  _emit(result, os.path.join(workdir, 'eval', name))
+  return result
+
+
+def evaluate_during_training(trainer, ema_params, step: int, workdir: str,
+                             writer=None) -> dict:
+  """FVD/KVD of the current EMA weights, for the training loop.
+
+  Uses config.eval.num_samples, config.eval.batch_size, the eval split,
+  unconditional mode and seed 0, so the figure equals what
+  `python evaluate.py --workdir=... --checkpoint_step=<step>` reports for the
+  same checkpoint. Every process must call it (sampling is one jitted program
+  over the mesh); process 0 writes workdir/eval/<step>.json and prints the
+  JSON line, and `writer` (process 0's clu writer; None elsewhere) gets the
+  scalars 'fvd' and 'kvd'.
+
+  Args:
+    trainer: the train_lib.Trainer of the run.
+    ema_params: state.ema_params.
+    step: the current step.
+    workdir: the run's workdir.
+    writer: a clu metric writer or None.
+
+  Returns:
+    The result dict.
+  """
+  config = trainer.config
+  split = str(config.data.get('eval_split', 'test'))
+  result = _model_eval(trainer, ema_params, step, num=int(config.eval.num_samples),
+                       split=split, mode='unconditional', context_frames=1,
+                       batch_size=int(config.eval.batch_size), seed=0, cache_dir=None)
+  result['workdir'] = workdir
+  _emit(result, os.path.join(workdir, 'eval', f'{step}.json'))
+  if writer is not None:
+    writer.write_scalars(step, {'fvd': result['fvd'], 'kvd': result['kvd']})
+  return result
