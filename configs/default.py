@@ -78,11 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
   opt.eps = 1e-8                     # Adam epsilon.
   opt.weight_decay = 0.0             # Decoupled weight decay (adamw only).
   opt.grad_clip = 1.0                # Global-norm gradient clipping; 0 disables.
-  opt.ema_decay = 0.995              # EMA of parameters, used for sampling and evaluation.
+  opt.ema_decay = 0.995              # EMA decay (warmed up as min(decay, (1+s)/(10+s))); EMA weights sample and evaluate.
 
   # --- training loop -----------------------------------------------------------
   config.training = training = ml_collections.ConfigDict()
-  training.batch_size = 8            # Global batch size (videos), split over all devices.
+  training.batch_size = 4            # Global batch size (videos), split over all devices.
   training.num_steps = 300           # Total optimizer steps.
   training.grad_accum_steps = 1      # Micro-batches per step (batch_size must divide).
   training.seed = 0                  # Seed of initialisation, noise and dropout.

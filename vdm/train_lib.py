@@ -184,7 +184,10 @@ class Trainer:
       loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = self.config.optimizer.ema_decay
+    # Warm the EMA up: with a fixed 0.9999 the average would still be mostly
+    # the random initialisation after thousands of steps.
+    step = state.step.astype(jnp.float32)
+    decay = jnp.minimum(self.config.optimizer.ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': self.lr_schedule(state.step)}
@@ -212,22 +215,27 @@ class Trainer:
              c.data.image_size, c.data.channels)
     if self.model_config.num_classes and labels is None:
       labels = jnp.arange(num_samples) % self.model_config.num_classes
-    fn = _sample_fn(self.graphdef, shape, self.model_config.num_classes > 0, c.diffusion.parameterization,
-                    self.logsnr_fn, s.sampler, s.num_steps, s.clip_x, progress)
+    # w = 0 is the plain conditional model: skip the doubled guidance batch.
+    guided = bool(self.model_config.num_classes) and s.guidance_weight != 0
+    fn = _sample_fn(self.graphdef, shape, bool(self.model_config.num_classes), guided,
+                    c.diffusion.parameterization, self.logsnr_fn, s.sampler, s.num_steps,
+                    s.clip_x, progress)
     return np.asarray(fn(params, rng, labels, s.guidance_weight, s.gamma, s.pc_delta))
 
 
 @functools.lru_cache(maxsize=16)
-def _sample_fn(graphdef, shape, conditional, parameterization, logsnr_fn, sampler, num_steps,
-               clip_x, progress):
+def _sample_fn(graphdef, shape, conditional, guided, parameterization, logsnr_fn, sampler,
+               num_steps, clip_x, progress):
   """A compiled sampler, cached so repeated sampling does not recompile."""
 
   @jax.jit
   def run(params, rng, labels, guidance_weight, gamma, pc_delta):
     model = nnx.merge(graphdef, params)
-    if conditional:
+    if guided:
       model_fn = guidance.classifier_free(lambda z, l, y: model(z, l, label=y), labels,
                                           guidance_weight)
+    elif conditional:
+      model_fn = lambda z, l: model(z, l, label=labels)
     else:
       model_fn = lambda z, l: model(z, l)
     return samplers.sample(model_fn, rng, shape, logsnr_fn=logsnr_fn,
