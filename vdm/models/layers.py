@@ -103,16 +103,21 @@ def _conv2d_bwd(stride, residuals, grad):
   kh, kw, cin, cout = kernel.shape
   pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), 'SAME')
   xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  n = x.shape[0]
   oh, ow = grad.shape[1:3]
+  span_h, span_w = (oh - 1) * stride + 1, (ow - 1) * stride + 1
   g = grad.reshape(-1, cout)  # [N*OH*OW, Cout]
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      window = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
-      taps.append(jnp.dot(window.reshape(-1, cin).T, g,
-                          preferred_element_type=jnp.float32))  # [Cin, Cout]
-  dkernel = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
-  return dx, dkernel
+
+  def tap(t, dk):
+    # One shifted window alive at a time: unrolled, XLA built all kh*kw
+    # windows at once (half of the train step's temporary memory).
+    i, j = t // kw, t % kw
+    window = jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, span_h, span_w, cin))
+    window = window[:, ::stride, ::stride]
+    return dk.at[t].set(jnp.dot(window.reshape(-1, cin).T, g,
+                                preferred_element_type=jnp.float32))
+  dk = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
+  return dx, dk.reshape(kh, kw, cin, cout).astype(kernel.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
