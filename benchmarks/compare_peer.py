@@ -20,7 +20,9 @@ one task. The last line reads
 
   speedup train=X.XX sample=Y.YY memory=Z.ZZ
 
-(peer seconds / ours, and the peer's peak RSS in training / ours).
+(peer seconds / ours, and the peer's peak RSS over the timed training steps /
+ours). The table before it also gives each side's setup peak (model build, our
+compilation, warm-up) and its ratio.
 """
 
 from __future__ import annotations
@@ -169,10 +171,11 @@ def ours_worker_main(args) -> None:
   for _ in range(args.warmup):
     common.block(prepared.step())
   rate = common.matmul_rate(2048)
+  setup_peak = common.rss_high_water_mark_bytes()  # Build, init, compile and warm-up.
   hwm_reset = common.reset_rss_high_water_mark()
   info = dict(prepared.info)
   info.update(ready=True, matmul_rate=rate, hwm_reset=hwm_reset, jax=common.jax.__version__,
-              flops=info['matmul_flops'])
+              flops=info['matmul_flops'], setup_peak_rss_bytes=setup_peak)
   print(json.dumps(info), flush=True)
   for line in sys.stdin:
     cmd = line.split()
@@ -236,6 +239,11 @@ def _table(rows):
   return '\n'.join(out)
 
 
+def _steps_peak(stats: dict) -> int:
+  """Peak RSS over the timed steps: VmHWM since the reset, else ru_maxrss."""
+  return stats.get('steady_peak_rss_bytes') or stats['peak_rss_bytes']
+
+
 def report(results: dict, args) -> dict:
   mib = lambda b: f'{b / 2**20:,.0f}' if b else '-'
   summary = {}
@@ -258,7 +266,7 @@ def report(results: dict, args) -> dict:
   print(f'\n== FLOPs and achieved rate (machine float32 2048x2048 matmul: '
         f'{machine / 1e9:.0f} GFLOP/s) ==')
   rows = [('task', 'side', 'params', 'matmul+conv GFLOP', 'XLA GFLOP', 'GFLOP/s',
-           '% of matmul', 'peak RSS MiB', 'timed-steps RSS MiB', 'matmul GFLOP/s')]
+           '% of matmul', 'setup peak RSS MiB', 'steps peak RSS MiB', 'matmul GFLOP/s')]
   for kind, res in results.items():
     for side in ('ours', 'peer'):
       s = res[side]
@@ -267,19 +275,20 @@ def report(results: dict, args) -> dict:
       rows.append((kind, side, f"{s['param_count']:,}", f"{s['flops'] / 1e9:.2f}",
                    f"{s['xla_flops'] / 1e9:.2f}" if s.get('xla_flops') else '-',
                    f'{rate / 1e9:.1f}', f'{100 * rate / machine:.1f}',
-                   mib(s['peak_rss_bytes']), mib(s.get('steady_peak_rss_bytes')),
+                   mib(s.get('setup_peak_rss_bytes')), mib(_steps_peak(s)),
                    f"{s['matmul_rate'] / 1e9:.0f}"))
       summary[kind][f'{side}_gflops_per_s'] = rate / 1e9
   print(_table(rows))
   print('(matmul+conv FLOPs: torch FlopCounterMode for the peer, the same ops counted on '
-        "our jaxpr; XLA GFLOP: XLA's cost analysis, every op. Peak RSS: ru_maxrss of each "
-        'process, our compilation included.)')
-  if 'train' in results:
-    summary['memory'] = results['train']['peer']['peak_rss_bytes'] / \
-        results['train']['ours']['peak_rss_bytes']
-  if 'sample' in results:
-    summary['memory_sample'] = results['sample']['peer']['peak_rss_bytes'] / \
-        results['sample']['ours']['peak_rss_bytes']
+        "our jaxpr; XLA GFLOP: XLA's cost analysis, every op. Setup peak RSS: the process's "
+        'high-water mark over model build, our compilation, and warm-up; steps peak RSS: the '
+        'high-water mark over the timed steps (reset after warm-up), the memory a run holds.)')
+  for kind, key in (('train', 'memory'), ('sample', 'memory_sample')):
+    if kind in results:
+      ours, peer = results[kind]['ours'], results[kind]['peer']
+      summary[key] = _steps_peak(peer) / _steps_peak(ours)
+      if ours.get('setup_peak_rss_bytes') and peer.get('setup_peak_rss_bytes'):
+        summary[key + '_setup'] = peer['setup_peak_rss_bytes'] / ours['setup_peak_rss_bytes']
   for kind, res in results.items():
     print(f"{kind} setup: ours {res['ours']['setup_s']:.0f} s (compile "
           f"{res['ours']['compile_s']:.0f} s), peer {res['peer']['setup_s']:.0f} s")
@@ -325,6 +334,9 @@ def main():
     print(f'(ours with the prototypes {args.ours_with}, not the code in vdm/ as it is)')
   fmt = lambda k: f"{summary[k]['speedup']:.2f}" if k in summary else 'n/a'
   mem = f"{summary['memory']:.2f}" if 'memory' in summary else 'n/a'
+  if 'memory_setup' in summary:
+    print(f"training setup peak RSS, peer / ours: {summary['memory_setup']:.2f} "
+          '(our side includes compiling the step)')
   print(f"load average: start {load_start}, end {_load()}")
   print(f'speedup train={fmt("train")} sample={fmt("sample")} memory={mem}', flush=True)
 

@@ -195,8 +195,34 @@ def conv_dk_loop(x, k):
   return conv2d_loop(x, k, 1)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_unrolled(x, kernel, stride=1):
+  """vdm's conv2d before commit b6d3527: the 9 kernel-gradient taps unrolled."""
+  return layers._conv_same(x, kernel, stride)  # pylint: disable=protected-access
+
+
+def _c2u_bwd(stride, residuals, grad):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x_: layers._conv_same(x_, kernel, stride), x)  # pylint: disable=protected-access
+  (dx,) = input_vjp(grad)
+  kh, kw, cin, cout = kernel.shape
+  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), 'SAME')
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  oh, ow = grad.shape[1:3]
+  g = grad.reshape(-1, cout)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      window = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+      taps.append(jnp.dot(window.reshape(-1, cin).T, g, preferred_element_type=jnp.float32))
+  return dx, jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
+
+
+conv2d_unrolled.defvjp(_c2l_fwd, _c2u_bwd)
+
+
 CONV_VARIANTS = {
-    'current (XLA fwd/dx, 9 tap matmuls dk)': lambda x, k: layers.conv2d(x, k, 1),
+    'unrolled taps dk (vdm before b6d3527)': lambda x, k: conv2d_unrolled(x, k, 1),
     'XLA autodiff': conv_xla_autodiff,
     'XLA fwd/dx, im2col dk': conv_vjp_im2col,
     'XLA fwd/dx, dk taps in a loop': conv_dk_loop,
@@ -208,6 +234,7 @@ CONV_VARIANTS = {
 
 
 def group_norm_current(x, scale, bias, groups, eps=1e-6):
+  """vdm's GroupNorm before the folded form: normalise, then scale and shift."""
   *lead, h, w, c = x.shape
   xf = x.astype(jnp.float32).reshape(*lead, h, w, groups, c // groups)
   mean = jnp.mean(xf, axis=(-4, -3, -1), keepdims=True)
@@ -277,8 +304,8 @@ def _gn_bwd(groups, eps, res, g):
 group_norm_vjp.defvjp(_gn_fwd, _gn_bwd)
 
 GN_VARIANTS = {
-    'current (two-pass)': group_norm_current,
-    'two-pass stats, folded affine': group_norm_folded,
+    'two-pass, separate affine (vdm before)': group_norm_current,
+    'two-pass stats, folded affine (vdm now)': group_norm_folded,
     'one-pass stats, folded affine': group_norm_onepass,
     'one-pass + analytic custom vjp': group_norm_vjp,
 }
@@ -565,6 +592,12 @@ def _patch_malloc_trim():
   train_lib.Trainer.init_state = init_state
 
 
+def _patch_no_trim():
+  """vdm without its malloc_trim after init and compile (glibc keeps the heap)."""
+  from vdm import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.release_host_memory = lambda: False
+
+
 # Environment of a variant's subprocess (glibc malloc reads it at start):
 # a fixed mmap threshold keeps big buffers out of the heap (freed memory goes
 # back to the OS), trimming returns the heap's free top.
@@ -579,17 +612,21 @@ VARIANTS = {
     'baseline': lambda: None,
     'malloc_env': lambda: None,
     'remat': lambda: None,
-    'conv_dk_loop': lambda: setattr(layers, 'conv2d', conv2d_loop),
+    'conv_dk_loop': lambda: setattr(layers, 'conv2d', conv2d_loop),  # = vdm since b6d3527
+    'conv_dk_unrolled': lambda: setattr(layers, 'conv2d', conv2d_unrolled),  # vdm before
     'conv_im2col_dk': lambda: _patch_conv(conv_vjp_im2col),
     'conv_xla_fwd_matmul_bwd': lambda: _patch_conv(conv_xla_fwd_matmul_bwd),
     'conv_all_matmul': lambda: _patch_conv(conv_all_matmul),
     'conv_shiftsum': lambda: _patch_conv(conv_shiftsum),
     'gn_onepass': lambda: _patch_groupnorm(group_norm_onepass),
-    'gn_folded': lambda: _patch_groupnorm(group_norm_folded),
+    'gn_folded': lambda: _patch_groupnorm(group_norm_folded),  # = vdm since this change
     'conv_xla': lambda: _patch_conv(conv_xla_autodiff),
     'gn_vjp': lambda: _patch_groupnorm(group_norm_vjp),
     'attn_einsum': lambda: _patch_attention(attn_einsum),
-    'malloc_trim': _patch_malloc_trim,
+    'malloc_trim': _patch_malloc_trim,  # vdm trims after init and compile itself now
+    # The two changes taken into vdm, undone, to measure what they bring.
+    'gn_separate': lambda: _patch_groupnorm(group_norm_current),
+    'no_trim': _patch_no_trim,
 }
 
 

@@ -114,9 +114,11 @@ def main():
     mm.append(time.perf_counter() - start)
   mm_rate = 2.0 * n**3 / sorted(mm)[len(mm) // 2]
   del a, b
+  setup_peak = _rss_hwm()  # Model build and warm-up steps.
   hwm_reset = _rss_hwm_reset()
   _reply({'ready': True, 'param_count': nparams, 'flops': flops, 'torch': torch.__version__,
-          'threads': torch.get_num_threads(), 'matmul_rate': mm_rate, 'hwm_reset': hwm_reset})
+          'threads': torch.get_num_threads(), 'matmul_rate': mm_rate, 'hwm_reset': hwm_reset,
+          'setup_peak_rss_bytes': setup_peak})
   for line in sys.stdin:
     cmd = line.split()
     if not cmd:

@@ -171,12 +171,16 @@ class GroupNorm(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     *lead, h, w, c = x.shape
     g = self.num_groups
-    xf = x.astype(jnp.float32).reshape(*lead, h, w, g, c // g)
-    mean = jnp.mean(xf, axis=(-4, -3, -1), keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=(-4, -3, -1), keepdims=True)
-    y = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
-    y = y * self.scale[...] + self.bias[...]
-    return y.astype(self.dtype)
+    xf = x.astype(jnp.float32).reshape(*lead, h * w, g, c // g)  # [..., HW, G, C/G]
+    # Two-pass statistics: E[x^2] - E[x]^2 cancels badly when |mean| >> std.
+    mean = jnp.mean(xf, axis=(-3, -1), keepdims=True)            # [..., 1, G, 1]
+    var = jnp.mean(jnp.square(xf - mean), axis=(-3, -1), keepdims=True)
+    # Normalisation and affine folded into one multiply-add per element: the
+    # per-(frame, channel) factors are tiny, and the backward pass keeps fewer
+    # full-size temporaries (measured in BENCHMARKS.md).
+    a = self.scale[...].reshape(g, c // g) * jax.lax.rsqrt(var + self.eps)  # [..., 1, G, C/G]
+    b = self.bias[...].reshape(g, c // g) - mean * a
+    return (xf * a + b).reshape(x.shape).astype(self.dtype)
 
 
 class Embed(nnx.Module):
