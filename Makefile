@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 
-.PHONY: train test sample clean-venv
+.PHONY: train test sample benchmark clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ train: $(VENV)/.installed
 # Samples from the model `make train` wrote.
 sample: $(VENV)/.installed
 	$(PY) sample.py --workdir=$(WORKDIR) --mode=unconditional --output_dir=$(WORKDIR)/sample_out
+
+# Ours against video-diffusion-pytorch on the CPU tiny workload (BENCHMARKS.md);
+# makes the peer's own venv in benchmarks/.peer on first use.
+benchmark: $(VENV)/.installed
+	$(PY) benchmarks/compare_peer.py --workload=tiny
 
 # The whole test suite (what .ci/run calls).
 test: $(VENV)/.installed

@@ -10,10 +10,11 @@ same way:
   * timing: the step is lowered and compiled once (compile time measured), run
     ``warmup`` times, then ``iters`` times; each run is timed to
     ``block_until_ready`` and the median is reported.
-  * memory: host peak RSS (``resource.getrusage``, whole process, compilation
-    included) and the peak during the timed steps alone (the kernel's
-    high-water mark reset through /proc/self/clear_refs); on GPU/TPU the
-    device's ``peak_bytes_in_use``.
+  * memory: on CPU two host peaks, read from the kernel's RSS high-water mark
+    (VmHWM): the setup peak (model build, init, compile, warm-up) and the
+    peak over the timed steps alone (the mark reset through
+    /proc/self/clear_refs after warm-up), which is what a running job holds;
+    on GPU/TPU the device's ``peak_bytes_in_use``.
   * FLOPs: XLA's ``compiled.cost_analysis()['flops']`` (every op, elementwise
     included, but a loop body counted once and padding taps skipped) and the
     matmul/convolution FLOPs counted on the jaxpr (what torch's
@@ -502,6 +503,7 @@ def run_benchmark(kind: str, config, iters: int, warmup: int = 2, seed: int = 0)
   prepared = PREPARE[kind](config, seed)
   for _ in range(warmup):
     block(prepared.step())
+  setup_peak = rss_high_water_mark_bytes()  # Build, init, compile, warm-up.
   hwm_reset = reset_rss_high_water_mark()
   seconds = time_calls(prepared.step, iters, warmup=0)
   steady = rss_high_water_mark_bytes() if hwm_reset else None
@@ -518,7 +520,9 @@ def run_benchmark(kind: str, config, iters: int, warmup: int = 2, seed: int = 0)
       achieved_tflops=(flops / med / 1e12) if flops else None,
       peak_bf16_flops=peak, mfu=(flops / med / peak) if (flops and peak) else None,
       xla_memory=xla_memory(prepared.compiled), rss_before_bytes=rss_start,
+      # ru_maxrss follows the reset above on Linux: the timed steps' peak.
       peak_rss_bytes=host_peak_rss_bytes(), steady_peak_rss_bytes=steady,
+      setup_peak_rss_bytes=setup_peak,
       device_memory=device_memory_stats(),
       load_average=[round(x, 2) for x in load_average()], **info)
   return record
@@ -564,8 +568,10 @@ def summary_table(record: dict) -> str:
       ('achieved TFLOP/s', _fmt(record['achieved_tflops'], '.4f')),
       ('MFU (bf16 peak, model FLOPs)', _fmt(record['mfu'] and 100 * record['mfu'], '.1f') +
        ('%' if record['mfu'] else ' (no accelerator peak)')),
-      ('peak host RSS', _fmt_bytes(record['peak_rss_bytes'])),
-      ('peak RSS in timed steps', _fmt_bytes(record.get('steady_peak_rss_bytes'))),
+      ('peak RSS, setup (build, compile, warm-up)',
+       _fmt_bytes(record.get('setup_peak_rss_bytes'))),
+      ('peak RSS, timed steps', _fmt_bytes(record.get('steady_peak_rss_bytes')
+                                           or record['peak_rss_bytes'])),
       ('XLA temp buffers', _fmt_bytes(record['xla_memory'].get('temp_bytes'))),
       ('device peak memory', _fmt_bytes(dev.get('peak_bytes_in_use'))),
       ('load average', ' '.join(f'{x:.2f}' for x in record['load_average'])),

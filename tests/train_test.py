@@ -33,10 +33,12 @@ def _synthetic_batch(config, seed=0):
 def _run_steps(config, mesh, num_steps=2):
   trainer = train_lib.Trainer(config, mesh=mesh)
   state = trainer.init_state()
-  losses = []
+  losses, step_fn = [], None
   for step in range(num_steps):
     batch = sharding.global_batch(_synthetic_batch(config, step), mesh)
-    state, metrics = trainer.train_step(state, batch)
+    # The ahead-of-time compiled step, as train() runs it.
+    step_fn = step_fn or trainer.compile_train_step(state, batch)
+    state, metrics = step_fn(state, batch)
     losses.append(float(metrics['loss']))
   return losses, jax.device_get(state.params), state
 
@@ -55,6 +57,17 @@ def test_sharded_steps_match_single_device():
     # FSDP really shards: some kernel is split over the 'fsdp' axis.
     specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
     assert any('fsdp' in spec for spec in specs)
+
+
+def test_init_state_twice_gives_the_same_state():
+  # The compiled initialiser is dropped after its first use; a second call
+  # compiles it again and must give the same (seeded) state.
+  trainer = train_lib.Trainer(tiny.get_config(), mesh=sharding.create_mesh((('data', 2), ('fsdp', 1))))
+  first = jax.device_get(trainer.init_state())
+  second = trainer.init_state()
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+    np.testing.assert_array_equal(a, b)
+  assert dict(jax.tree.leaves(second.params)[0].sharding.mesh.shape) == {'data': 2, 'fsdp': 1}
 
 
 def test_batch_size_must_fit_mesh():
