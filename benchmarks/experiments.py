@@ -149,46 +149,9 @@ def _cxm_fwd(x, k):
 conv_xla_fwd_matmul_bwd.defvjp(_cxm_fwd, _cam_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d_loop(x, kernel, stride=1):
-  """Drop-in for vdm.models.layers.conv2d (any kernel size and stride).
-
-  Same value and input gradient (XLA's convolutions) and the same per-tap
-  matmuls for the kernel gradient, but the taps run in a fori_loop, so XLA
-  materialises one shifted window at a time instead of all kh*kw at once
-  (those windows were about half of the training step's temporary buffers,
-  and copying them all cost time too).
-  """
-  return layers._conv_same(x, kernel, stride)  # pylint: disable=protected-access
-
-
-def _c2l_fwd(x, kernel, stride):
-  return layers._conv_same(x, kernel, stride), (x, kernel)  # pylint: disable=protected-access
-
-
-def _c2l_bwd(stride, residuals, grad):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x_: layers._conv_same(x_, kernel, stride), x)  # pylint: disable=protected-access
-  (dx,) = input_vjp(grad)
-  kh, kw, cin, cout = kernel.shape
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), 'SAME')
-  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-  n = x.shape[0]
-  oh, ow = grad.shape[1:3]
-  span_h, span_w = (oh - 1) * stride + 1, (ow - 1) * stride + 1
-  g = grad.reshape(-1, cout)  # [N*OH*OW, Cout]
-
-  def tap(t, dk):
-    i, j = t // kw, t % kw
-    window = jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, span_h, span_w, cin))
-    window = window[:, ::stride, ::stride]
-    return dk.at[t].set(jnp.dot(window.reshape(-1, cin).T, g,
-                                preferred_element_type=jnp.float32))
-  dk = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
-  return dx, dk.reshape(kh, kw, cin, cout).astype(kernel.dtype)
-
-
-conv2d_loop.defvjp(_c2l_fwd, _c2l_bwd)
+# vdm's conv2d (kernel-gradient taps in a fori_loop since b6d3527), kept here
+# because variants patch layers.conv2d.
+conv2d_loop = layers.conv2d
 
 
 def conv_dk_loop(x, k):
@@ -203,8 +166,8 @@ def conv2d_unrolled(x, kernel, stride=1):
 
 def _c2u_bwd(stride, residuals, grad):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x_: layers._conv_same(x_, kernel, stride), x)  # pylint: disable=protected-access
-  (dx,) = input_vjp(grad)
+  # vdm's input gradient; its kernel gradient is unused, and XLA drops it.
+  dx, _ = layers._conv2d_bwd(stride, residuals, grad)  # pylint: disable=protected-access
   kh, kw, cin, cout = kernel.shape
   pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), 'SAME')
   xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
@@ -218,7 +181,7 @@ def _c2u_bwd(stride, residuals, grad):
   return dx, jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
 
 
-conv2d_unrolled.defvjp(_c2l_fwd, _c2u_bwd)
+conv2d_unrolled.defvjp(layers._conv2d_fwd, _c2u_bwd)  # pylint: disable=protected-access
 
 
 CONV_VARIANTS = {
