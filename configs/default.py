@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.rel_pos_max_distance = 64    # Distance where relative positions share a bucket.
   model.dtype = 'float32'            # Compute dtype: float32 or bfloat16 (params stay float32).
   model.attn_dtype = ''              # Attention dtype; '' = model.dtype.
-  model.remat = False                # Recompute block activations in backward (saves memory).
+  model.remat = False                # Recompute block activations in backward (saves GPU/TPU memory; not on XLA:CPU).
 
   # --- diffusion: the forward process and the loss --------------------------
   config.diffusion = diffusion = ml_collections.ConfigDict()
