@@ -555,6 +555,9 @@ def summary_table(record: dict) -> str:
   rows = [
       ('quantity', 'value'),
       ('workload', f"{record['workload']} ({record.get('description', '')})"),
+      # What actually ran: --batch_size and --set change the workload's defaults.
+      ('batch size, overrides', f"{record['batch_size']}; "
+                                f"{', '.join(record.get('overrides') or []) or 'none'}"),
       ('benchmark', record['benchmark']),
       ('machine', f"{record['platform']}: {record['device_kind']} x{record['num_devices']}; "
                   f"{record['cpu']} ({record['cpu_cores']} cores)"),
