@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -48,6 +47,12 @@ if ROOT not in sys.path:
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
+
+# Host memory lives in rss.py (standard library only) so that the peer's
+# torch-only worker measures itself with the same code; re-exported here.
+from rss import host_peak_rss_bytes  # pylint: disable=unused-import
+from rss import reset_rss_high_water_mark
+from rss import rss_high_water_mark_bytes
 
 # Dense bf16 peak FLOP/s by device kind (substring of jax's device_kind,
 # matched case-insensitively, first match wins).
@@ -230,34 +235,6 @@ def peak_flops(device_kind: str) -> Optional[float]:
 
 
 # --------------------------------------------------------------------------- memory
-
-def host_peak_rss_bytes() -> int:
-  """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
-  scale = 1 if sys.platform == 'darwin' else 1024
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def reset_rss_high_water_mark() -> bool:
-  """Resets the kernel's RSS high-water mark (Linux); False when not possible."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
-
-def rss_high_water_mark_bytes() -> Optional[int]:
-  """VmHWM of /proc/self/status: the peak RSS since the last reset."""
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith('VmHWM:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
 
 def device_memory_stats() -> dict:
   """Peak/in-use bytes of device 0 where the backend reports them (GPU, TPU)."""
@@ -453,7 +430,7 @@ def sample_fn_and_args(config, trainer, params, seed: int = 0):
   conditional = trainer.model_config.num_classes > 0
   # As Trainer.sample decides: guidance (a doubled batch) only when w != 0.
   guided = conditional and s.guidance_weight != 0
-  values = dict(graphdef=trainer.graphdef, shape=shape, conditional=conditional, guided=guided,
+  values = dict(graphdef=trainer.graphdef, shape=shape, guided=guided,
                 parameterization=c.diffusion.parameterization, logsnr_fn=trainer.logsnr_fn,
                 sampler=s.sampler, num_steps=1, clip_x=s.clip_x, progress=False)
   names = inspect.signature(train_lib._sample_fn).parameters  # pylint: disable=protected-access

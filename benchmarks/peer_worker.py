@@ -21,34 +21,15 @@ num_frames=8, loss_type='l2') on a batch of 2 x 3 x 8 x 32 x 32.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
+
+import rss  # benchmarks/rss.py: this script's folder is on sys.path.
 
 
 def _reply(obj):
   sys.stdout.write(json.dumps(obj) + '\n')
   sys.stdout.flush()
-
-
-def _rss_hwm_reset():
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
-
-def _rss_hwm():
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith('VmHWM:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
 
 
 def main():
@@ -114,8 +95,8 @@ def main():
     mm.append(time.perf_counter() - start)
   mm_rate = 2.0 * n**3 / sorted(mm)[len(mm) // 2]
   del a, b
-  setup_peak = _rss_hwm()  # Model build and warm-up steps.
-  hwm_reset = _rss_hwm_reset()
+  setup_peak = rss.rss_high_water_mark_bytes()  # Model build and warm-up steps.
+  hwm_reset = rss.reset_rss_high_water_mark()
   _reply({'ready': True, 'param_count': nparams, 'flops': flops, 'torch': torch.__version__,
           'threads': torch.get_num_threads(), 'matmul_rate': mm_rate, 'hwm_reset': hwm_reset,
           'setup_peak_rss_bytes': setup_peak})
@@ -131,8 +112,8 @@ def main():
         times.append(time.perf_counter() - start)
       _reply({'times': times})
     elif cmd[0] == 'stats':
-      _reply({'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-              'steady_peak_rss_bytes': _rss_hwm() if hwm_reset else None})
+      _reply({'peak_rss_bytes': rss.host_peak_rss_bytes(),
+              'steady_peak_rss_bytes': rss.rss_high_water_mark_bytes() if hwm_reset else None})
     elif cmd[0] == 'quit':
       break
 

@@ -490,12 +490,9 @@ class _Denoiser:
 
   def __call__(self, params, labels, z: jax.Array, logsnr: jax.Array) -> jax.Array:
     model = nnx.merge(self.graphdef, params)
-    if labels is None:
-      return model(z, logsnr)
-    if self.guidance_weight == 0:
-      return model(z, logsnr, label=labels)
-    return guidance.classifier_free(lambda z, l, y: model(z, l, label=y), labels,
-                                    self.guidance_weight)(z, logsnr)
+    return guidance.label_model_fn(lambda z, l, y: model(z, l, label=y), labels,
+                                   self.guidance_weight,
+                                   guided=self.guidance_weight != 0)(z, logsnr)
 
 
 def _single_clip_sampler(config, mode: str, plan: _Plan, method: str, sampler_kwargs: dict,

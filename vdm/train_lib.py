@@ -112,8 +112,7 @@ class Trainer:
                                                     config.sharding.rules)
     # Compiled once: its output shardings (the optimizer state's are inferred
     # from the params') are also what checkpoints restore into.
-    self._init = jax.jit(self._init_state,
-                         out_shardings=self._state_out_shardings()).lower().compile()
+    self._init = self._compile_init(self._state_out_shardings())
     self.state_shardings = self._init.output_shardings
     self.abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -126,6 +125,9 @@ class Trainer:
     params = self.param_shardings
     # The optimizer state's sharding follows the params it mirrors (inferred).
     return TrainState(step=rep, params=params, ema_params=params, opt_state=None, rng=rep)
+
+  def _compile_init(self, out_shardings):
+    return jax.jit(self._init_state, out_shardings=out_shardings).lower().compile()
 
   def _init_state(self) -> TrainState:
     seed = self.config.training.seed
@@ -143,9 +145,7 @@ class Trainer:
     held: ~60 MiB of host memory on the tiny benchmark model); a second call
     compiles it again.
     """
-    init, self._init = self._init, None
-    if init is None:
-      init = jax.jit(self._init_state, out_shardings=self.state_shardings).lower().compile()
+    init, self._init = self._init or self._compile_init(self.state_shardings), None
     state = jax.block_until_ready(init())
     del init
     host_memory.release_host_memory()
@@ -247,27 +247,21 @@ class Trainer:
       labels = jnp.arange(num_samples) % self.model_config.num_classes
     # w = 0 is the plain conditional model: skip the doubled guidance batch.
     guided = bool(self.model_config.num_classes) and s.guidance_weight != 0
-    fn = _sample_fn(self.graphdef, shape, bool(self.model_config.num_classes), guided,
-                    c.diffusion.parameterization, self.logsnr_fn, s.sampler, s.num_steps,
+    fn = _sample_fn(self.graphdef, shape, guided, c.diffusion.parameterization, self.logsnr_fn, s.sampler, s.num_steps,
                     s.clip_x, progress)
     return np.asarray(fn(params, rng, labels, s.guidance_weight, s.gamma, s.pc_delta))
 
 
 @functools.lru_cache(maxsize=16)
-def _sample_fn(graphdef, shape, conditional, guided, parameterization, logsnr_fn, sampler,
-               num_steps, clip_x, progress):
+def _sample_fn(graphdef, shape, guided, parameterization, logsnr_fn, sampler, num_steps,
+               clip_x, progress):
   """A compiled sampler, cached so repeated sampling does not recompile."""
 
   @jax.jit
   def run(params, rng, labels, guidance_weight, gamma, pc_delta):
     model = nnx.merge(graphdef, params)
-    if guided:
-      model_fn = guidance.classifier_free(lambda z, l, y: model(z, l, label=y), labels,
-                                          guidance_weight)
-    elif conditional:
-      model_fn = lambda z, l: model(z, l, label=labels)
-    else:
-      model_fn = lambda z, l: model(z, l)
+    model_fn = guidance.label_model_fn(lambda z, l, y: model(z, l, label=y), labels,
+                                       guidance_weight, guided=guided)
     return samplers.sample(model_fn, rng, shape, logsnr_fn=logsnr_fn,
                            parameterization=parameterization, sampler=sampler,
                            num_steps=num_steps, gamma=gamma, pc_delta=pc_delta,

@@ -331,18 +331,16 @@ def real_features(config, split: str, num: int, *, batch_size: int,
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_fn(graphdef, conditional: bool, num_frames: int, parameterization,
+def _predict_fn(graphdef, conditional: bool, guided: bool, num_frames: int, parameterization,
                 logsnr_fn, sampler: str, num_steps: int, clip_x: bool):
   """Compiled 'first k frames given' sampler, cached across evaluations."""
 
   @jax.jit
   def run(params, rng, context, labels, guidance_weight, w_r, gamma, pc_delta):
     model = nnx.merge(graphdef, params)
-    if conditional:
-      model_fn = guidance.classifier_free(lambda z, l, y: model(z, l, label=y),
-                                          labels, guidance_weight)
-    else:
-      model_fn = lambda z, l: model(z, l)
+    model_fn = guidance.label_model_fn(lambda z, l, y: model(z, l, label=y),
+                                       labels if conditional else None, guidance_weight,
+                                       guided=conditional and guided)
     return sampling.predict_frames(
         model_fn, rng, context, num_frames, method='reconstruction',
         guidance_weight=w_r, logsnr_fn=logsnr_fn,
@@ -405,8 +403,9 @@ def generated_features(trainer, params, num: int, *, batch_size: int, seed: int,
                               labels=None if lab is None else jnp.asarray(lab, jnp.int32))
     else:
       ctx = _pad_rows(video_io.to_model_range(contexts[lo:lo + rows]), bs)
-      fn = _predict_fn(trainer.graphdef, conditional, t, c.diffusion.parameterization,
-                       trainer.logsnr_fn, s.sampler, s.num_steps, s.clip_x)
+      fn = _predict_fn(trainer.graphdef, conditional, s.guidance_weight != 0, t,
+                       c.diffusion.parameterization, trainer.logsnr_fn, s.sampler,
+                       s.num_steps, s.clip_x)
       if lab is None:
         lab = np.zeros(bs, np.int32)  # Unused by an unconditional model.
       videos = np.asarray(fn(params, key, jnp.asarray(ctx), jnp.asarray(lab, jnp.int32),
