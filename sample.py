@@ -47,9 +47,13 @@ _GUIDANCE_WEIGHT = flags.DEFINE_float(
     'Default: config.sampling.guidance_weight.')
 _W_R = flags.DEFINE_float('w_r', None, 'Reconstruction guidance weight of the conditional '
                           'modes (paper: 50 BAIR, 9 Kinetics). Default: config.sampling.w_r.')
-_METHOD = flags.DEFINE_enum('method', 'reconstruction', sampling.METHODS,
-                            'Conditioning on known frames: reconstruction guidance (on top of '
-                            'replacement) or plain replacement.')
+_CONDITIONING = flags.DEFINE_enum(
+    'conditioning', 'reconstruction', sampling.METHODS,
+    'How known frames enter: reconstruction guidance (on top of replacement) or plain '
+    'replacement.')
+_COND_INPUT = flags.DEFINE_string(
+    'cond_input', None, "npz with 'cond' [N, T, H, W, C]: the extra input channels of a "
+    'model trained with config.model.cond_channels > 0.')
 _LABEL = flags.DEFINE_integer('label', None, 'Class of every sample (class-conditional models). '
                               'Default: the dataset clips\' labels when conditioning on them, '
                               'else 0, 1, 2, ... in turn.')
@@ -78,8 +82,9 @@ def main(argv):
   sample_lib.sample(
       _WORKDIR.value, _OUTPUT_DIR.value, mode=_MODE.value, num_samples=_NUM_SAMPLES.value,
       num_frames=_NUM_FRAMES.value, steps=_STEPS.value, sampler=_SAMPLER.value,
-      guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value, method=_METHOD.value,
-      label=_LABEL.value, input_path=_INPUT.value, context_frames=_CONTEXT_FRAMES.value,
+      guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value, conditioning=_CONDITIONING.value,
+      label=_LABEL.value, input_path=_INPUT.value, cond_path=_COND_INPUT.value,
+      context_frames=_CONTEXT_FRAMES.value,
       stride=_STRIDE.value, lowres_factor=_LOWRES_FACTOR.value,
       checkpoint_step=_CHECKPOINT_STEP.value, seed=_SEED.value, fps=_FPS.value)
 

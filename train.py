@@ -32,7 +32,12 @@ def main(argv):
   if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train_lib.train(_CONFIG.value, _WORKDIR.value)
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  hooks = []
+  if config.eval.every_steps:
+    from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
+    hooks.append(evaluate_lib.PeriodicEvaluation(config, workdir))
+  train_lib.train(config, workdir, hooks=hooks)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the default ConfigDict."""
   config = ml_collections.ConfigDict()
 
+  # --- method: what is trained and sampled (vdm/methods/__init__.py lists them)
+  config.method = 'vdm'              # 'vdm': one space-time U-Net on i.i.d. noise (PAPERS.md 1).
+
   # --- data: what videos the model sees -------------------------------------
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'moving_digits/32'  # TFDS name; moving_digits is built offline.

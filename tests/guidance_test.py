@@ -118,7 +118,7 @@ def test_reconstruction_guidance_beats_replacement(task):
         num_steps=128, **SAMPLER, **kw)
   results = {}
   for method in sampling.METHODS:
-    out = run(method=method, guidance_weight=weight)
+    out = run(method=method, w_r=weight)
     np.testing.assert_array_equal(out[:, mask], frames[:, mask])
     results[method] = conditional_errors(out, DATA, mask, x_true)
   (err_rg, ratio_rg, se, gap), (err_rep, ratio_rep, _, _) = (
@@ -194,7 +194,7 @@ def test_super_resolution():
   errors = {}
   for weight in (0.0, 10.0):  # 0: no guidance, the unconditional baseline.
     x = sampling.super_resolve(exact_model(data, 'eps'), jax.random.PRNGKey(0), y_batch,
-                               size, guidance_weight=weight, num_steps=128, **SAMPLER)
+                               size, w_r=weight, num_steps=128, **SAMPLER)
     assert x.shape == (n,) + data.shape
     recon = np.sqrt(np.mean((guidance.bilinear_downsample(x, low) - y_batch) ** 2))
     mean_err = np.sqrt(np.mean((np.asarray(x).reshape(n, -1).mean(0) - exact_mean) ** 2))
@@ -215,7 +215,7 @@ def test_extend_video():
   for method in sampling.METHODS:
     video = sampling.extend_video(
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), length, clip_frames=4,
-        context_frames=2, init_frames=init, method=method, guidance_weight=3.0,
+        context_frames=2, init_frames=init, method=method, w_r=3.0,
         num_steps=128, **SAMPLER)
     assert video.shape == (n, length) + x_true.shape[1:]
     np.testing.assert_array_equal(video[:, :1], init)
@@ -236,5 +236,5 @@ def test_extend_video():
   # From scratch: an unconditional first clip, progress printed per clip.
   video = sampling.extend_video(exact_model(DATA, 'eps'), jax.random.PRNGKey(0), 7,
                                 clip_frames=4, context_frames=1, clip_shape=(3, 2, 2, 1),
-                                num_steps=8, verbose=True, **SAMPLER)
+                                num_steps=8, w_r=3.0, verbose=True, **SAMPLER)
   assert video.shape == (3, 7, 2, 2, 1) and np.all(np.isfinite(video))

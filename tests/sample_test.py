@@ -138,7 +138,7 @@ def test_extend_keeps_given_frames_to_the_requested_length(workdir, tmp_path, ca
 def test_predict_keeps_the_dataset_frames(workdir, tmp_path):
   # Replacement compiles no backward pass; extend and superres cover
   # reconstruction guidance.
-  result = run(workdir, tmp_path, 'predict', context_frames=1, method='replacement')
+  result = run(workdir, tmp_path, 'predict', context_frames=1, conditioning='replacement')
   check_outputs(result, T, tmp_path)
   assert result.conditioning.shape == (N, 1, S, S, 1)
   np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
@@ -147,7 +147,7 @@ def test_predict_keeps_the_dataset_frames(workdir, tmp_path):
 
 def test_interpolate_keeps_keyframes(workdir, tmp_path):
   result = run(workdir, tmp_path, 'interpolate', num_frames=5, stride=2,
-               method='replacement', label=7)
+               conditioning='replacement', label=7)
   check_outputs(result, 5, tmp_path)
   assert result.conditioning.shape == (N, 3, S, S, 1)
   np.testing.assert_array_equal(result.videos[:, ::2], result.conditioning)
@@ -196,7 +196,7 @@ def no_restore(monkeypatch):
     ('unconditional', dict(label=10), r'label=10 is out of range: .* 10 classes'),
     ('unconditional', dict(sampler='euler'), r"sampler='euler' is unknown"),
     ('unconditional', dict(guidance_weight=-1.0), r'guidance_weight=-1.0 must be >= 0'),
-    ('superres', dict(method='replacement'), r'no frames to replace'),
+    ('superres', dict(conditioning='replacement'), r'no frames to replace'),
     ('unconditional', dict(checkpoint_step=99), r'no checkpoint for step 99 .* \[2\]'),
 ])
 def test_bad_requests_fail_early(workdir, tmp_path, mode, kwargs, match):

@@ -7,11 +7,12 @@ that says which key to change, not deep inside a jit trace.
 
 from __future__ import annotations
 
+from vdm import methods
 from vdm.diffusion import gaussian
+from vdm.diffusion import samplers
 from vdm.diffusion import schedules
 from vdm.models import unet3d
 
-SAMPLERS = ('ancestral', 'ddim', 'pc')
 OPTIMIZERS = ('adam', 'adamw')
 DECAYS = ('none', 'cosine')
 
@@ -21,6 +22,8 @@ def _check_sections_against_default(config) -> None:
   from configs import default  # Local: configs/ is a sibling package of vdm/.
   reference = default.get_config()
   for section in config:
+    if not hasattr(config[section], 'keys'):
+      continue  # Top-level values such as config.method are checked on their own.
     if section not in reference:
       raise ValueError(f'config.{section} is not a known section; known: '
                        f'{sorted(reference.keys())}.')
@@ -48,9 +51,7 @@ def validate_config(config) -> unet3d.UNetConfig:
   d = config.diffusion
   schedules.logsnr_fn_from_config(d)
   gaussian.check_parameterization(d.parameterization)
-  if d.loss_type not in gaussian.LOSS_TYPES:
-    raise ValueError(f'config.diffusion.loss_type={d.loss_type!r} is unknown; '
-                     f'choose one of {gaussian.LOSS_TYPES}.')
+  gaussian.check_loss_type(d.loss_type)
   if not 0.0 <= d.cond_drop_prob < 1.0:
     raise ValueError(f'config.diffusion.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).')
   if d.schedule == 'cosine' and not d.logsnr_min < d.logsnr_max:
@@ -77,8 +78,12 @@ def validate_config(config) -> unet3d.UNetConfig:
     raise ValueError(f'config.training.batch_size={t.batch_size} is not divisible by '
                      f'config.training.grad_accum_steps={t.grad_accum_steps}.')
   s = config.sampling
-  if s.sampler not in SAMPLERS:
-    raise ValueError(f'config.sampling.sampler={s.sampler!r} is unknown; choose one of {SAMPLERS}.')
+  if s.sampler not in samplers.SAMPLERS:
+    raise ValueError(f'config.sampling.sampler={s.sampler!r} is unknown; '
+                     f'choose one of {samplers.SAMPLERS}.')
   if s.num_steps < 1:
     raise ValueError(f'config.sampling.num_steps={s.num_steps} must be >= 1.')
+  if s.guidance_weight < 0 or s.w_r < 0:
+    raise ValueError('config.sampling.guidance_weight and config.sampling.w_r must be >= 0.')
+  methods.get_method(config).validate()
   return model_cfg

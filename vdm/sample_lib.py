@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
-from flax import nnx
 
 from vdm import checkpoints
 from vdm import config_lib
+from vdm import run_lib
 from vdm import sampling
-from vdm import train_lib
 from vdm import video_io
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
@@ -98,8 +97,9 @@ class _Plan:
 def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
            num_frames: Optional[int] = None, steps: Optional[int] = None,
            sampler: Optional[str] = None, guidance_weight: Optional[float] = None,
-           w_r: Optional[float] = None, method: str = 'reconstruction',
+           w_r: Optional[float] = None, conditioning: str = 'reconstruction',
            label: Optional[int] = None, input_path: Optional[str] = None,
+           cond_path: Optional[str] = None,
            context_frames: Optional[int] = None, stride: int = 2,
            lowres_factor: int = 2, checkpoint_step: Optional[int] = None,
            seed: int = 0, fps: int = 8, progress: bool = True) -> SampleResult:
@@ -121,7 +121,8 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
       model trained with config.diffusion.cond_drop_prob > 0.
     w_r: reconstruction guidance weight of the conditional modes;
       config.sampling.w_r when None.
-    method: 'reconstruction' or 'replacement' (extend, predict, interpolate).
+    conditioning: how known frames enter (extend, predict, interpolate):
+      'reconstruction' (guidance, on top of replacement) or 'replacement'.
     label: class of every sample for a class-conditional model; None uses
       the dataset clips' labels when conditioning on them, else 0, 1, 2, ...
     input_path: conditioning video file (mp4/GIF [T, H, W, C], npz with
@@ -130,6 +131,9 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
       None: the dataset for predict/interpolate/superres, an unconditional
       first clip for extend. A file for interpolate holds the keyframes; for
       superres the low-resolution frames.
+    cond_path: npz with 'cond' [N', T, H, W, cond_channels], the extra input
+      channels of a model trained with config.model.cond_channels > 0 (rows
+      reused in turn to make N); None for other models.
     context_frames: k. predict: given first frames (default 1); extend: frames
       each new clip is conditioned on (default T // 2), and the frames taken
       from the dataset.
@@ -152,47 +156,43 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be >= 1.')
-  config = train_lib.load_config(workdir)
-  flag_values = dict(num_steps=steps, sampler=sampler, guidance_weight=guidance_weight, w_r=w_r)
-  config.sampling.update({k: v for k, v in flag_values.items() if v is not None})
+  overrides = {'sampling.num_steps': steps, 'sampling.sampler': sampler,
+               'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r}
+  config = run_lib.apply_overrides(run_lib.load_config(workdir), overrides)
   config_lib.validate_config(config)
-  _check_options(config, guidance_weight, label, method, mode)
+  _check_options(config, guidance_weight, label, conditioning, mode)
   plan = _plan(config, mode, num_frames, context_frames, stride, lowres_factor)
-  conditioning, dataset_labels = _conditioning(config, mode, plan, input_path, num_samples)
+  known, dataset_labels = _conditioning(config, mode, plan, input_path, num_samples)
   labels = _labels(config, label, num_samples, dataset_labels)
+  extra = _extra_conditioning(config, cond_path, num_samples, plan.clip_frames)
   _check_checkpoint(workdir, checkpoint_step)
 
-  # Sampling reads ``config`` (with the flags, validated above); the trainer
-  # only supplies the network and the noise schedule.
-  trainer, params, step = train_lib.restore_trained(workdir, checkpoint_step)
-  print(f'Loaded the EMA weights of step {step} from {workdir}; sampling {num_samples} x '
+  run = run_lib.restore_run(workdir, checkpoint_step, overrides)
+  print(f'Loaded the EMA weights of step {run.step} from {workdir}; sampling {num_samples} x '
         f'{plan.out_frames} frames ({mode}, {config.sampling.sampler}, '
         f'{config.sampling.num_steps} steps).', flush=True)
-  model_fn = jax.tree_util.Partial(
-      _Denoiser(trainer.graphdef, float(config.sampling.guidance_weight)), params,
-      None if labels is None else np.asarray(labels))
-  sampler_kwargs = dict(
-      logsnr_fn=trainer.logsnr_fn, parameterization=config.diffusion.parameterization,
-      sampler=config.sampling.sampler, num_steps=config.sampling.num_steps,
-      gamma=config.sampling.gamma, pc_delta=config.sampling.pc_delta,
-      clip_x=config.sampling.clip_x, progress=progress)
+  model_fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=labels,
+                              conditioning=extra,
+                              guidance_weight=config.sampling.guidance_weight)
+  sampler_kwargs = run_lib.sampler_options(config, run.method, progress=progress)
   rng = jax.random.PRNGKey(seed)
-  cond = None if conditioning is None else video_io.to_model_range(conditioning)
+  cond = None if known is None else video_io.to_model_range(known)
+  w_r = float(config.sampling.w_r)
   if mode == 'extend':
     videos = sampling.extend_video(
         model_fn, rng, plan.out_frames, clip_frames=plan.clip_frames,
         context_frames=plan.context_frames, init_frames=cond,
         clip_shape=(num_samples, config.data.image_size, config.data.image_size,
                     config.data.channels),
-        method=method, guidance_weight=float(config.sampling.w_r), verbose=progress,
-        **sampler_kwargs)
+        method=conditioning, w_r=w_r, verbose=progress, **sampler_kwargs)
   else:
-    run = _single_clip_sampler(config, mode, plan, method, sampler_kwargs, num_samples)
-    videos = np.asarray(run(model_fn, rng, cond))
+    sampler = _single_clip_sampler(config, mode, plan, conditioning, sampler_kwargs,
+                                   num_samples)
+    videos = np.asarray(sampler(model_fn, rng, cond, w_r))
   videos = video_io.to_uint8(videos)  # [N, T, H, W, C]
-  paths = _write(output_dir, videos, conditioning, labels, config.data.image_size, fps)
+  paths = _write(output_dir, videos, known, labels, config.data.image_size, fps)
   print('Wrote ' + ', '.join(paths.values()), flush=True)
-  return SampleResult(videos, conditioning, labels, step, paths)
+  return SampleResult(videos, known, labels, run.step, paths)
 
 
 def read_input(path: str) -> np.ndarray:
@@ -238,14 +238,14 @@ def _check_checkpoint(workdir: str, step: Optional[int]) -> None:
 
 
 def _check_options(config, guidance_weight: Optional[float], label: Optional[int],
-                   method: str, mode: str) -> None:
-  """Checks the label, guidance and method flags against the run's model.
+                   conditioning: str, mode: str) -> None:
+  """Checks the label, guidance and conditioning flags against the run's model.
 
   Args:
     config: the run's config with the sampling flags applied.
     guidance_weight: the --guidance_weight flag (None: not given).
     label: the --label flag.
-    method: 'reconstruction' or 'replacement'.
+    conditioning: 'reconstruction' or 'replacement'.
     mode: one of MODES.
 
   Raises:
@@ -270,16 +270,16 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
           f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
           'but this run had config.diffusion.cond_drop_prob = 0, so its unconditional '
           'branch was never trained. Use guidance_weight=0.')
-  if config.sampling.w_r < 0:
-    raise ValueError(f'w_r={config.sampling.w_r} must be >= 0.')
-  if method not in sampling.METHODS:
-    raise ValueError(f'method={method!r} is unknown; choose one of {sampling.METHODS}.')
-  if mode == 'superres' and method != 'reconstruction':
+  if conditioning not in sampling.METHODS:
+    raise ValueError(f'conditioning={conditioning!r} is unknown; choose one of '
+                     f'{sampling.METHODS}.')
+  if mode == 'superres' and conditioning != 'reconstruction':
     raise ValueError('superres guides the whole video towards the low-resolution one; '
-                     f'method={method!r} has no frames to replace. Use reconstruction.')
-  if config.model.cond_channels:
-    raise ValueError(f'config.model.cond_channels={config.model.cond_channels}: sampling '
-                     'models conditioned on extra input channels is not supported.')
+                     f'conditioning={conditioning!r} has no frames to replace. Use '
+                     'reconstruction.')
+  if config.model.cond_channels and mode == 'extend':
+    raise ValueError('extend samples clip after clip; a model with config.model.cond_channels '
+                     '> 0 needs its conditioning channels per clip: use one-clip modes.')
 
 
 def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional[int],
@@ -472,50 +472,66 @@ def _labels(config, label: Optional[int], num_samples: int,
   return np.arange(num_samples, dtype=np.int32) % num_classes
 
 
-@dataclasses.dataclass(frozen=True)
-class _Denoiser:
-  """The network as a sampler model_fn, with classifier-free guidance.
+def _extra_conditioning(config, cond_path: Optional[str], num_samples: int,
+                        num_frames: int) -> Optional[dict]:
+  """The 'cond' channels of a model trained with config.model.cond_channels.
 
-  Used as ``jax.tree_util.Partial(_Denoiser(graphdef, w), params, labels)``:
-  the weights and labels are then pytree leaves that jit takes as arguments
-  instead of baking them into the compiled program as constants.
+  Args:
+    config: the run's config.
+    cond_path: the --cond_input npz, or None.
+    num_samples: N.
+    num_frames: frames of each sampled clip.
 
-  Attributes:
-    graphdef: the model's nnx GraphDef.
-    guidance_weight: w, the paper's convention; 0 runs the conditional branch
-      alone (half the work of mixing in a zero-weighted unconditional one).
+  Returns:
+    {'cond': float32 [N, T, H, W, cond_channels]} or None.
+
+  Raises:
+    ValueError: a missing, unexpected or misshapen cond array.
   """
-  graphdef: Any
-  guidance_weight: float
+  want = int(config.model.cond_channels)
+  if not want:
+    if cond_path is not None:
+      raise ValueError('--cond_input was given but this model takes no conditioning channels '
+                       '(config.model.cond_channels = 0).')
+    return None
+  if cond_path is None:
+    raise ValueError(f'this model takes {want} conditioning channel(s) '
+                     '(config.model.cond_channels); give them with --cond_input=FILE.npz '
+                     "holding 'cond' [N, T, H, W, C].")
+  if not os.path.exists(cond_path):
+    raise FileNotFoundError(f'--cond_input {cond_path!r} does not exist.')
+  with np.load(cond_path) as f:
+    if 'cond' not in f:
+      raise ValueError(f"{cond_path} has no array 'cond' (it has {sorted(f.keys())}).")
+    cond = np.asarray(f['cond'], np.float32)
+  size = config.data.image_size
+  expected = (num_frames, size, size, want)
+  if cond.ndim != 5 or cond.shape[1:] != expected:
+    raise ValueError(f"{cond_path}: 'cond' has shape {cond.shape}; expected "
+                     f'[N, {", ".join(map(str, expected))}].')
+  return {'cond': cond[np.arange(num_samples) % len(cond)]}
 
-  def __call__(self, params, labels, z: jax.Array, logsnr: jax.Array) -> jax.Array:
-    model = nnx.merge(self.graphdef, params)
-    return guidance.label_model_fn(lambda z, l, y: model(z, l, label=y), labels,
-                                   self.guidance_weight,
-                                   guided=self.guidance_weight != 0)(z, logsnr)
 
-
-def _single_clip_sampler(config, mode: str, plan: _Plan, method: str, sampler_kwargs: dict,
-                         num_samples: int):
+def _single_clip_sampler(config, mode: str, plan: _Plan, conditioning: str,
+                         sampler_kwargs: dict, num_samples: int):
   """The sampler of the one-clip modes (all but extend), jitted as a whole.
 
   Args:
     config: the run's config.
     mode: 'unconditional', 'predict', 'interpolate' or 'superres'.
     plan: the run's frame layout.
-    method: 'reconstruction' or 'replacement' (predict, interpolate).
+    conditioning: 'reconstruction' or 'replacement' (predict, interpolate).
     sampler_kwargs: passed to samplers.sample.
     num_samples: N.
 
   Returns:
-    run(model_fn, rng, cond) -> float32 [N, T, H, W, C], where cond is float
-    [N, n, s, s, C] in [-1, 1] (None for unconditional).
+    run(model_fn, rng, cond, w_r) -> float32 [N, T, H, W, C], where cond is
+    float [N, n, s, s, C] in [-1, 1] (None for unconditional).
   """
   size, channels = config.data.image_size, config.data.channels
-  w_r = float(config.sampling.w_r)
-  frames_kwargs = dict(method=method, guidance_weight=w_r, **sampler_kwargs)
 
-  def run(model_fn, rng, cond):
+  def run(model_fn, rng, cond, w_r):
+    frames_kwargs = dict(method=conditioning, w_r=w_r, **sampler_kwargs)
     if mode == 'unconditional':
       shape = (num_samples, plan.out_frames, size, size, channels)
       return samplers.sample(model_fn, rng, shape, **sampler_kwargs)
@@ -523,7 +539,7 @@ def _single_clip_sampler(config, mode: str, plan: _Plan, method: str, sampler_kw
       return sampling.predict_frames(model_fn, rng, cond, plan.clip_frames, **frames_kwargs)
     if mode == 'interpolate':
       return sampling.interpolate_frames(model_fn, rng, cond, plan.stride, **frames_kwargs)
-    return sampling.super_resolve(model_fn, rng, cond, (size, size), guidance_weight=w_r,
+    return sampling.super_resolve(model_fn, rng, cond, (size, size), w_r=w_r,
                                   **sampler_kwargs)
   return jax.jit(run)
 

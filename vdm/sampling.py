@@ -35,17 +35,15 @@ import numpy as np
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
+# How known frames enter (PAPERS.md section 1). The reconstruction weight w_r
+# has no default here: its one default is config.sampling.w_r.
 METHODS = ('reconstruction', 'replacement')
-# Reconstruction-guidance weight when none is given. The paper used 50 (BAIR)
-# and 9 (Kinetics) with trained networks; on the exact Gaussian denoiser of the
-# tests, 2 to 3 fits the conditional mean best. Tune per model.
-DEFAULT_GUIDANCE_WEIGHT = 3.0
 
 
 def _frames_guide(x_known: jax.Array, frame_mask: jax.Array, method: str,
-                  guidance_weight) -> samplers.Guide:
+                  w_r) -> samplers.Guide:
   if method == 'reconstruction':
-    return guidance.reconstruction_guide(x_known, frame_mask, guidance_weight)
+    return guidance.reconstruction_guide(x_known, frame_mask, w_r)
   if method == 'replacement':
     return guidance.replacement_guide(x_known, frame_mask)
   raise ValueError(f'method={method!r} is unknown; choose one of {METHODS}.')
@@ -53,9 +51,7 @@ def _frames_guide(x_known: jax.Array, frame_mask: jax.Array, method: str,
 
 def sample_given_frames(model_fn: samplers.ModelFn, rng: jax.Array,
                         x_known: jax.Array, frame_mask: jax.Array, *,
-                        method: str = 'reconstruction',
-                        guidance_weight=DEFAULT_GUIDANCE_WEIGHT,
-                        **sampler_kwargs) -> jax.Array:
+                        method: str = 'reconstruction', w_r, **sampler_kwargs) -> jax.Array:
   """Samples the unknown frames of a clip given its known frames.
 
   Args:
@@ -66,7 +62,7 @@ def sample_given_frames(model_fn: samplers.ModelFn, rng: jax.Array,
     frame_mask: [T] bool, True for known frames (may be traced).
     method: 'reconstruction' (replacement plus reconstruction guidance) or
       'replacement'.
-    guidance_weight: w_r of reconstruction guidance.
+    w_r: the reconstruction guidance weight (ignored by replacement).
     **sampler_kwargs: passed to samplers.sample (logsnr_fn and
       parameterization are required there).
 
@@ -74,7 +70,7 @@ def sample_given_frames(model_fn: samplers.ModelFn, rng: jax.Array,
     [B, T, H, W, C] video; the known frames equal x_known exactly.
   """
   x_known = jnp.asarray(x_known, jnp.float32)
-  guide = _frames_guide(x_known, frame_mask, method, guidance_weight)
+  guide = _frames_guide(x_known, frame_mask, method, w_r)
   return samplers.sample(model_fn, rng, x_known.shape, guide=guide, **sampler_kwargs)
 
 
@@ -97,7 +93,7 @@ def predict_frames(model_fn: samplers.ModelFn, rng: jax.Array, context: jax.Arra
     rng: PRNG key.
     context: [B, k, H, W, C], the first frames (k < num_frames).
     num_frames: T, the clip length the model runs on (BAIR: 1 given -> 16).
-    **kwargs: method, guidance_weight and sampler options, as for
+    **kwargs: method, w_r and sampler options, as for
       sample_given_frames.
 
   Returns:
@@ -119,7 +115,7 @@ def interpolate_frames(model_fn: samplers.ModelFn, rng: jax.Array,
     rng: PRNG key.
     keyframes: [B, K, H, W, C], K >= 2.
     stride: distance between keyframes in the output (>= 2).
-    **kwargs: method, guidance_weight and sampler options, as for
+    **kwargs: method, w_r and sampler options, as for
       sample_given_frames.
 
   Returns:
@@ -133,8 +129,8 @@ def interpolate_frames(model_fn: samplers.ModelFn, rng: jax.Array,
 
 
 def super_resolve(model_fn: samplers.ModelFn, rng: jax.Array, low_res: jax.Array,
-                  size: tuple[int, int], *, guidance_weight=DEFAULT_GUIDANCE_WEIGHT,
-                  downsample=None, **sampler_kwargs) -> jax.Array:
+                  size: tuple[int, int], *, w_r, downsample=None,
+                  **sampler_kwargs) -> jax.Array:
   """Spatial super-resolution by reconstruction guidance on an unconditional model.
 
   The high-resolution model is unconditional; the low-resolution video only
@@ -145,7 +141,7 @@ def super_resolve(model_fn: samplers.ModelFn, rng: jax.Array, low_res: jax.Array
     rng: PRNG key.
     low_res: [B, T, h, w, C].
     size: (H, W) of the output frames.
-    guidance_weight: w_r.
+    w_r: the reconstruction guidance weight.
     downsample: (x, (h, w)) -> low-resolution x; guidance.bilinear_downsample
       (antialiased) when None.
     **sampler_kwargs: passed to samplers.sample.
@@ -154,7 +150,7 @@ def super_resolve(model_fn: samplers.ModelFn, rng: jax.Array, low_res: jax.Array
     [B, T, H, W, C].
   """
   b, t, _, _, c = low_res.shape
-  guide = guidance.super_resolution_guide(low_res, guidance_weight, downsample)
+  guide = guidance.super_resolution_guide(low_res, w_r, downsample)
   return samplers.sample(model_fn, rng, (b, t, *size, c), guide=guide, **sampler_kwargs)
 
 
@@ -169,9 +165,7 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
                  clip_frames: int, context_frames: int,
                  init_frames: Optional[jax.Array] = None,
                  clip_shape: Optional[tuple[int, int, int, int]] = None,
-                 method: str = 'reconstruction',
-                 guidance_weight=DEFAULT_GUIDANCE_WEIGHT, verbose: bool = False,
-                 **sampler_kwargs) -> np.ndarray:
+                 method: str = 'reconstruction', w_r: float, verbose: bool = False, **sampler_kwargs) -> np.ndarray:
   """Generates a video of any length, clip by clip.
 
   Starts from ``init_frames`` or from an unconditional first clip, then
@@ -192,7 +186,7 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
       starts with an unconditional clip.
     clip_shape: (B, H, W, C), needed when init_frames is None.
     method: 'reconstruction' or 'replacement'.
-    guidance_weight: w_r of reconstruction guidance.
+    w_r: the reconstruction guidance weight (needed with 'reconstruction').
     verbose: print one progress line per clip.
     **sampler_kwargs: passed to samplers.sample.
 
@@ -206,8 +200,8 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
 
   @jax.jit
   def conditional_clip(fn, rng, x_known, frame_mask):
-    return sample_given_frames(fn, rng, x_known, frame_mask, method=method,
-                               guidance_weight=guidance_weight, **sampler_kwargs)
+    return sample_given_frames(fn, rng, x_known, frame_mask, method=method, w_r=w_r,
+                               **sampler_kwargs)
 
   def report(frames_done, clip, start):
     if verbose:

@@ -88,6 +88,12 @@ def check_parameterization(parameterization: str) -> None:
         f'choose one of {PARAMETERIZATIONS}.')
 
 
+def check_loss_type(loss_type: str) -> None:
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f'config.diffusion.loss_type={loss_type!r} is unknown; '
+                     f'choose one of {LOSS_TYPES}.')
+
+
 def predict_x_eps(z: jax.Array, logsnr: jax.Array, model_out: jax.Array,
                   parameterization: str) -> tuple[jax.Array, jax.Array]:
   """Converts a model output into the denoised estimate and the noise estimate.
@@ -109,21 +115,30 @@ def predict_x_eps(z: jax.Array, logsnr: jax.Array, model_out: jax.Array,
   return model_out, eps_from_z_x(z, model_out, logsnr)
 
 
-def drop_condition(rng: jax.Array, label: jax.Array, drop_prob: float) -> jax.Array:
-  """Replaces each label by NULL_LABEL with probability ``drop_prob``.
+def drop_condition(rng: jax.Array, label: jax.Array, drop_prob: float,
+                   is_image: Optional[jax.Array] = None) -> jax.Array:
+  """Replaces labels by NULL_LABEL with probability ``drop_prob``.
 
   Training this way gives one network both the conditional and the
-  unconditional model that classifier-free guidance combines.
+  unconditional model that classifier-free guidance combines. A video's
+  frames share one decision (its caption is dropped or kept as a whole);
+  each appended image, an independent example with its own label, gets its
+  own.
 
   Args:
     rng: PRNG key.
-    label: int labels [B].
+    label: int labels [B], or per frame [B, T].
     drop_prob: probability of dropping each example's label.
+    is_image: [T] bool, True for appended image frames (per-frame labels
+      only); None treats every frame as part of the video.
 
   Returns:
-    labels [B] with the dropped ones set to NULL_LABEL.
+    labels shaped like ``label`` with the dropped ones set to NULL_LABEL.
   """
-  drop = jax.random.bernoulli(rng, drop_prob, label.shape)
+  drop = jax.random.bernoulli(rng, drop_prob, label.shape)  # [B] or [B, T]
+  if label.ndim == 2:
+    video_drop = drop[:, :1]  # [B, 1]: one draw for all video frames.
+    drop = video_drop if is_image is None else jnp.where(is_image[None], drop, video_drop)
   return jnp.where(drop, NULL_LABEL, label)
 
 
@@ -143,7 +158,9 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
                    logsnr_fn: schedules.LogSNRFn, parameterization: str = 'eps',
                    loss_type: str = 'eps_mse', label: Optional[jax.Array] = None,
                    cond_drop_prob: float = 0.0, low_discrepancy: bool = True,
-                   t: Optional[jax.Array] = None) -> jax.Array:
+                   t: Optional[jax.Array] = None,
+                   noise_fn: Optional[Callable[[jax.Array, tuple[int, ...]], jax.Array]] = None,
+                   is_image: Optional[jax.Array] = None) -> jax.Array:
   """The denoising loss of each example.
 
   The mean is over every pixel of every frame, video frames and appended image
@@ -156,26 +173,32 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
     logsnr_fn: the schedule t -> lambda_t.
     parameterization: what denoise_fn predicts: 'eps', 'v' or 'x'.
     loss_type: 'eps_mse' (||eps - eps_hat||^2, the paper's) or 'v_mse'.
-    label: int labels [B], or None for an unconditional model.
+    label: int labels [B] or per frame [B, T], or None for an unconditional
+      model.
     cond_drop_prob: probability of replacing a label by NULL_LABEL.
     low_discrepancy: stratify t over the batch (see sample_times).
     t: optional fixed times [B]; drawn when None.
+    noise_fn: (rng, shape) -> eps, the method's noise law; standard normal
+      when None.
+    is_image: [T] bool mask of appended image frames: with per-frame labels,
+      each image's label is dropped on its own (see drop_condition).
 
   Returns:
     The loss of each example, [B] float32.
   """
   check_parameterization(parameterization)
-  if loss_type not in LOSS_TYPES:
-    raise ValueError(f'config.diffusion.loss_type={loss_type!r} is unknown; '
-                     f'choose one of {LOSS_TYPES}.')
+  check_loss_type(loss_type)
   rng_t, rng_eps, rng_drop = jax.random.split(rng, 3)
   if t is None:
     t = sample_times(rng_t, x.shape[0], low_discrepancy)
   logsnr = logsnr_fn(t)  # [B]
-  eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+  if noise_fn is None:
+    eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+  else:
+    eps = noise_fn(rng_eps, x.shape).astype(x.dtype)
   z = q_sample(x, logsnr, eps)
   if label is not None and cond_drop_prob > 0:
-    label = drop_condition(rng_drop, label, cond_drop_prob)
+    label = drop_condition(rng_drop, label, cond_drop_prob, is_image)
   model_out = denoise_fn(z, logsnr, label).astype(jnp.float32)
   x_hat, eps_hat = predict_x_eps(z, logsnr, model_out, parameterization)
   if loss_type == 'eps_mse':

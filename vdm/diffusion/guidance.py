@@ -35,7 +35,7 @@ LabelModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def classifier_free(fn: LabelModelFn, label: jax.Array,
-                    weight: float | jax.Array) -> samplers.ModelFn:
+                    guidance_weight: float | jax.Array) -> samplers.ModelFn:
   """Classifier-free guidance as a model_fn for the samplers.
 
   The conditional and the unconditional branch run in ONE call of ``fn`` on a
@@ -50,28 +50,32 @@ def classifier_free(fn: LabelModelFn, label: jax.Array,
 
   Args:
     fn: (z, logsnr, label) -> output of a network trained with label dropout.
-    label: int labels [B]; entries equal to NULL_LABEL sample unconditionally.
-    weight: w >= 0 in the paper's convention (0: no guidance).
+    label: int labels [B] (or per frame [B, T]); entries equal to NULL_LABEL
+      sample unconditionally.
+    guidance_weight: w >= 0 in the paper's convention (0: no guidance).
 
   Returns:
-    model_fn(z [B, ...], logsnr [B]) -> guided output [B, ...].
+    model_fn(z [B, ...], logsnr [B]) -> guided output [B, ...], float32.
   """
   label = jnp.asarray(label, jnp.int32)
 
   def model_fn(z, logsnr):
     b = z.shape[0]
-    if label.shape != (b,):
-      raise ValueError(f'label must be [B] = [{b}]; got shape {label.shape}.')
+    if label.shape[:1] != (b,) or label.ndim > 2:
+      raise ValueError(f'label must be [B] or [B, T] with B = {b}; got shape {label.shape}.')
     out = fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
              jnp.concatenate([label, jnp.full_like(label, gaussian.NULL_LABEL)]))
+    # The mix amplifies the difference of the branches by w: in bfloat16 that
+    # difference would keep only a few significant bits.
+    out = out.astype(jnp.float32)
     cond, uncond = out[:b], out[b:]  # [B, T, H, W, C] each
-    return (1.0 + weight) * cond - weight * uncond
+    return (1.0 + guidance_weight) * cond - guidance_weight * uncond
 
   return model_fn
 
 
-def label_model_fn(fn: LabelModelFn, label: Optional[jax.Array], weight: float | jax.Array,
-                   *, guided: bool) -> samplers.ModelFn:
+def label_model_fn(fn: LabelModelFn, label: Optional[jax.Array],
+                   guidance_weight: float | jax.Array, *, guided: bool) -> samplers.ModelFn:
   """A network that takes labels as a model_fn for the samplers.
 
   The one place that decides between the unconditional network, the plain
@@ -81,8 +85,8 @@ def label_model_fn(fn: LabelModelFn, label: Optional[jax.Array], weight: float |
 
   Args:
     fn: (z, logsnr, label or None) -> output.
-    label: int labels [B], or None for an unconditional network.
-    weight: w of ``classifier_free`` (used when guided).
+    label: int labels [B] or [B, T], or None for an unconditional network.
+    guidance_weight: w of ``classifier_free`` (used when guided).
     guided: whether to mix in the unconditional branch. A Python bool, since
       it changes the traced program; callers derive it as w != 0.
 
@@ -93,7 +97,7 @@ def label_model_fn(fn: LabelModelFn, label: Optional[jax.Array], weight: float |
     return lambda z, logsnr: fn(z, logsnr, None)
   if not guided:
     return lambda z, logsnr: fn(z, logsnr, label)
-  return classifier_free(fn, label, weight)
+  return classifier_free(fn, label, guidance_weight)
 
 
 def bilinear_downsample(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -125,20 +129,20 @@ def _is_static_zero(weight) -> bool:
 def conditional_guide(*, x_known: Optional[jax.Array] = None,
                       frame_mask: Optional[jax.Array] = None,
                       residual_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-                      weight: float | jax.Array = 0.0) -> samplers.Guide:
+                      w_r: float | jax.Array = 0.0) -> samplers.Guide:
   """The general conditional guide: replacement and/or reconstruction guidance.
 
   At each model evaluation, in this order:
     1. if ``frame_mask`` is given: z^a <- alpha_t x^a + sigma_t e with fresh
-       noise e (a fresh sample of q(z_t^a | x^a));
-    2. x_hat, eps_hat = denoise(z); unless ``weight`` is a Python 0, the
+       noise e of the sampler's noise law (a fresh sample of q(z_t^a | x^a));
+    2. x_hat, eps_hat = denoise(z); unless ``w_r`` is a Python 0, the
        gradient g = grad_z sum(residual_fn(x_hat(z))^2) is taken through the
-       whole denoiser and x_hat <- x_hat - (weight alpha_t / 2) g, eps_hat kept
+       whole denoiser and x_hat <- x_hat - (w_r alpha_t / 2) g, eps_hat kept
        consistent (samplers.shift_x);
     3. if ``frame_mask`` is given: x_hat^a <- x^a and eps_hat^a <- e, the exact
        pair of the replaced z^a (the next step replaces z^a anyway, and the
        final output then carries the known frames exactly).
-  A traced weight of 0 takes the gradient path and gives the same result as a
+  A traced w_r of 0 takes the gradient path and gives the same result as a
   Python 0, which skips the backward pass.
 
   Args:
@@ -146,20 +150,20 @@ def conditional_guide(*, x_known: Optional[jax.Array] = None,
       are ignored); needed with frame_mask.
     frame_mask: [T] bool, True for known frames; None replaces nothing.
     residual_fn: x_hat [B, T, H, W, C] -> residual whose squared sum is the
-      reconstruction loss; None (or weight 0) means no reconstruction term.
-    weight: w_r.
+      reconstruction loss; None (or w_r 0) means no reconstruction term.
+    w_r: the reconstruction guidance weight.
 
   Returns:
     A samplers.Guide.
   """
   if (frame_mask is None) != (x_known is None):
     raise ValueError('x_known and frame_mask go together.')
-  use_gradient = residual_fn is not None and not _is_static_zero(weight)
+  use_gradient = residual_fn is not None and not _is_static_zero(w_r)
 
   def guide(denoise, z, step, rng):
     if frame_mask is not None:
       mask = _frame_mask(frame_mask, z)  # [1, T, 1, 1, 1]
-      noise = samplers.standard_normal(rng, z.shape)
+      noise = step.noise_fn(rng, z.shape)  # The method's law, as the sampler's.
       z = jnp.where(mask, gaussian.q_sample(x_known, step.logsnr, noise), z)
     if use_gradient:
       def loss(z):
@@ -167,7 +171,7 @@ def conditional_guide(*, x_known: Optional[jax.Array] = None,
         return jnp.sum(jnp.square(residual_fn(x))), (x, eps)
       grad, (x, eps) = jax.grad(loss, has_aux=True)(z)  # grad: [B, T, H, W, C]
       alpha = schedules.alpha_sigma(gaussian.expand_to(step.logsnr, z))[0]
-      x, eps = samplers.shift_x(x, eps, -0.5 * weight * alpha * grad, step.logsnr)
+      x, eps = samplers.shift_x(x, eps, -0.5 * w_r * alpha * grad, step.logsnr)
     else:
       x, eps = denoise(z)
     if frame_mask is not None:
@@ -192,13 +196,14 @@ def replacement_guide(x_known: jax.Array, frame_mask: jax.Array) -> samplers.Gui
 
 
 def reconstruction_guide(x_known: jax.Array, frame_mask: jax.Array,
-                         weight: float | jax.Array) -> samplers.Guide:
+                         w_r: float | jax.Array) -> samplers.Guide:
   """Reconstruction guidance for known frames, on top of replacement.
 
   Args:
     x_known: [B, T, H, W, C], the known frames at the masked positions.
     frame_mask: [T] bool, True for known frames.
-    weight: w_r (the paper: 50 on BAIR, 9 on Kinetics); 0 is replacement.
+    w_r: the reconstruction guidance weight (the paper: 50 on BAIR, 9 on
+      Kinetics); 0 is replacement.
 
   Returns:
     A samplers.Guide.
@@ -209,18 +214,18 @@ def reconstruction_guide(x_known: jax.Array, frame_mask: jax.Array,
     return jnp.where(_frame_mask(frame_mask, x), x_known - x, 0.0)
 
   return conditional_guide(x_known=x_known, frame_mask=frame_mask,
-                           residual_fn=residual, weight=weight)
+                           residual_fn=residual, w_r=w_r)
 
 
 def super_resolution_guide(
-    low_res: jax.Array, weight: float | jax.Array,
+    low_res: jax.Array, w_r: float | jax.Array,
     downsample: Optional[Callable[[jax.Array, tuple[int, int]], jax.Array]] = None
 ) -> samplers.Guide:
   """Reconstruction guidance towards a known low-resolution video.
 
   Args:
     low_res: [B, T, h, w, C] observation.
-    weight: w_r.
+    w_r: the reconstruction guidance weight.
     downsample: (x [B, T, H, W, C], (h, w)) -> [B, T, h, w, C]; defaults to
       bilinear_downsample.
 
@@ -234,4 +239,4 @@ def super_resolution_guide(
   def residual(x):
     return low_res - downsample(x, size)
 
-  return conditional_guide(residual_fn=residual, weight=weight)
+  return conditional_guide(residual_fn=residual, w_r=w_r)

@@ -40,6 +40,12 @@ SAMPLERS = ('ancestral', 'ddim', 'pc')
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 # denoise(z) -> (x_hat, eps_hat) at the current step's log-SNR.
 Denoise = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+# noise_fn(rng, shape) -> float32 noise of ``shape`` drawn from a method's noise
+# law: standard normal for VDM, correlated across frames for VideoFusion. The
+# forward process q(z_t | x) = N(alpha_t x, sigma_t^2 C) then has that law's
+# covariance C, and so do its posteriors, so every fresh draw of the reverse
+# process (z_1, ancestral and Langevin step noise, replaced frames) uses it.
+NoiseFn = Callable[[jax.Array, tuple[int, ...]], jax.Array]
 
 
 class Step(NamedTuple):
@@ -50,11 +56,14 @@ class Step(NamedTuple):
     num_steps: N, a Python int.
     t: float32 scalar, the time t_i = 1 - i / N.
     logsnr: lambda(t_i) repeated over the batch, [B].
+    noise_fn: the sampler's noise law (NoiseFn); a guide that draws fresh
+      noise (replacement) must use it so that z keeps the method's law.
   """
   index: jax.Array
   num_steps: int
   t: jax.Array
   logsnr: jax.Array
+  noise_fn: 'NoiseFn'
 
 
 # guide(denoise, z, step, rng) -> (z, x_hat, eps_hat); see the module docstring.
@@ -172,7 +181,8 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
            gamma: Union[float, jax.Array] = 0.0,
            pc_delta: Union[float, jax.Array] = 0.1, pc_corrections: int = 1,
            clip_x: bool = True, z_init: Optional[jax.Array] = None,
-           guide: Optional[Guide] = None, return_trajectory: bool = False,
+           guide: Optional[Guide] = None, noise_fn: Optional[NoiseFn] = None,
+           return_trajectory: bool = False,
            progress: Union[bool, Callable[[int, int], None]] = False):
   """Draws samples by running the reverse process from t = 1 to t = 0.
 
@@ -198,10 +208,13 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     pc_corrections: Langevin moves after each ancestral step (static).
     clip_x: clip x_hat to [-1, 1] (static thresholding; eps_hat follows).
       Turn off for data that is not in [-1, 1].
-    z_init: optional starting latent at t = 1, [B, ...]; standard normal when
-      None (VidRD's reused noise enters here).
+    z_init: optional starting latent at t = 1, [B, ...]; drawn from noise_fn
+      when None (VidRD's reused noise enters here).
     guide: optional Guide (see module docstring) applied at every model
       evaluation; None denoises plainly.
+    noise_fn: the noise law of every fresh draw (z_init, the ancestral and
+      Langevin step noise, and the guide's through Step.noise_fn);
+      standard_normal when None.
     return_trajectory: also return the latents the model saw (after the
       guide), one per step.
     progress: True prints a progress line via jax.debug.callback; a callable
@@ -221,9 +234,10 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   guide = default_guide if guide is None else guide
   callback = print_progress if progress is True else (progress or None)
   batch = shape[0]
+  noise_fn = standard_normal if noise_fn is None else noise_fn
   rng_init, rng_loop = jax.random.split(rng)
   if z_init is None:
-    z_init = standard_normal(rng_init, tuple(shape))  # [B, T, H, W, C]
+    z_init = noise_fn(rng_init, tuple(shape))  # [B, T, H, W, C]
   z_init = jnp.asarray(z_init, jnp.float32)
   if z_init.shape != tuple(shape):
     raise ValueError(f'z_init has shape {z_init.shape}, expected {tuple(shape)}.')
@@ -231,7 +245,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   def at(i):
     """The Step of grid index i; t_N = 0 only enters as the last target."""
     t = (num_steps - i).astype(jnp.float32) / num_steps
-    return Step(i, num_steps, t, jnp.full((batch,), logsnr_fn(t), jnp.float32))
+    return Step(i, num_steps, t, jnp.full((batch,), logsnr_fn(t), jnp.float32), noise_fn)
 
   def denoise_at(z, step, rng):
     """Guide, then static thresholding: the (z, x_hat, eps_hat) the step uses."""
@@ -247,7 +261,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     def move(j, z):
       rng_guide, rng_noise = jax.random.split(jax.random.fold_in(rng, j))
       z, _, eps = denoise_at(z, step, rng_guide)
-      noise = standard_normal(rng_noise, z.shape)
+      noise = noise_fn(rng_noise, z.shape)
       return z - 0.5 * pc_delta * sigma * eps + jnp.sqrt(pc_delta) * sigma * noise
 
     return jax.lax.fori_loop(0, pc_corrections, move, z)
@@ -269,7 +283,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     else:
       mean, var_tilde, var_ts = posterior(z, x, step.logsnr, target.logsnr)
       std = jnp.sqrt(var_tilde**(1.0 - gamma) * var_ts**gamma)
-      z_s = mean + std * standard_normal(rng_noise, z.shape)
+      z_s = mean + std * noise_fn(rng_noise, z.shape)
     # Last transition (to t = 0): the posterior collapses onto x_hat.
     z_next = jnp.where(i == num_steps - 1, x, z_s)
     return z_next, (z if return_trajectory else None)

@@ -49,9 +49,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import run_lib
 from vdm import sampling
 from vdm import video_io
-from vdm.diffusion import guidance
 from vdm.evaluation import i3d
 from vdm.evaluation import metrics
 
@@ -330,23 +330,11 @@ def real_features(config, split: str, num: int, *, batch_size: int,
 # Generated videos.
 
 
-@functools.lru_cache(maxsize=8)
-def _predict_fn(graphdef, conditional: bool, guided: bool, num_frames: int, parameterization,
-                logsnr_fn, sampler: str, num_steps: int, clip_x: bool):
-  """Compiled 'first k frames given' sampler, cached across evaluations."""
-
-  @jax.jit
-  def run(params, rng, context, labels, guidance_weight, w_r, gamma, pc_delta):
-    model = nnx.merge(graphdef, params)
-    model_fn = guidance.label_model_fn(lambda z, l, y: model(z, l, label=y),
-                                       labels if conditional else None, guidance_weight,
-                                       guided=conditional and guided)
-    return sampling.predict_frames(
-        model_fn, rng, context, num_frames, method='reconstruction',
-        guidance_weight=w_r, logsnr_fn=logsnr_fn,
-        parameterization=parameterization, sampler=sampler,
-        num_steps=num_steps, gamma=gamma, pc_delta=pc_delta, clip_x=clip_x)
-  return run
+@functools.partial(jax.jit, static_argnames=('num_frames', 'options'))
+def _predict(fn, rng, context, w_r, *, num_frames, options):
+  """'First k frames given' sampling, compiled once per shape and options."""
+  return sampling.predict_frames(fn, rng, context, num_frames, method='reconstruction',
+                                 w_r=w_r, **dict(options))
 
 
 def _pad_rows(x: Optional[np.ndarray], size: int) -> Optional[np.ndarray]:
@@ -356,10 +344,9 @@ def _pad_rows(x: Optional[np.ndarray], size: int) -> Optional[np.ndarray]:
   return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
 
 
-def generated_features(trainer, params, num: int, *, batch_size: int, seed: int,
+def generated_features(run, num: int, *, batch_size: int, seed: int,
                        labels: Optional[np.ndarray] = None,
                        contexts: Optional[np.ndarray] = None,
-                       w_r: Optional[float] = None,
                        on_videos: Optional[Callable[[int, np.ndarray], None]] = None
                        ) -> np.ndarray:
   """Samples N videos batch by batch and returns their I3D features.
@@ -370,26 +357,23 @@ def generated_features(trainer, params, num: int, *, batch_size: int, seed: int,
   once. Batch b uses the key fold_in(PRNGKey(seed), b).
 
   Args:
-    trainer: a train_lib.Trainer (its config's sampling section is used).
-    params: EMA parameters.
+    run: a vdm.run_lib.Run (its config's sampling section is used, w_r
+      included for 'predict').
     num: N videos.
     batch_size: videos per sampling / I3D call.
     seed: sampling seed.
     labels: int [N] class labels for a class-conditional model, else None.
     contexts: uint8 [N, k, H, W, C] given first frames ('predict' mode), or
       None for unconditional sampling.
-    w_r: reconstruction guidance weight ('predict'); config.sampling.w_r when
-      None.
     on_videos: optional callback(first_index, uint8 videos) per batch (e.g.
       to keep a few samples).
 
   Returns:
     float64 [N, 400] I3D features.
   """
-  c = trainer.config
-  s = c.sampling
-  t = c.data.num_frames
-  conditional = bool(trainer.model_config.num_classes)
+  c = run.config
+  t, size = c.data.num_frames, c.data.image_size
+  options = run_lib.sampler_options(c, run.method)
   rng = jax.random.PRNGKey(seed)
   bs = max(1, min(batch_size, num))
   feats = []
@@ -398,19 +382,14 @@ def generated_features(trainer, params, num: int, *, batch_size: int, seed: int,
     rows = min(bs, num - lo)
     key = jax.random.fold_in(rng, b)
     lab = _pad_rows(None if labels is None else np.asarray(labels[lo:lo + rows]), bs)
+    fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
+                          guidance_weight=c.sampling.guidance_weight)
     if contexts is None:
-      videos = trainer.sample(params, key, bs, num_frames=t,
-                              labels=None if lab is None else jnp.asarray(lab, jnp.int32))
+      videos = run_lib.sample(fn, key, (bs, t, size, size, c.data.channels), options)
     else:
       ctx = _pad_rows(video_io.to_model_range(contexts[lo:lo + rows]), bs)
-      fn = _predict_fn(trainer.graphdef, conditional, s.guidance_weight != 0, t,
-                       c.diffusion.parameterization, trainer.logsnr_fn, s.sampler,
-                       s.num_steps, s.clip_x)
-      if lab is None:
-        lab = np.zeros(bs, np.int32)  # Unused by an unconditional model.
-      videos = np.asarray(fn(params, key, jnp.asarray(ctx), jnp.asarray(lab, jnp.int32),
-                             s.guidance_weight, s.w_r if w_r is None else w_r,
-                             s.gamma, s.pc_delta))
+      videos = np.asarray(_predict(fn, key, jnp.asarray(ctx), jnp.float32(c.sampling.w_r),
+                                   num_frames=t, options=tuple(sorted(options.items()))))
     videos_u8 = video_io.to_uint8(videos[:rows])  # [rows, T, H, W, C]
     if on_videos is not None:
       on_videos(lo, videos_u8)
@@ -480,16 +459,15 @@ def _emit(result: dict, path: Optional[str]) -> None:
     _log(f'Wrote {path}')
 
 
-def _model_eval(trainer, params, step: int, *, num: int, split: str, mode: str,
-                context_frames: int, batch_size: int, seed: int,
-                cache_dir: Optional[str], w_r: Optional[float] = None) -> dict:
-  """FVD/KVD of a model's samples against N real clips; returns the result."""
-  config = trainer.config
+def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
+                batch_size: int, seed: int, cache_dir: Optional[str]) -> dict:
+  """FVD/KVD of a run's samples against N real clips; returns the result."""
+  config = run.config
   check_config(config, mode, context_frames)
   if num < 2:
     raise ValueError(f'num_samples={num}: FVD needs at least 2 videos.')
   start = time.time()
-  conditional = bool(trainer.model_config.num_classes)
+  conditional = bool(run.method.num_classes())
   real, labels = real_features(config, split, num, batch_size=batch_size,
                                cache_dir=cache_dir, with_labels=conditional)
   contexts = None
@@ -498,13 +476,14 @@ def _model_eval(trainer, params, step: int, *, num: int, split: str, mode: str,
     contexts = _real_pass(config, split, select_indices(s, num), batch_size,
                           num_frames=context_frames, features=False,
                           keep_videos=True, what='context frames')['videos']
-  fake = generated_features(trainer, params, num, batch_size=batch_size, seed=seed,
-                            labels=labels, contexts=contexts, w_r=w_r)
+  fake = generated_features(run, num, batch_size=batch_size, seed=seed,
+                            labels=labels, contexts=contexts)
   sc = config.sampling
   result = {
       **_distances(real, fake),
-      'step': int(step),
+      'step': int(run.step),
       'mode': mode,
+      'method': str(config.get('method', 'vdm')),
       **protocol_fields(config, split, num),
       'sampler': str(sc.sampler),
       'sampling_steps': int(sc.num_steps),
@@ -517,7 +496,7 @@ def _model_eval(trainer, params, step: int, *, num: int, split: str, mode: str,
     result['guidance_weight'] = float(sc.guidance_weight)
   if mode == 'predict':
     result.update(context_frames=int(context_frames),
-                  reconstruction_guidance_weight=float(sc.w_r if w_r is None else w_r),
+                  reconstruction_guidance_weight=float(sc.w_r),
                   fvd_frames='all frames, the given context frames included')
   result['seconds'] = round(time.time() - start, 1)
   return result
@@ -571,12 +550,11 @@ def real_vs_real(config, *, num: int, split: str, batch_size: int,
 
 
 def _load_run_config(workdir: Optional[str], config) -> ml_collections.ConfigDict:
-  from vdm import train_lib  # pylint: disable=g-import-not-at-top
   if config is not None:
     return copy.deepcopy(config)
   if not workdir:
     raise ValueError('give --workdir (a train.py run) or --config.')
-  return train_lib.load_config(workdir)
+  return run_lib.load_config(workdir)
 
 
 def evaluate(workdir: Optional[str] = None, *, config=None,
@@ -614,7 +592,6 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   Returns:
     The result dict that was printed.
   """
-  from vdm import train_lib  # pylint: disable=g-import-not-at-top
   run_config = _load_run_config(workdir, config)
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames)
@@ -634,16 +611,14 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     # the only one used; --config only describes the data for real vs real.
     raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
                      '--config; --config is only for --real_vs_real.')
-  overrides = {'eval.batch_size': bs}
-  for key, value in (('sampling.sampler', sampler), ('sampling.num_steps', steps),
-                     ('sampling.guidance_weight', guidance_weight),
-                     ('sampling.w_r', w_r)):
-    if value is not None:
-      overrides[key] = value
-  trainer, params, step = train_lib.restore_trained(workdir, checkpoint_step, overrides)
+  overrides = {'eval.batch_size': bs, 'sampling.sampler': sampler,
+               'sampling.num_steps': steps, 'sampling.guidance_weight': guidance_weight,
+               'sampling.w_r': w_r}
+  run = run_lib.restore_run(workdir, checkpoint_step, overrides)
+  step = run.step
   _log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
-       f'sampler={trainer.config.sampling.sampler} x {trainer.config.sampling.num_steps} steps.')
-  result = _model_eval(trainer, params, step, num=num, split=split, mode=mode,
+       f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps.')
+  result = _model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
                        cache_dir=cache_dir)
   result['workdir'] = workdir
@@ -652,35 +627,51 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   return result
 
 
-def evaluate_during_training(trainer, ema_params, step: int, workdir: str,
-                             writer=None) -> dict:
-  """FVD/KVD of the current EMA weights, for the training loop.
+class PeriodicEvaluation:
+  """A training hook: FVD/KVD of the EMA weights every config.eval.every_steps.
 
-  Uses config.eval.num_samples, config.eval.batch_size, the eval split,
-  unconditional mode and seed 0, so the figure equals what
-  `python evaluate.py --workdir=... --checkpoint_step=<step>` reports for the
-  same checkpoint. Every process must call it (sampling is one jitted program
-  over the mesh); process 0 writes workdir/eval/<step>.json and prints the
-  JSON line, and `writer` (process 0's clu writer; None elsewhere) gets the
-  scalars 'fvd' and 'kvd'.
+  ``train.py`` passes it to ``train_lib.train(hooks=...)``; training itself
+  knows nothing of evaluation. It uses config.eval.num_samples,
+  config.eval.batch_size, the eval split, unconditional mode and seed 0, so
+  the figure equals what `python evaluate.py --workdir=...
+  --checkpoint_step=<step>` reports for the same checkpoint. Every process
+  calls it (sampling is one jitted program); process 0 writes
+  workdir/eval/<step>.json, prints the JSON line and logs the scalars 'fvd'
+  and 'kvd' to TensorBoard.
 
   Args:
-    trainer: the train_lib.Trainer of the run.
-    ema_params: state.ema_params.
-    step: the current step.
+    config: the run's config (checked now, so a bad setting fails before
+      training starts).
     workdir: the run's workdir.
-    writer: a clu metric writer or None.
-
-  Returns:
-    The result dict.
   """
-  config = trainer.config
-  split = str(config.data.get('eval_split', 'test'))
-  result = _model_eval(trainer, ema_params, step, num=int(config.eval.num_samples),
-                       split=split, mode='unconditional', context_frames=1,
-                       batch_size=int(config.eval.batch_size), seed=0, cache_dir=None)
-  result['workdir'] = workdir
-  _emit(result, os.path.join(workdir, 'eval', f'{step}.json'))
-  if writer is not None:
-    writer.write_scalars(step, {'fvd': result['fvd'], 'kvd': result['kvd']})
-  return result
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    check_config(config)
+    self.config, self.workdir = config, workdir
+    self.every, self.last = int(config.eval.every_steps), int(config.training.num_steps)
+    self._static = None  # (method, graphdef), built at the first evaluation.
+    self._writer = None
+
+  def __call__(self, step: int, state, checkpointer) -> Optional[dict]:
+    del checkpointer
+    if not self.every or (step % self.every and step != self.last):
+      return None
+    if self._static is None:
+      from vdm import methods  # pylint: disable=g-import-not-at-top
+      method = methods.get_method(self.config)
+      self._static = (method, nnx.graphdef(nnx.eval_shape(lambda: method.build(nnx.Rngs(0)))))
+    method, graphdef = self._static
+    run = run_lib.Run(self.config, method, graphdef, state.ema_params, step)
+    split = str(self.config.data.get('eval_split', 'test'))
+    result = _model_eval(run, num=int(self.config.eval.num_samples), split=split,
+                         mode='unconditional', context_frames=1,
+                         batch_size=int(self.config.eval.batch_size), seed=0, cache_dir=None)
+    result['workdir'] = self.workdir
+    _emit(result, os.path.join(self.workdir, 'eval', f'{step}.json'))
+    if jax.process_index() == 0:
+      if self._writer is None:
+        from clu import metric_writers  # pylint: disable=g-import-not-at-top
+        self._writer = metric_writers.create_default_writer(self.workdir)
+      self._writer.write_scalars(step, {'fvd': result['fvd'], 'kvd': result['kvd']})
+      self._writer.flush()
+    return result

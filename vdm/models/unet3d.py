@@ -4,7 +4,8 @@ A 2D image U-Net made 3D: every 3x3 convolution is space-only (1x3x3), every
 spatial attention block attends within a frame and is followed by a temporal
 attention block along time, and down/up-sampling are spatial only, so the
 number of frames never changes. An embedding of log-SNR (plus an optional class
-label) modulates every residual block with a FiLM scale and shift.
+label, per video or per frame) modulates every residual block with a FiLM scale
+and shift.
 
 Inputs and outputs are channels-last video [B, T, H, W, C].
 """
@@ -155,8 +156,9 @@ class ResBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, emb: jax.Array, rng: Optional[jax.Array]) -> jax.Array:
     h = self.conv1(jax.nn.silu(self.norm1(x)))  # [B, T, H, W, out]
-    scale, shift = jnp.split(self.film(jax.nn.silu(emb)), 2, axis=-1)  # [B, out] each
-    h = self.norm2(h) * (1 + scale[:, None, None, None]) + shift[:, None, None, None]
+    # emb: [B, 1, E] (one condition per video) or [B, T, E] (per frame).
+    scale, shift = jnp.split(self.film(jax.nn.silu(emb)), 2, axis=-1)  # [B, T', out] each
+    h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
     h = layers.dropout(jax.nn.silu(h), self.dropout_rate, rng)
     h = self.conv2(h)
     skip = x if self.skip is None else self.skip(x)
@@ -221,8 +223,12 @@ class UNet3D(nnx.Module):
     # Row num_classes is the learned null label for classifier-free guidance.
     self.label_embed = (layers.Embed(cfg.num_classes + 1, emb, rngs=rngs)
                         if cfg.num_classes else None)
+    # The first and last convolutions compute in float32 whatever the compute
+    # dtype: bfloat16 would round z_t (at high log-SNR sigma eps falls below
+    # its resolution, so the eps target is lost) and the prediction (which the
+    # eps parameterization amplifies by sigma / alpha).
     self.conv_in = layers.SpatialConv(cfg.channels + cfg.cond_channels, base,
-                                      rngs=rngs, dtype=dtype)
+                                      rngs=rngs, dtype=jnp.float32)
     chans = [base]  # Channels of every skip activation, in order.
     ch = base
     down, downsample = [], []
@@ -252,7 +258,7 @@ class UNet3D(nnx.Module):
     self.upsample = nnx.List(upsample)
     self.norm_out = layers.GroupNorm(ch, cfg.norm_groups, rngs=rngs, dtype=dtype)
     self.conv_out = layers.SpatialConv(ch, cfg.channels, rngs=rngs, init_scale=0.0,
-                                       dtype=dtype)
+                                       dtype=jnp.float32)
 
   def _check_inputs(self, z, logsnr, label, cond, is_image):
     cfg = self.config
@@ -268,8 +274,9 @@ class UNet3D(nnx.Module):
     if label is not None and not cfg.num_classes:
       raise ValueError('a label was given to an unconditional model '
                        '(config.model.num_classes = 0).')
-    if label is not None and jnp.shape(label) != (b,):
-      raise ValueError(f'label must be [B] = [{b}]; got shape {jnp.shape(label)}.')
+    if label is not None and jnp.shape(label) not in ((b,), (b, t)):
+      raise ValueError(f'label must be [B] = [{b}] (per video) or [B, T] = [{b}, {t}] '
+                       f'(per frame); got shape {jnp.shape(label)}.')
     if cfg.cond_channels:
       want = (b, t, h, w, cfg.cond_channels)
       if cond is None or cond.shape != want:
@@ -289,26 +296,29 @@ class UNet3D(nnx.Module):
     Args:
       z: noisy video z_t [B, T, H, W, C].
       logsnr: lambda_t [B].
-      label: int class labels [B]; negative values mean "no label" (the learned
-        null embedding). None on a conditional model means all null.
+      label: int class labels [B] (one per video) or [B, T] (one per frame:
+        appended images carry their own); negative values mean "no label"
+        (the learned null embedding). None on a conditional model means all
+        null.
       cond: extra conditioning channels [B, T, H, W, cond_channels].
       is_image: [T] bool, True for appended independent image frames.
       dropout_rng: PRNG key enabling dropout (training); None disables it.
 
     Returns:
-      The prediction [B, T, H, W, C] in the compute dtype.
+      The prediction [B, T, H, W, C], float32.
     """
     cfg = self.config
     self._check_inputs(z, logsnr, label, cond, is_image)
     if is_image is not None:
       is_image = jnp.asarray(is_image, bool)
     emb = layers.sinusoidal_embedding(LOGSNR_EMBED_SCALE * logsnr, cfg.base_channels)
-    emb = self.time_mlp2(jax.nn.silu(self.time_mlp1(emb)))  # [B, E]
+    emb = self.time_mlp2(jax.nn.silu(self.time_mlp1(emb)))[:, None]  # [B, 1, E]
     if self.label_embed is not None:
       if label is None:
         label = jnp.full(z.shape[:1], -1, jnp.int32)
+      label = jnp.asarray(label).reshape(z.shape[0], -1)  # [B, 1] or [B, T]
       label = jnp.where(label < 0, cfg.num_classes, label)
-      emb = emb + self.label_embed(label).astype(emb.dtype)
+      emb = emb + self.label_embed(label).astype(emb.dtype)  # [B, 1 or T, E]
 
     block = iter(range(10**6))  # Each residual block gets its own dropout key.
     def rng():

@@ -1,0 +1,37 @@
+"""The method registry: what differs between VDM, VideoFusion and TRIP.
+
+A method is one module of this package defining a subclass of
+``vdm.methods.base.Method`` named ``Method``; ``config.method`` names the
+module. Adding one is a new module, its config, and one line in METHODS.
+``Trainer``, ``run_lib``, sampling and evaluation only ever talk to the
+instance ``get_method(config)`` returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from vdm.methods import base
+
+# config.method -> module under vdm/methods/ (one line per method).
+METHODS = {
+    'vdm': 'vdm.methods.vdm',
+}
+
+
+def get_method(config) -> base.Method:
+  """The method object of a full config (``config.method``, default 'vdm').
+
+  Args:
+    config: a full ConfigDict.
+
+  Returns:
+    An instance of the named module's ``Method`` class, built from config.
+
+  Raises:
+    ValueError: the name is not registered.
+  """
+  name = config.get('method', 'vdm')
+  if name not in METHODS:
+    raise ValueError(f'config.method={name!r} is unknown; choose one of {sorted(METHODS)}.')
+  return importlib.import_module(METHODS[name]).Method(config)

@@ -1,0 +1,212 @@
+"""A run as sampling and evaluation see it: its config, its EMA weights, and
+the one glue from a config to a guided ``model_fn`` for the samplers.
+
+Below both the train loop (vdm/train_lib.py), which saves the config and
+draws periodic samples through ``model_fn`` / ``sample``, and the sampling and
+evaluation entry points (vdm/sample_lib.py, vdm/evaluation/evaluate_lib.py),
+which restore runs through ``restore_run``. Nothing here names a method: the
+method object (vdm/methods) builds the networks and the denoiser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vdm import checkpoints
+from vdm import train_state
+from vdm.diffusion import guidance
+from vdm.diffusion import samplers
+from vdm.methods import base
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the resolved config as workdir/config.json; returns the path."""
+  path = os.path.join(workdir, 'config.json')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2))
+  os.replace(tmp, path)
+  return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Reads the config a training run saved in its workdir."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} the --workdir of a '
+                            'train.py run?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+class Run(NamedTuple):
+  """Trained networks as sampling and evaluation use them.
+
+  Attributes:
+    config: the run's config, with any overrides applied.
+    method: its method object.
+    graphdef: its networks' nnx GraphDef.
+    params: EMA parameters (of a restored checkpoint, or of the live state).
+    step: the step they come from.
+  """
+  config: ml_collections.ConfigDict
+  method: base.Method
+  graphdef: Any
+  params: Any
+  step: int
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Optional[Mapping[str, Any]]) -> ml_collections.ConfigDict:
+  """Sets {'section.key': value} entries (None values are skipped) in place.
+
+  Raises:
+    ValueError: a key that is not in the config.
+  """
+  for dotted, value in (overrides or {}).items():
+    if value is None:
+      continue
+    section, key = dotted.split('.', 1)
+    if section not in config or key not in config[section]:
+      raise ValueError(f'config.{dotted} is not a config key.')
+    config[section][key] = value
+  return config
+
+
+def restore_run(workdir: str, step: Optional[int] = None,
+                overrides: Optional[Mapping[str, Any]] = None, mesh=None) -> Run:
+  """Loads a run for sampling or evaluation: its saved config and EMA weights.
+
+  Args:
+    workdir: the --workdir of a train.py run.
+    step: a checkpoint step; the newest readable one when None.
+    overrides: optional {'section.key': value} changes to the saved config that
+      do not change the networks (e.g. {'sampling.num_steps': 256}).
+    mesh: device mesh; built from the saved config when None.
+
+  Returns:
+    The Run.
+
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint in workdir.
+  """
+  config = apply_overrides(load_config(workdir), overrides)
+  layout = train_state.StateLayout(config, mesh)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  try:
+    restored_step, state = ckpt.restore(layout.abstract_state, step)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first with '
+                            f'python train.py --workdir={workdir}.')
+  return Run(config, layout.method, layout.graphdef, state.ema_params, restored_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GuidedDenoiser:
+  """The static half of ``model_fn``: which method, networks and guidance.
+
+  Attributes:
+    method: the run's method object.
+    graphdef: its networks' nnx GraphDef.
+    guided: mix in the unconditional branch (classifier-free w != 0).
+  """
+  method: base.Method
+  graphdef: Any
+  guided: bool
+
+  def __call__(self, params, labels, conditioning, guidance_weight, z, logsnr):
+    networks = nnx.merge(self.graphdef, params)
+    fn = self.method.denoiser(networks, conditioning)
+    return guidance.label_model_fn(fn, labels, guidance_weight, guided=self.guided)(z, logsnr)
+
+
+def model_fn(method: base.Method, graphdef: Any, params: Any, *,
+             labels: Optional[Any] = None, conditioning: Optional[Mapping[str, Any]] = None,
+             guidance_weight: float = 0.0) -> jax.tree_util.Partial:
+  """The one way a trained run becomes a sampler's ``model_fn(z, logsnr)``.
+
+  Training's periodic samples, sample.py and evaluate.py all come through
+  here, so they cannot drift: the method's denoiser, labels (per video [N] or
+  per frame [N, T]), other conditioning, and classifier-free guidance with
+  w = guidance_weight in the paper's convention. At w = 0 the unconditional
+  half of the doubled batch is skipped (the same output for half the work).
+
+  The result is a ``jax.tree_util.Partial`` whose leaves are the weights,
+  labels, conditioning and w, so a jitted sampler takes them as arguments
+  rather than baking them into the program as constants.
+
+  Args:
+    method: the run's method object.
+    graphdef: the networks' GraphDef.
+    params: their (EMA) parameters.
+    labels: int labels for a class-conditional model; None otherwise.
+    conditioning: the method's other conditioning (see Method.denoiser).
+    guidance_weight: classifier-free w >= 0.
+
+  Returns:
+    model_fn(z [N, T, H, W, C], logsnr [N]) -> float32 output.
+  """
+  guided = labels is not None and guidance_weight != 0
+  if labels is not None:
+    labels = jnp.asarray(labels, jnp.int32)
+  conditioning = None if conditioning is None else {
+      k: jnp.asarray(v, jnp.float32) for k, v in conditioning.items()}
+  return jax.tree_util.Partial(_GuidedDenoiser(method, graphdef, guided), params, labels,
+                               conditioning, jnp.float32(guidance_weight))
+
+
+def sampler_options(config: ml_collections.ConfigDict, method: base.Method, *,
+                    progress=False) -> dict:
+  """The keyword arguments of ``samplers.sample`` (and of every driver) that a
+  run's config and method fix: schedule, parameterization, noise law, sampler.
+
+  Args:
+    config: the run's config (sampling and diffusion sections).
+    method: the run's method object (its schedule and noise law).
+    progress: passed on to samplers.sample.
+
+  Returns:
+    A dict of keyword arguments.
+  """
+  s = config.sampling
+  return dict(logsnr_fn=method.logsnr_fn, parameterization=config.diffusion.parameterization,
+              sampler=s.sampler, num_steps=s.num_steps, gamma=s.gamma, pc_delta=s.pc_delta,
+              clip_x=s.clip_x, noise_fn=method.noise, progress=progress)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'shape', 'logsnr_fn', 'parameterization', 'sampler', 'num_steps', 'clip_x', 'noise_fn',
+    'progress'))
+def _sample_jit(fn, rng, gamma, pc_delta, *, shape, **static):
+  return samplers.sample(fn, rng, shape, gamma=gamma, pc_delta=pc_delta, **static)
+
+
+def sample(fn: jax.tree_util.Partial, rng: jax.Array, shape: tuple[int, ...],
+           options: Mapping[str, Any]) -> np.ndarray:
+  """Unconditional (or label-conditional) videos, jitted once per shape.
+
+  Args:
+    fn: a ``model_fn`` result.
+    rng: PRNG key.
+    shape: [N, T, H, W, C].
+    options: ``sampler_options`` (gamma and pc_delta stay traced).
+
+  Returns:
+    float32 [N, T, H, W, C].
+  """
+  options = dict(options)
+  gamma, pc_delta = options.pop('gamma'), options.pop('pc_delta')
+  return np.asarray(_sample_jit(fn, rng, jnp.float32(gamma), jnp.float32(pc_delta),
+                                shape=tuple(shape), **options))
