@@ -182,7 +182,8 @@ def test_train_batch_shapes_and_mask(data_dir, k):
   assert b['video'].min() >= -1.0 and b['video'].max() <= 1.0
   assert b['video'].min() == -1.0 and b['video'].max() > 0.5
   np.testing.assert_array_equal(b['is_image'], np.arange(8 + k) >= 8)
-  assert b['label'].shape == (8,) and b['label'].dtype == np.int32
+  # Per frame: the video's label on clip frames, each image's own after them.
+  assert b['label'].shape == (8, 8 + k) and b['label'].dtype == np.int32
 
 
 def test_train_clips_are_real_and_labelled(data_dir, gen_train):
@@ -196,7 +197,7 @@ def test_train_clips_are_real_and_labelled(data_dir, gen_train):
     for clip, label in zip(to_uint8(b['video']), b['label']):
       hit = find_clip(clip, gen_train['video'], frameskip=2)
       assert hit is not None
-      assert label == gen_train['label'][hit[0]]
+      np.testing.assert_array_equal(label, gen_train['label'][hit[0]])
       seen.append(hit[0])
   assert sorted(seen) == list(range(NUM_TRAIN))
 
@@ -205,8 +206,15 @@ def test_images_are_frames_of_dataset_videos(data_dir, gen_train):
   c = make_config(data_dir, num_images=2, num_frames=4)
   (b,) = take(pipeline.make_train_iterator(c, process_index=0, process_count=1), 1)
   frames = gen_train['video'].reshape(-1, 32, 32, 1)
-  for img in to_uint8(b['video'][:, 4:]).reshape(-1, 32, 32, 1):
-    assert (frames == img).all(axis=(1, 2, 3)).any()
+  frame_labels = np.repeat(gen_train['label'], gen_train['video'].shape[1])
+  images = to_uint8(b['video'][:, 4:]).reshape(-1, 32, 32, 1)
+  for img, label in zip(images, b['label'][:, 4:].reshape(-1)):
+    hits = (frames == img).all(axis=(1, 2, 3))
+    assert hits.any()
+    # Each image carries the label of the video it was taken from.
+    assert label in frame_labels[hits]
+  # With 10 classes, some image is from a video of another class than its row.
+  assert (b['label'][:, 4:] != b['label'][:, :1]).any()
 
 
 def test_train_iterator_deterministic_and_resumable(data_dir):

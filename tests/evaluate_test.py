@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from vdm import run_lib
 from vdm import train_lib
 from vdm.data import moving_digits
 from vdm.evaluation import evaluate_lib
@@ -146,7 +147,7 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   np.testing.assert_array_equal(generated[:, :2], real[:, :2])
 
 
-def test_evaluate_during_training_matches_cli_and_writes_scalars(run, capsys):
+def test_periodic_evaluation_hook_matches_cli_and_writes_scalars(run, capsys):
   config, workdir, state = run
 
   class Writer:
@@ -156,9 +157,12 @@ def test_evaluate_during_training_matches_cli_and_writes_scalars(run, capsys):
     def write_scalars(self, step, scalars):
       self.scalars.append((step, dict(scalars)))
 
-  trainer = train_lib.Trainer(config)
+  config = config.copy_and_resolve_references()
+  config.eval.every_steps = 2
   writer = Writer()
-  result = evaluate_lib.evaluate_during_training(trainer, state.ema_params, 2, workdir, writer)
+  hook = evaluate_lib.PeriodicEvaluation(config, workdir, writer=writer)
+  assert hook(1, state, None) is None  # Not an evaluation step.
+  result = hook(2, state, None)
   assert writer.scalars == [(2, {'fvd': result['fvd'], 'kvd': result['kvd']})]
   with open(os.path.join(workdir, 'eval', '2.json')) as f:
     cli = json.load(f)
@@ -192,7 +196,7 @@ def test_too_few_frames_fails_early_in_cli(tmp_path):
   # A workdir with only a config: the check must come before any checkpoint
   # or data is read.
   config = _config(str(tmp_path / 'no_data'), num_frames=8)
-  train_lib.save_config(config, str(tmp_path))
+  run_lib.save_config(config, str(tmp_path))
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, os.path.join(REPO, 'evaluate.py'),
                         f'--workdir={tmp_path}', '--num_samples=4'],

@@ -238,3 +238,39 @@ def test_extend_video():
                                 clip_frames=4, context_frames=1, clip_shape=(3, 2, 2, 1),
                                 num_steps=8, w_r=3.0, verbose=True, **SAMPLER)
   assert video.shape == (3, 7, 2, 2, 1) and np.all(np.isfinite(video))
+
+
+@pytest.mark.parametrize('logsnr', [-2.0, 1.5])
+def test_reconstruction_guidance_step_matches_closed_form(logsnr):
+  # Linear-Gaussian data: x_hat(z) = m + K (z - alpha m) with
+  # K = alpha S (alpha^2 S + sigma^2 I)^-1, so the gradient of
+  # ||x^a - x_hat^a||^2 with respect to z^b is -2 K_ab^T (x^a - x_hat^a) and one
+  # guided step must give x~^b = x_hat^b + w_r alpha K_ab^T (x^a - x_hat^a).
+  # Dropping the 1/2, or alpha^2 for alpha, moves x~^b by a factor of 2 or
+  # 1 / alpha (1.06 at lambda = 1.5, 2.9 at -2) on the guided term.
+  w_r, b = 3.0, 2
+  rng_z, rng_x, rng_guide = jax.random.split(jax.random.PRNGKey(0), 3)
+  x_known = DATA.sample(rng_x, b)
+  z = jax.random.normal(rng_z, x_known.shape)
+  step = samplers.Step(jnp.int32(0), 1, jnp.float32(0.5), jnp.full((b,), logsnr, jnp.float32),
+                       samplers.standard_normal)
+  denoise = samplers.make_denoise(exact_model(DATA, 'eps'), 'eps', step.logsnr)
+  guide = guidance.reconstruction_guide(x_known, KNOWN_FIRST_TWO, w_r)
+  z_used, x_tilde, eps_tilde = guide(denoise, z, step, rng_guide)
+
+  alpha, sigma = (float(v) for v in schedules.alpha_sigma(jnp.float32(logsnr)))
+  m, s = np.asarray(DATA.mean, np.float64), np.asarray(DATA.cov, np.float64)
+  gain = alpha * s @ np.linalg.inv(alpha**2 * s + sigma**2 * np.eye(len(m)))  # K
+  known = known_coordinates(KNOWN_FIRST_TWO, DATA)
+  zf = np.asarray(z_used, np.float64).reshape(b, -1)
+  x_hat = m + (zf - alpha * m) @ gain.T  # [B, D]
+  residual = np.asarray(x_known, np.float64).reshape(b, -1)[:, known] - x_hat[:, known]
+  expected_b = x_hat[:, ~known] + w_r * alpha * residual @ gain[np.ix_(known, ~known)]
+  got = np.asarray(x_tilde, np.float64).reshape(b, -1)
+  np.testing.assert_allclose(got[:, ~known], expected_b, rtol=1e-4, atol=1e-5)
+  # The guided term is not negligible here, so the tolerance above pins it.
+  assert np.abs(expected_b - x_hat[:, ~known]).max() > 0.05
+  # z^a is a fresh forward sample of x^a, x~^a = x^a, and eps stays consistent.
+  np.testing.assert_array_equal(got[:, known], np.asarray(x_known).reshape(b, -1)[:, known])
+  np.testing.assert_allclose(np.asarray(z_used), alpha * np.asarray(x_tilde) +
+                             sigma * np.asarray(eps_tilde), atol=1e-5)

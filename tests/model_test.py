@@ -46,7 +46,8 @@ def test_shapes_and_finiteness(labels, dtype):
     label = jnp.array([0, 4]) if labels else None
     out = apply(model, x, jnp.array([-5.0, 5.0]), label=label, dropout_rng=jax.random.key(1))
     assert out.shape == x.shape
-    assert out.dtype == jnp.dtype(dtype)
+    # The output convolution computes in float32 whatever the compute dtype.
+    assert out.dtype == jnp.float32
     assert np.isfinite(np.asarray(out, np.float32)).all()
 
 
@@ -118,6 +119,53 @@ def test_appended_images_leave_video_model_unchanged():
   # Each image is processed as a one-frame video.
   single = apply(model, x[:, nv:nv + 1], logsnr, label=kw['label'])
   np.testing.assert_allclose(joint[:, nv:nv + 1], single, atol=1e-5)
+
+
+def test_interleaved_images_leave_video_positions_unchanged():
+  # Image frames between video frames: relative positions must count video
+  # frames only, so the video frames' output equals the model on the video
+  # frames alone (with positions arange(T) they would sit 2 apart).
+  model, x, logsnr, kw, nv = _masked_setup()
+  order = [0, nv, 1, nv + 1, 2] + [i for i in range(3, x.shape[1]) if i not in (nv, nv + 1)]
+  is_image = np.asarray(kw['is_image'])[order]
+  mixed = apply(model, x[:, order], logsnr, label=kw['label'], is_image=jnp.asarray(is_image))
+  plain = apply(model, x[:, :nv], logsnr, label=kw['label'])
+  video_slots = [j for j, i in enumerate(order) if i < nv]
+  np.testing.assert_allclose(mixed[:, video_slots], plain, atol=1e-5)
+  # The interleaving is not trivial: without the mask the output differs.
+  unmasked = apply(model, x[:, order], logsnr, label=kw['label'])
+  assert not np.allclose(unmasked[:, video_slots], plain, atol=1e-3)
+
+
+def test_per_frame_labels_reach_their_own_frame_only():
+  model, x, logsnr, kw, nv = _masked_setup()
+  t = x.shape[1]
+  labels = jnp.broadcast_to(kw['label'][:, None], (x.shape[0], t))  # [B, T]
+  base = apply(model, x, logsnr, label=labels, is_image=kw['is_image'])
+  # A per-video label [B] is the same as repeating it on every frame.
+  np.testing.assert_allclose(apply(model, x, logsnr, **kw), base, atol=1e-6)
+  image = nv + 1
+  out = apply(model, x, logsnr, label=labels.at[:, image].set(1), is_image=kw['is_image'])
+  others = [i for i in range(t) if i != image]
+  np.testing.assert_allclose(out[:, others], base[:, others], atol=1e-5)
+  assert not np.allclose(out[:, image], base[:, image], atol=1e-3)
+  # A video frame's label is seen by that frame (and, through temporal
+  # attention, by the other video frames), never by an image frame.
+  out = apply(model, x, logsnr, label=labels.at[:, 0].set(1), is_image=kw['is_image'])
+  np.testing.assert_allclose(out[:, nv:], base[:, nv:], atol=1e-5)
+  assert not np.allclose(out[:, 0], base[:, 0], atol=1e-3)
+
+
+def test_bfloat16_model_keeps_its_edges_in_float32():
+  model = randomized(unet3d.UNet3D(tiny_config(dtype='bfloat16'), rngs=nnx.Rngs(0)))
+  assert model.conv_in.dtype == jnp.float32 and model.conv_out.dtype == jnp.float32
+  assert model.down[0].res.conv1.dtype == jnp.bfloat16
+  x = jax.random.uniform(jax.random.key(0), (1, 2, 8, 8, 3), minval=-1, maxval=1)
+  h = model.conv_in(x)
+  # A change far below bfloat16's resolution of z (2^-8 near 1) still reaches
+  # the first features.
+  assert h.dtype == jnp.float32
+  assert not np.array_equal(np.asarray(model.conv_in(x + 1e-4)), np.asarray(h))
 
 
 def _temporal_block(seed=0):

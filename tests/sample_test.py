@@ -16,6 +16,7 @@ import pytest
 
 from configs import tiny
 from vdm import sample_lib
+from vdm import run_lib
 from vdm import train_lib
 from vdm import video_io
 from vdm.data import moving_digits
@@ -49,11 +50,11 @@ def workdir(tmp_path_factory):
 def restore_once():
   """Loads each checkpoint once for the whole module.
 
-  restore_trained builds a Trainer, which compiles its initializer: seconds
+  restore_run builds a StateLayout, which compiles its initializer: seconds
   per call on a busy 2-core machine. The CLI test still restores for real.
   """
   cache = {}
-  real = train_lib.restore_trained
+  real = run_lib.restore_run
 
   def restore(workdir, step=None, overrides=None):
     key = (workdir, step, repr(overrides))
@@ -62,7 +63,7 @@ def restore_once():
     return cache[key]
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train_lib, 'restore_trained', restore)
+    patch.setattr(run_lib, 'restore_run', restore)
     yield
 
 
@@ -162,12 +163,12 @@ def test_superres_from_the_downsampled_dataset(workdir, tmp_path):
 
 def config_only_workdir(workdir, path, **changes):
   """A workdir holding the trained run's config with changes, no checkpoint."""
-  config = train_lib.load_config(workdir)
+  config = run_lib.load_config(workdir)
   for dotted, value in changes.items():
     section, key = dotted.split('.')
     config[section][key] = value
   os.makedirs(path, exist_ok=True)
-  train_lib.save_config(config, str(path))
+  run_lib.save_config(config, str(path))
   return str(path)
 
 
@@ -180,8 +181,8 @@ def save_npz(path, video):
 def no_restore(monkeypatch):
   """Makes reaching the checkpoint restore (and so any compile) a failure."""
   def fail(*args, **kwargs):
-    raise AssertionError('restore_trained reached: the error came too late.')
-  monkeypatch.setattr(train_lib, 'restore_trained', fail)
+    raise AssertionError('restore_run reached: the error came too late.')
+  monkeypatch.setattr(run_lib, 'restore_run', fail)
 
 
 @pytest.mark.usefixtures('no_restore')

@@ -497,10 +497,18 @@ def _train_row(ds: _Dataset, spec: _Spec, example, image_examples,
   return np.concatenate(parts, axis=0)
 
 
+def _row_labels(ds: _Dataset, spec: _Spec, example, image_examples) -> List[int]:
+  """Per-frame labels of a training row: the video's for its T clip frames,
+  then each appended image's own (it comes from another video, so the video's
+  label would be wrong for it)."""
+  return ([int(example[ds.label_key])] * spec.num_frames +
+          [int(ex[ds.label_key]) for ex in image_examples])
+
+
 _TO_UNIT = (np.arange(256) / 127.5 - 1.0).astype(np.float32)
 
 
-def _finish(rows: List[np.ndarray], labels: Optional[List[int]], spec: _Spec
+def _finish(rows: List[np.ndarray], labels: Optional[List[Any]], spec: _Spec
             ) -> Dict[str, np.ndarray]:
   # uint8 -> [-1, 1] as x / 127.5 - 1, through a 256-entry table: one pass
   # over the batch instead of three, and exactly rounded.
@@ -509,7 +517,8 @@ def _finish(rows: List[np.ndarray], labels: Optional[List[int]], spec: _Spec
   is_image[spec.num_frames:] = True
   out = dict(video=video, is_image=is_image)
   if labels is not None:
-    out['label'] = np.asarray(labels, np.int32)  # [B_local]
+    # Training rows: [B_local, T+K] (per frame); evaluation clips: [B_local].
+    out['label'] = np.asarray(labels, np.int32)
   return out
 
 
@@ -628,11 +637,10 @@ class _RandomAccessTrain:
     got = dict(zip(wanted, ds.source.__getitems__(wanted)))
     rows, labels = [], [] if ds.label_key else None
     for i, d in zip(index.tolist(), draws):
-      ex = got[i]
-      rows.append(_train_row(ds, spec, ex, [got[j] for j in d.image_src.tolist()],
-                             d, i))
+      ex, images = got[i], [got[j] for j in d.image_src.tolist()]
+      rows.append(_train_row(ds, spec, ex, images, d, i))
       if labels is not None:
-        labels.append(int(ex[ds.label_key]))
+        labels.append(_row_labels(ds, spec, ex, images))
     return _finish(rows, labels, spec)
 
 
@@ -657,7 +665,9 @@ def make_train_iterator(config, *, start_step: int = 0,
       video: float32 [B_local, T + K, H, W, C] in [-1, 1]; T clip frames then
         K independent images (K = config.data.num_images).
       is_image: bool [T + K], False for clip frames, True for images.
-      label: int32 [B_local], only when config.data.label_key is set.
+      label: int32 [B_local, T + K], the label of every frame (the video's
+        for clip frames, each image's own for appended images), only when
+        config.data.label_key is set.
     B_local = batch_size // process_count; process p gets rows
     [p * B_local, (p + 1) * B_local) of the global batch of each step, which
     (for array_record data) is a pure function of (config.data.seed, step).
@@ -708,11 +718,10 @@ def _stream_train_iterator(ds: _Dataset, spec: _Spec, start_step: int,
       # The images come from random videos of this process's batch: the
       # stream has no random access to the rest of the dataset.
       d = _draw(rng, spec, b_local)
-      rows.append(_train_row(ds, spec, ex,
-                             [examples[j] for j in d.image_src.tolist()], d,
-                             f'{step}:{r}'))
+      images = [examples[j] for j in d.image_src.tolist()]
+      rows.append(_train_row(ds, spec, ex, images, d, f'{step}:{r}'))
       if labels is not None:
-        labels.append(int(ex[ds.label_key]))
+        labels.append(_row_labels(ds, spec, ex, images))
     yield _finish(rows, labels, spec)
     step += 1
 

@@ -643,14 +643,16 @@ class PeriodicEvaluation:
     config: the run's config (checked now, so a bad setting fails before
       training starts).
     workdir: the run's workdir.
+    writer: a clu metric writer for the scalars; process 0 makes one on
+      workdir when None.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, writer=None):
     check_config(config)
     self.config, self.workdir = config, workdir
     self.every, self.last = int(config.eval.every_steps), int(config.training.num_steps)
     self._static = None  # (method, graphdef), built at the first evaluation.
-    self._writer = None
+    self._writer = writer
 
   def __call__(self, step: int, state, checkpointer) -> Optional[dict]:
     del checkpointer
@@ -673,5 +675,4 @@ class PeriodicEvaluation:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
         self._writer = metric_writers.create_default_writer(self.workdir)
       self._writer.write_scalars(step, {'fvd': result['fvd'], 'kvd': result['kvd']})
-      self._writer.flush()
     return result
