@@ -388,10 +388,9 @@ def prepare_train(config, seed: int = 0) -> Prepared:
   """
   from vdm import sharding  # pylint: disable=g-import-not-at-top
   from vdm import train_lib
-  from vdm.models import unet3d
   trainer = train_lib.Trainer(config)
   state = trainer.init_state()
-  nparams = unet3d.count_params(trainer.model(state.params))
+  nparams = count_params(state.params)
   batch = sharding.global_batch(make_batch(config, seed), trainer.mesh)
   start = time.perf_counter()
   with _with_mesh(trainer):
@@ -418,37 +417,34 @@ def prepare_train(config, seed: int = 0) -> Prepared:
 def sample_fn_and_args(config, trainer, params, seed: int = 0):
   """The jitted one-step sampler of Trainer.sample and its arguments.
 
-  It is the very function Trainer.sample compiles, with num_steps=1: one
-  denoiser evaluation plus the sampler's update (with classifier-free guidance,
-  w != 0, both branches run as one evaluation on a doubled batch).
+  It is the very function Trainer.sample compiles (run_lib.sample over
+  run_lib.model_fn), with num_steps=1: one denoiser evaluation plus the
+  sampler's update (with classifier-free guidance, w != 0, both branches run
+  as one evaluation on a doubled batch).
   """
-  import inspect  # pylint: disable=g-import-not-at-top
-  from vdm import train_lib  # pylint: disable=g-import-not-at-top
-  c, s = config, config.sampling
-  shape = (config.training.batch_size, c.data.num_frames, c.data.image_size,
+  from vdm import run_lib  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  c.sampling.num_steps = 1
+  shape = (c.training.batch_size, c.data.num_frames, c.data.image_size,
            c.data.image_size, c.data.channels)
-  conditional = trainer.model_config.num_classes > 0
-  # As Trainer.sample decides: guidance (a doubled batch) only when w != 0.
-  guided = conditional and s.guidance_weight != 0
-  values = dict(graphdef=trainer.graphdef, shape=shape, guided=guided,
-                parameterization=c.diffusion.parameterization, logsnr_fn=trainer.logsnr_fn,
-                sampler=s.sampler, num_steps=1, clip_x=s.clip_x, progress=False)
-  names = inspect.signature(train_lib._sample_fn).parameters  # pylint: disable=protected-access
-  fn = train_lib._sample_fn(*[values[n] for n in names])  # pylint: disable=protected-access
-  labels = (jnp.arange(shape[0]) % trainer.model_config.num_classes) if conditional else None
-  args = (params, jax.random.PRNGKey(seed), labels, jnp.float32(s.guidance_weight),
-          jnp.float32(s.gamma), jnp.float32(s.pc_delta))
-  return fn, args, shape, guided
+  num_classes = trainer.method.num_classes()
+  labels = jnp.arange(shape[0]) % num_classes if num_classes else None
+  fn = run_lib.model_fn(trainer.method, trainer.graphdef, params, labels=labels,
+                        guidance_weight=c.sampling.guidance_weight)
+  options = run_lib.sampler_options(c, trainer.method)
+  args = (fn, jax.random.PRNGKey(seed), jnp.float32(options['gamma']),
+          jnp.float32(options['pc_delta']))
+  guided = bool(num_classes) and c.sampling.guidance_weight != 0
+  return run_lib.jitted_sampler(shape, options), args, shape, guided
 
 
 def prepare_sample(config, seed: int = 0) -> Prepared:
   """Compiles one sampling step with the EMA parameters (Trainer.sample's path)."""
   from vdm import train_lib  # pylint: disable=g-import-not-at-top
-  from vdm.models import unet3d
   trainer = train_lib.Trainer(config)
   state = trainer.init_state()
   params = state.ema_params
-  nparams = unet3d.count_params(trainer.model(params))
+  nparams = count_params(params)
   del state
   fn, args, shape, guided = sample_fn_and_args(config, trainer, params, seed)
   start = time.perf_counter()
@@ -461,6 +457,11 @@ def prepare_sample(config, seed: int = 0) -> Prepared:
               denoiser_batch=shape[0] * (2 if guided else 1),
               compile_s=compile_s, xla_flops=xla_flops(compiled), matmul_flops=flops_mm)
   return Prepared(lambda: compiled(*args), compiled, info)
+
+
+def count_params(params) -> int:
+  """Scalar parameters of a parameter tree."""
+  return sum(x.size for x in jax.tree.leaves(params))
 
 
 PREPARE = {'train': prepare_train, 'sample': prepare_sample}

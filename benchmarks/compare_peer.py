@@ -162,10 +162,6 @@ def ours_worker_main(args) -> None:
   _pin(args.threads)
   sys.path.insert(0, HERE)
   import common  # pylint: disable=g-import-not-at-top
-  if args.ours_with:
-    import experiments  # pylint: disable=g-import-not-at-top
-    for name in args.ours_with.split('+'):
-      experiments.VARIANTS[name]()
   config = common.get_config(args.workload)
   prepared = common.PREPARE[args.kind](config)
   for _ in range(args.warmup):
@@ -205,12 +201,11 @@ def compare(kind: str, args) -> dict:
   """Alternates ours and the peer on one task; returns the pairs and stats."""
   base = ['--kind', kind, '--workload', args.workload, '--threads', str(args.threads),
           '--warmup', str(args.warmup)]
-  ours_extra = ['--ours_with', args.ours_with] if args.ours_with else []
   print(f'\n== {kind}: starting the peer worker, then ours (build, compile, warm up) ==',
         flush=True)
   peer = Worker('peer', [PEER_PYTHON, os.path.join(HERE, 'peer_worker.py')] + base, args.threads)
-  ours = Worker('ours', [sys.executable, os.path.abspath(__file__), '--worker'] + base +
-                ours_extra, args.threads)
+  ours = Worker('ours', [sys.executable, os.path.abspath(__file__), '--worker'] + base,
+                args.threads)
   steps = args.train_steps if kind == 'train' else args.sample_steps
   pairs = []
   try:
@@ -304,10 +299,6 @@ def main():
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--threads', type=int, default=2)
   parser.add_argument('--tasks', default='train,sample')
-  parser.add_argument('--ours_with', default='',
-                      help="'+'-joined prototypes of benchmarks/experiments.py applied to our "
-                           "side only (e.g. conv_dk_loop+gn_folded+malloc_trim); default: the "
-                           'code as it is')
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--kind', default='train', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -324,14 +315,10 @@ def main():
   sys.path.insert(0, HERE)
   import common  # pylint: disable=g-import-not-at-top
   record = dict(benchmark='compare_peer', workload=args.workload, summary=summary,
-                ours_with=args.ours_with,
                 results=results, load_start=load_start, load_end=_load(),
                 wall_s=time.time() - started, command=' '.join(['compare_peer.py'] + sys.argv[1:]),
                 **common.machine_info())
-  suffix = ('_' + args.ours_with.replace('+', '_')) if args.ours_with else ''
-  common.write_result(record, f'compare_peer_{args.workload}{suffix}')
-  if args.ours_with:
-    print(f'(ours with the prototypes {args.ours_with}, not the code in vdm/ as it is)')
+  common.write_result(record, f'compare_peer_{args.workload}')
   fmt = lambda k: f"{summary[k]['speedup']:.2f}" if k in summary else 'n/a'
   mem = f"{summary['memory']:.2f}" if 'memory' in summary else 'n/a'
   if 'memory_setup' in summary:

@@ -186,27 +186,40 @@ def sampler_options(config: ml_collections.ConfigDict, method: base.Method, *,
               clip_x=s.clip_x, noise_fn=method.noise, progress=progress)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    'shape', 'logsnr_fn', 'parameterization', 'sampler', 'num_steps', 'clip_x', 'noise_fn',
-    'progress'))
-def _sample_jit(fn, rng, gamma, pc_delta, *, shape, **static):
-  return samplers.sample(fn, rng, shape, gamma=gamma, pc_delta=pc_delta, **static)
+@functools.lru_cache(maxsize=32)
+def _jitted_sampler(shape: tuple[int, ...], static_options: tuple):
+  options = dict(static_options)
+  return jax.jit(lambda fn, rng, gamma, pc_delta: samplers.sample(
+      fn, rng, shape, gamma=gamma, pc_delta=pc_delta, **options))
+
+
+def jitted_sampler(shape: tuple[int, ...], options: Mapping[str, Any]):
+  """The compiled sampler behind ``sample``, one per shape and static options.
+
+  Args:
+    shape: [N, T, H, W, C].
+    options: ``sampler_options``; gamma and pc_delta are arguments, the rest
+      are compiled in.
+
+  Returns:
+    A jitted (fn, rng, gamma, pc_delta) -> float32 [N, T, H, W, C].
+  """
+  static = tuple(sorted((k, v) for k, v in options.items() if k not in ('gamma', 'pc_delta')))
+  return _jitted_sampler(tuple(shape), static)
 
 
 def sample(fn: jax.tree_util.Partial, rng: jax.Array, shape: tuple[int, ...],
            options: Mapping[str, Any]) -> np.ndarray:
-  """Unconditional (or label-conditional) videos, jitted once per shape.
+  """Unconditional (or label-conditional) videos with a run's sampler.
 
   Args:
     fn: a ``model_fn`` result.
     rng: PRNG key.
     shape: [N, T, H, W, C].
-    options: ``sampler_options`` (gamma and pc_delta stay traced).
+    options: ``sampler_options``.
 
   Returns:
     float32 [N, T, H, W, C].
   """
-  options = dict(options)
-  gamma, pc_delta = options.pop('gamma'), options.pop('pc_delta')
-  return np.asarray(_sample_jit(fn, rng, jnp.float32(gamma), jnp.float32(pc_delta),
-                                shape=tuple(shape), **options))
+  run = jitted_sampler(shape, options)
+  return np.asarray(run(fn, rng, jnp.float32(options['gamma']), jnp.float32(options['pc_delta'])))
