@@ -67,9 +67,10 @@ def test_staged_guidance_pins_overlap_frames(order, num_steps, beta, expected):
   # What the model sees is recorded, so the pinned steps are measured through
   # the public driver: overlap frame j of clip 1 must equal frame s(j) of
   # clip 0 at exactly its first (M - r_j) (T / M) beta steps and then differ.
-  seen = []
+  seen, traces = [], []
 
   def spy(z, logsnr):
+    traces.append(z.shape)
     jax.debug.callback(lambda z: seen.append(np.asarray(z)), z, ordered=True)
     return MODEL(z, logsnr)
 
@@ -79,6 +80,7 @@ def test_staged_guidance_pins_overlap_frames(order, num_steps, beta, expected):
                          clip_shape=(b, *FRAME), overlap=M, noise_a=4.0, beta=beta,
                          order=order, num_steps=num_steps, **SAMPLER)
   jax.effects_barrier()
+  assert len(traces) == 1  # One compiled clip sampler served both clips.
   z = np.stack(seen).reshape(2, num_steps, b, N, *FRAME)  # [clip, step, B, N, H, W, C]
   source = long_video.overlap_sources(N, M, order)
   pinned = np.all(z[1][:, :, :M] == z[0][:, :, source], axis=(1, 3, 4, 5))  # [T, M]

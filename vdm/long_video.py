@@ -296,7 +296,7 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   if verbose:
     print(f'vidrd_video: {num_clips} clips of {clip_frames} frames, overlap {overlap} '
           f'({order}), a={noise_a}, beta={beta}: pinned steps {schedule.tolist()}, '
-          f'stored latents {stored.nbytes / 2**20:.2f} MiB', flush=True)
+          f'stored latents {stored.nbytes / 1e6:.3g} MB', flush=True)
   start, video, z_prev, done = time.time(), [], None, 0
   for clip in range(num_clips):
     rng_noise, rng_clip = jax.random.split(jax.random.fold_in(rng, clip))
