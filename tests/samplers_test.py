@@ -140,6 +140,28 @@ def test_options_clip_trajectory_progress_and_one_step():
                     logsnr_fn=LOGSNR_FN, parameterization='eps', sampler='euler')
 
 
+@pytest.mark.parametrize('sampler', ['ddim', 'pc'])
+def test_partial_trajectory(sampler):
+  # trajectory_steps / trajectory_frames keep a slice of the full trajectory,
+  # exactly, and change nothing else.
+  n, steps, frames = 8, 6, [3, 0]
+  run = lambda **kw: jax.jit(lambda rng: samplers.sample(
+      exact_model(DATA, 'eps'), rng, (n,) + DATA.shape, logsnr_fn=LOGSNR_FN,
+      parameterization='eps', sampler=sampler, num_steps=steps, return_trajectory=True,
+      **kw))(jax.random.PRNGKey(2))
+  x, full = run()
+  x_part, part = run(trajectory_steps=4, trajectory_frames=frames)
+  assert part.shape == (4, n, 2) + DATA.shape[1:]
+  np.testing.assert_array_equal(part, full[:4][:, :, frames])
+  np.testing.assert_array_equal(x_part, x)
+  np.testing.assert_array_equal(run(trajectory_steps=steps)[1], full)
+  with pytest.raises(ValueError, match='trajectory_steps'):
+    run(trajectory_steps=steps + 1)
+  with pytest.raises(ValueError, match='return_trajectory'):
+    samplers.sample(exact_model(DATA, 'eps'), jax.random.PRNGKey(2), (n,) + DATA.shape,
+                    logsnr_fn=LOGSNR_FN, parameterization='eps', trajectory_frames=[0])
+
+
 def tiny_unet(num_classes: int = 0):
   """The tiny U-Net of the smoke tests, as fn(z, logsnr, label)."""
   cfg = unet3d.UNetConfig(channels=1, image_size=8, base_channels=16, channel_mult=(1, 2),

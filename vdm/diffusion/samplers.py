@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +183,8 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
            clip_x: bool = True, z_init: Optional[jax.Array] = None,
            guide: Optional[Guide] = None, noise_fn: Optional[NoiseFn] = None,
            return_trajectory: bool = False,
+           trajectory_steps: Optional[int] = None,
+           trajectory_frames: Optional[Sequence[int]] = None,
            progress: Union[bool, Callable[[int, int], None]] = False):
   """Draws samples by running the reverse process from t = 1 to t = 0.
 
@@ -217,12 +219,19 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       standard_normal when None.
     return_trajectory: also return the latents the model saw (after the
       guide), one per step.
+    trajectory_steps: with return_trajectory, record only the first K steps
+      (t_0 .. t_{K-1}), 1 <= K <= N (static), into a [K, ...] buffer carried
+      through the loop, so memory is K latents instead of N; None records all.
+    trajectory_frames: with return_trajectory, record only these indices of
+      axis 1 (the frames of [B, T, H, W, C]), in the order given; None records
+      every frame.
     progress: True prints a progress line via jax.debug.callback; a callable
       (step, num_steps) is called instead; False (default) adds nothing.
 
   Returns:
     x [B, ...] float32, the final denoised sample; with return_trajectory,
-    (x, trajectory [N, B, ...]) where trajectory[i] is the z seen at t_i.
+    (x, trajectory [N, B, ...]) where trajectory[i] is the z seen at t_i
+    ([K, B, len(trajectory_frames), ...] with the two options above).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'sampler={sampler!r} is unknown; choose one of {SAMPLERS}.')
@@ -230,6 +239,10 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     raise ValueError(f'num_steps={num_steps} must be >= 1.')
   if pc_corrections < 0:
     raise ValueError(f'pc_corrections={pc_corrections} must be >= 0.')
+  if not return_trajectory and (trajectory_steps is not None or trajectory_frames is not None):
+    raise ValueError('trajectory_steps and trajectory_frames need return_trajectory=True.')
+  if trajectory_steps is not None and not 1 <= trajectory_steps <= num_steps:
+    raise ValueError(f'trajectory_steps={trajectory_steps} must be in [1, num_steps={num_steps}].')
   gaussian.check_parameterization(parameterization)
   guide = default_guide if guide is None else guide
   callback = print_progress if progress is True else (progress or None)
@@ -266,7 +279,12 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
 
     return jax.lax.fori_loop(0, pc_corrections, move, z)
 
-  def body(z, i):
+  def record(z):
+    """The part of z that the trajectory keeps."""
+    return z if trajectory_frames is None else jnp.take(z, jnp.asarray(trajectory_frames), axis=1)
+
+  def body(carry, i):
+    z, buffer = carry
     if callback is not None:
       jax.debug.callback(callback, i, num_steps)
     rng_corr, rng_guide, rng_noise = jax.random.split(jax.random.fold_in(rng_loop, i), 3)
@@ -277,6 +295,11 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       # step is closed over, not an operand, so step.num_steps stays a Python int.
       z = jax.lax.cond(i > 0, lambda z: langevin(z, step, rng_corr), lambda z: z, z)
     z, x, eps = denoise_at(z, step, rng_guide)
+    if buffer is not None:
+      # Steps from K on rewrite slot K - 1 with its own value: one loop body, no cond.
+      slot = jnp.minimum(i, trajectory_steps - 1)
+      kept = jnp.where(i < trajectory_steps, record(z), buffer[slot])
+      buffer = jax.lax.dynamic_update_index_in_dim(buffer, kept, slot, 0)
     if sampler == 'ddim':
       alpha_s, sigma_s = schedules.alpha_sigma(gaussian.expand_to(target.logsnr, z))
       z_s = alpha_s * x + sigma_s * eps
@@ -286,7 +309,14 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       z_s = mean + std * noise_fn(rng_noise, z.shape)
     # Last transition (to t = 0): the posterior collapses onto x_hat.
     z_next = jnp.where(i == num_steps - 1, x, z_s)
-    return z_next, (z if return_trajectory else None)
+    return (z_next, buffer), (record(z) if return_trajectory and buffer is None else None)
 
-  x, trajectory = jax.lax.scan(body, z_init, jnp.arange(num_steps, dtype=jnp.int32))
+  buffer = None
+  if trajectory_steps is not None:
+    buffer = jnp.zeros((trajectory_steps,) + jax.eval_shape(record, z_init).shape,
+                       jnp.float32)
+  (x, buffer), trajectory = jax.lax.scan(body, (z_init, buffer),
+                                         jnp.arange(num_steps, dtype=jnp.int32))
+  if buffer is not None:
+    trajectory = buffer
   return (x, trajectory) if return_trajectory else x

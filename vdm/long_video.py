@@ -1,0 +1,310 @@
+"""Long-video drivers: VidRD (Reuse and Diffuse) beside reconstruction-guided extension.
+
+Both drivers generate a video of any length clip by clip with a model that
+runs on clips of a fixed length, over the one loop in
+vdm.diffusion.samplers.sample:
+
+  * ``extend_video`` (defined in vdm.sampling, re-exported here): each new clip
+    is sampled conditioned on the last frames so far, by reconstruction
+    guidance (or replacement), and only its new frames are kept.
+  * ``vidrd_video``: VidRD (Gu et al., 2023; PAPERS.md section 3). Clip i of N
+    frames reuses clip i-1's initial noise and, during its first DDIM steps,
+    clip i-1's latent trajectory on its first M (overlap) frames:
+      - FNR, frame-level noise reversion: z_T^{i,j} = z_T^{i-1,s(j)}, j < M;
+      - PNS, past-dependent noise sampling: for j >= M,
+        z_T^{i,j} = a / sqrt(1 + a^2) z_T^{i-1,N-1-j} + e, e ~ N(0, I / (1 + a^2)),
+        so every element keeps unit variance;
+      - DSG, denoising with staged guidance: overlap frame j is overwritten by
+        clip i-1's latent of frame s(j) at the same step for the first
+        ceil((M - r_j) (T / M) beta) steps, r_j = N - 1 - s(j) the distance of
+        its source from the previous clip's last frame; beta = 0 is plain DDIM.
+    ``order`` picks the source s(j) of the overlap frames:
+      - 'reversed' (the paper and its official code): s(j) = N - 1 - j, so r_j
+        = j (the official M = 4, T = 50, beta = 0.4 pins frames 0..3 for 20,
+        15, 10 and 5 steps), and every clip is kept whole in the output, the
+        overlap frames included, as the official code concatenates them;
+      - 'forward': s(j) = N - M + j, the new clip's frame j continues the
+        previous clip's frame N - M + j, so r_j = M - 1 - j (the frame next to
+        the new frames is pinned longest), and the overlap frames are dropped
+        from the output. PNS keeps the paper's source N - 1 - j: with the
+        forward overlap sources it is still a permutation of the previous
+        clip's frames, so no two frames of a clip share a noise.
+
+VidRD with other samplers: FNR and PNS only set z_init; DSG pins the overlap
+frames to the latents the previous clip's model saw at the same step, which is
+defined for any sampler, so 'ancestral' and 'pc' are allowed (for 'pc' the
+Langevin corrections of a pinned step see the same pinned latents). The paper
+and its official code use DDIM only, which is the driver's default.
+
+Memory: DSG needs clip i-1's latents only at its first K = ceil(beta T) steps
+and only at the M source frames; samplers.sample records exactly that
+(``trajectory_steps``, ``trajectory_frames``) in a [K, B, M, H, W, C] float32
+buffer, 4 K B M H W C bytes (official setting, B = 4, 4x32x32 latents: 5.2 MB;
+B = 8 pixel clips of 64x64x3: 31 MB). It stays on the device, where the next
+clip reads it, together with clip i-1's initial noise (one clip). The official
+code keeps all T steps of all N frames (T N / (K M) = 10x more for N = 16).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm import sampling
+from vdm.diffusion import samplers
+from vdm.sampling import extend_video  # noqa: F401  (re-exported: one home for long-video drivers)
+
+ORDERS = ('reversed', 'forward')
+# Keywords the driver sets itself on samplers.sample.
+_RESERVED = ('z_init', 'guide', 'return_trajectory', 'trajectory_steps', 'trajectory_frames')
+
+
+def _check_order(order: str) -> None:
+  if order not in ORDERS:
+    raise ValueError(f'order={order!r} is unknown; choose one of {ORDERS}.')
+
+
+def overlap_sources(clip_frames: int, overlap: int, order: str = 'reversed') -> np.ndarray:
+  """The previous clip's frame s(j) that overlap frame j of the next clip reuses.
+
+  Args:
+    clip_frames: N.
+    overlap: M, 0 <= M < N.
+    order: 'reversed' (s(j) = N - 1 - j, the paper's) or 'forward'
+      (s(j) = N - M + j).
+
+  Returns:
+    int array [M].
+  """
+  _check_order(order)
+  j = np.arange(overlap)
+  return clip_frames - 1 - j if order == 'reversed' else clip_frames - overlap + j
+
+
+def pinned_steps(clip_frames: int, overlap: int, num_steps: int, beta: float,
+                 order: str = 'reversed') -> np.ndarray:
+  """DSG's schedule: for how many first steps each overlap frame is pinned.
+
+  Overlap frame j is pinned at steps i < (M - r_j) (T / M) beta, the official
+  code's rule, r_j = N - 1 - s(j) the distance of its source from the previous
+  clip's last frame (r_j = j in the reversed order).
+
+  Args:
+    clip_frames: N.
+    overlap: M.
+    num_steps: T, the sampler's steps.
+    beta: in [0, 1]; 0 pins nothing, 1 pins the frame next to the seam for
+      all T steps.
+    order: as for overlap_sources.
+
+  Returns:
+    int array [M], each in [0, T].
+  """
+  rank = clip_frames - 1 - overlap_sources(clip_frames, overlap, order)  # [M]
+  # Rounded first so that float noise such as 20.000000000000004 does not
+  # count a step that the exact threshold 20 excludes.
+  bound = np.round((overlap - rank) * num_steps * beta / max(overlap, 1), 9)
+  return np.minimum(np.ceil(bound), num_steps).astype(np.int32)
+
+
+def frame_noise_reversion(z_prev: jax.Array, overlap: int, order: str = 'reversed') -> jax.Array:
+  """FNR: the first M initial noises of the next clip, copied from the previous clip's.
+
+  Args:
+    z_prev: the previous clip's initial noise [B, N, H, W, C].
+    overlap: M.
+    order: as for overlap_sources.
+
+  Returns:
+    [B, M, H, W, C], frame j = z_prev frame s(j).
+  """
+  return jnp.take(z_prev, overlap_sources(z_prev.shape[1], overlap, order), axis=1)
+
+
+def past_dependent_noise(z_prev: jax.Array, fresh: jax.Array, overlap: int,
+                         noise_a: float) -> jax.Array:
+  """PNS: the initial noises of the next clip's frames j >= M.
+
+  z^j = a / sqrt(1 + a^2) z_prev^{N-1-j} + e^j with e = fresh / sqrt(1 + a^2),
+  so each element keeps the variance of the noise law (1 for standard
+  normal). The official code draws e with this same standard deviation; its
+  noise-prior helpers (randn_mixed, randn_progressive), which PNS does not
+  use, are the ones that pass variances as standard deviations.
+
+  Args:
+    z_prev: the previous clip's initial noise [B, N, H, W, C].
+    fresh: a fresh draw of the noise law [B, N, H, W, C]; drawn for the whole
+      clip because a method's law may couple frames, of which frames M.. are
+      used.
+    overlap: M.
+    noise_a: a >= 0; 0 is fresh noise, the official code uses 4 (weights 0.970
+      and 0.243).
+
+  Returns:
+    [B, N - M, H, W, C].
+  """
+  n = z_prev.shape[1]
+  source = np.arange(n - 1 - overlap, -1, -1)  # N - 1 - j for j = M..N-1
+  scale = 1.0 / math.sqrt(1.0 + noise_a**2)
+  return noise_a * scale * jnp.take(z_prev, source, axis=1) + scale * fresh[:, overlap:]
+
+
+def next_initial_noise(z_prev: jax.Array, fresh: jax.Array, *, overlap: int,
+                       noise_a: float, order: str = 'reversed') -> jax.Array:
+  """The next clip's initial noise z_T: FNR on frames < M, PNS on the rest.
+
+  Args:
+    z_prev: the previous clip's initial noise [B, N, H, W, C].
+    fresh: a fresh draw of the noise law [B, N, H, W, C].
+    overlap: M.
+    noise_a: PNS's a.
+    order: as for overlap_sources.
+
+  Returns:
+    [B, N, H, W, C]; with M = 0 and a = 0 exactly ``fresh``.
+  """
+  return jnp.concatenate([frame_noise_reversion(z_prev, overlap, order),
+                          past_dependent_noise(z_prev, fresh, overlap, noise_a)], axis=1)
+
+
+def staged_guide(stored: jax.Array, pinned: jax.Array) -> samplers.Guide:
+  """DSG as a samplers.Guide: pins the first M frames of z to stored latents.
+
+  At step i, frame j < M of z becomes stored[i, :, j] while i < pinned[j], and
+  is left alone afterwards; the model then denoises the whole clip as usual.
+  The step index is traced, so one compiled sampler serves every clip (pinned
+  all zeros pins nothing).
+
+  Args:
+    stored: [K, B, M, H, W, C], the previous clip's latents at steps 0..K-1 of
+      the source frames, stored[:, :, j] for overlap frame j; K >= max(pinned).
+    pinned: int [M], may be traced; steps to pin per overlap frame.
+
+  Returns:
+    A samplers.Guide.
+  """
+  num_stored, _, overlap = stored.shape[:3]
+
+  def guide(denoise, z, step, rng):
+    del rng
+    latents = jax.lax.dynamic_index_in_dim(  # [B, M, H, W, C]
+        stored, jnp.minimum(step.index, num_stored - 1), 0, keepdims=False)
+    pin = (step.index < pinned).reshape((1, overlap) + (1,) * (z.ndim - 2))
+    z = z.at[:, :overlap].set(jnp.where(pin, latents, z[:, :overlap]))
+    return (z, *denoise(z))
+
+  return guide
+
+
+def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
+                clip_frames: int, clip_shape: tuple[int, int, int, int],
+                overlap: int = 4, noise_a: float = 4.0, beta: float = 0.4,
+                order: str = 'reversed', num_steps: int = 50, sampler: str = 'ddim',
+                noise_fn: Optional[samplers.NoiseFn] = None, verbose: bool = False,
+                **sampler_kwargs) -> np.ndarray:
+  """Generates a long video clip by clip with VidRD's FNR, PNS and DSG.
+
+  The defaults are the official code's settings (M = 4, a = 4, beta = 0.4,
+  50 DDIM steps). Clip c draws its noise with the key
+  ``jax.random.split(jax.random.fold_in(rng, c))[0]`` and samples with the
+  second half of that split; clip 0's z_T is ``noise_fn(key, shape)``, clip
+  c > 0's is next_initial_noise(z_T of clip c - 1, noise_fn(key, shape)). So
+  with overlap = 0, noise_a = 0 and beta = 0 the clips are independent and
+  equal to samplers.sample run clip by clip with those keys and z_init.
+
+  One jitted clip sampler is compiled for the first clip and reused for every
+  clip (the DSG schedule is a traced argument, zeros for the first clip);
+  finished frames go to host memory; the previous clip's recorded latents
+  ([K, B, M, H, W, C], see the module docstring) and initial noise stay on the
+  device.
+
+  Args:
+    model_fn: (z [B, clip_frames, H, W, C], logsnr) -> model output; preferably
+      a jax.tree_util.Partial holding the weights, so that they are arguments
+      of the compiled sampler rather than constants.
+    rng: PRNG key.
+    num_frames: frames of the output.
+    clip_frames: N, frames per model call.
+    clip_shape: (B, H, W, C).
+    overlap: M, 0 <= M < N, frames of each clip tied to the previous clip.
+    noise_a: PNS's a >= 0 (0: fresh noise for frames >= M).
+    beta: DSG's strength in [0, 1] (0: no pinning, plain sampling).
+    order: 'reversed' (the paper's; clips kept whole) or 'forward' (overlap
+      frames continue the previous clip's last M frames and are dropped from
+      the output); see the module docstring.
+    num_steps: T, the sampler's steps.
+    sampler: one of samplers.SAMPLERS; DDIM is the method's.
+    noise_fn: (rng, shape) -> float32 noise of ``shape``, the method's law,
+      used for every fresh draw (clip 0's z_T, PNS's innovation, and the
+      sampler's own step noise); samplers.standard_normal when None.
+    verbose: print one progress line per clip.
+    **sampler_kwargs: passed to samplers.sample (logsnr_fn and
+      parameterization are required there).
+
+  Returns:
+    numpy [B, num_frames, H, W, C] float32.
+  """
+  if num_frames < 1:
+    raise ValueError(f'num_frames={num_frames} must be >= 1.')
+  if len(clip_shape) != 4:
+    raise ValueError(f'clip_shape must be (B, H, W, C); got {clip_shape}.')
+  if not 0 <= overlap < clip_frames:
+    raise ValueError(f'overlap={overlap} must be in [0, clip_frames={clip_frames}).')
+  if noise_a < 0:
+    raise ValueError(f'noise_a={noise_a} must be >= 0.')
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f'beta={beta} must be in [0, 1].')
+  _check_order(order)
+  if num_steps < 1:
+    raise ValueError(f'num_steps={num_steps} must be >= 1.')
+  reserved = sorted(set(sampler_kwargs) & set(_RESERVED))
+  if reserved:
+    raise ValueError(f'vidrd_video sets {reserved} itself; do not pass them.')
+  noise_fn = noise_fn or samplers.standard_normal
+  b, h, w, c = clip_shape
+  shape = (b, clip_frames, h, w, c)
+  sources = overlap_sources(clip_frames, overlap, order)  # [M]
+  schedule = pinned_steps(clip_frames, overlap, num_steps, beta, order)  # [M]
+  num_stored = int(schedule.max(initial=0))  # K: 0 when nothing is ever pinned.
+  pytree_fn = sampling._as_pytree_fn(model_fn)  # pylint: disable=protected-access
+
+  @jax.jit
+  def sample_clip(fn, rng, z_init, stored, pinned):
+    if not num_stored:
+      x = samplers.sample(fn, rng, shape, z_init=z_init, num_steps=num_steps,
+                          sampler=sampler, noise_fn=noise_fn, **sampler_kwargs)
+      return x, stored
+    return samplers.sample(fn, rng, shape, z_init=z_init, num_steps=num_steps,
+                           sampler=sampler, noise_fn=noise_fn, guide=staged_guide(stored, pinned),
+                           return_trajectory=True, trajectory_steps=num_stored,
+                           trajectory_frames=sources, **sampler_kwargs)
+
+  first_noise = jax.jit(lambda rng: noise_fn(rng, shape))
+  next_noise = jax.jit(lambda rng, z_prev: next_initial_noise(
+      z_prev, noise_fn(rng, shape), overlap=overlap, noise_a=noise_a, order=order))
+
+  skip = overlap if order == 'forward' else 0  # Leading frames of clips > 0 not output.
+  num_clips = 1 + math.ceil(max(0, num_frames - clip_frames) / (clip_frames - skip))
+  stored = jnp.zeros((num_stored, b, overlap, h, w, c), jnp.float32)  # [K, B, M, H, W, C]
+  if verbose:
+    print(f'vidrd_video: {num_clips} clips of {clip_frames} frames, overlap {overlap} '
+          f'({order}), a={noise_a}, beta={beta}: pinned steps {schedule.tolist()}, '
+          f'stored latents {stored.nbytes / 1e6:.3g} MB', flush=True)
+  start, video, z_prev, done = time.time(), [], None, 0
+  for clip in range(num_clips):
+    rng_noise, rng_clip = jax.random.split(jax.random.fold_in(rng, clip))
+    z_init = first_noise(rng_noise) if clip == 0 else next_noise(rng_noise, z_prev)
+    pinned = np.zeros_like(schedule) if clip == 0 else schedule
+    out, stored = sample_clip(pytree_fn, rng_clip, z_init, stored, pinned)
+    video.append(np.asarray(out[:, skip if clip else 0:]))
+    z_prev = z_init
+    done += video[-1].shape[1]
+    if verbose:
+      print(f'vidrd_video: clip {clip} done, {min(done, num_frames)}/{num_frames} '
+            f'frames, {time.time() - start:.1f}s', flush=True)
+  return np.concatenate(video, axis=1)[:, :num_frames]
