@@ -51,6 +51,15 @@ _CONDITIONING = flags.DEFINE_enum(
     'conditioning', 'reconstruction', sampling.METHODS,
     'How known frames enter: reconstruction guidance (on top of replacement) or plain '
     'replacement.')
+_LONG_METHOD = flags.DEFINE_enum(
+    'long_method', None, sample_lib.LONG_METHODS,
+    'extend: reconstruction-guided extension, VidRD (noise reuse + staged guidance, no '
+    'backward pass), or independent clips. Default: config.sampling.long_method.')
+_VIDRD_OVERLAP = flags.DEFINE_integer('vidrd_overlap', None, 'VidRD: overlap M.')
+_VIDRD_NOISE_A = flags.DEFINE_float('vidrd_noise_a', None, 'VidRD: PNS weight a.')
+_VIDRD_BETA = flags.DEFINE_float('vidrd_beta', None, 'VidRD: staged-guidance strength beta.')
+_VIDRD_ORDER = flags.DEFINE_enum('vidrd_order', None, ('reversed', 'forward'),
+                                 'VidRD: overlap order (reversed is the paper\'s).')
 _COND_INPUT = flags.DEFINE_string(
     'cond_input', None, "npz with 'cond' [N, T, H, W, C]: the extra input channels of a "
     'model trained with config.model.cond_channels > 0.')
@@ -84,6 +93,9 @@ def main(argv):
       num_frames=_NUM_FRAMES.value, steps=_STEPS.value, sampler=_SAMPLER.value,
       guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value, conditioning=_CONDITIONING.value,
       label=_LABEL.value, input_path=_INPUT.value, cond_path=_COND_INPUT.value,
+      long_method=_LONG_METHOD.value, vidrd_overlap=_VIDRD_OVERLAP.value,
+      vidrd_noise_a=_VIDRD_NOISE_A.value, vidrd_beta=_VIDRD_BETA.value,
+      vidrd_order=_VIDRD_ORDER.value,
       context_frames=_CONTEXT_FRAMES.value,
       stride=_STRIDE.value, lowres_factor=_LOWRES_FACTOR.value,
       checkpoint_step=_CHECKPOINT_STEP.value, seed=_SEED.value, fps=_FPS.value)

@@ -108,6 +108,11 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.clip_x = True             # Clip x_hat to [-1, 1] at every step.
   sampling.guidance_weight = 0.0     # Classifier-free w: eps = (1 + w) eps_c - w eps_u.
   sampling.w_r = 2.0                 # Reconstruction guidance weight for conditional modes.
+  sampling.long_method = 'reconstruction'  # sample.py extend: 'reconstruction', 'vidrd' or 'independent' clips.
+  sampling.vidrd_overlap = 4         # VidRD: M frames of each clip tied to the previous clip.
+  sampling.vidrd_noise_a = 4.0       # VidRD: PNS weight a (0 = fresh noise past the overlap).
+  sampling.vidrd_beta = 0.4          # VidRD: DSG strength; overlap frame j pinned (M - j)(T / M) beta steps.
+  sampling.vidrd_order = 'reversed'  # VidRD: 'reversed' (the paper's) or 'forward' overlap order.
 
   # --- sharding: device mesh and parameter layout ---------------------------------
   config.sharding = sharding = ml_collections.ConfigDict()

@@ -43,3 +43,20 @@ def test_unknown_key_is_reported():
   config.model.base_chanels = 64
   with pytest.raises(ValueError, match='base_chanels'):
     config_lib.validate_config(config)
+
+
+def test_unknown_method_lists_the_registered_ones():
+  config = _default()
+  config.method = 'videofussion'
+  with pytest.raises(ValueError, match=r"config\.method='videofussion' is unknown.*'vdm'"):
+    config_lib.validate_config(config)
+
+
+def test_old_run_configs_gain_new_keys_with_their_defaults():
+  from vdm import run_lib
+  config = _default()
+  del config.sampling['long_method']
+  del config['method']
+  restored = run_lib.with_new_defaults(config)
+  assert restored.sampling.long_method == 'reconstruction' and restored.method == 'vdm'
+  config_lib.validate_config(restored)

@@ -136,6 +136,26 @@ def test_extend_keeps_given_frames_to_the_requested_length(workdir, tmp_path, ca
   assert np.abs(result.conditioning[0].astype(int) - given).mean() < 20
 
 
+def test_extend_with_vidrd_and_independent_clips(workdir, tmp_path, capsys):
+  # VidRD with M = 2 of T = 4 in the paper's reversed order keeps clips whole:
+  # 10 frames are clips of 4, 4 and the first 2 of a third.
+  vidrd = run(workdir, tmp_path / 'vidrd', 'extend', num_frames=10, long_method='vidrd',
+              vidrd_overlap=2, vidrd_beta=1.0)
+  check_outputs(vidrd, 10, tmp_path / 'vidrd')
+  assert 'pinned steps [4, 2]' in capsys.readouterr().out
+  assert vidrd.conditioning is None
+  independent = run(workdir, tmp_path / 'independent', 'extend', num_frames=10,
+                    long_method='independent')
+  check_outputs(independent, 10, tmp_path / 'independent')
+  # The first clip is the same draw (same key, nothing pinned; the two compiled
+  # samplers may round differently); later clips differ.
+  assert np.abs(vidrd.videos[:, :T].astype(int) - independent.videos[:, :T]).max() <= 1
+  assert not np.array_equal(vidrd.videos[:, T:], independent.videos[:, T:])
+  with pytest.raises(ValueError, match='takes no input video'):
+    run(workdir, tmp_path / 'bad', 'extend', num_frames=10, long_method='vidrd',
+        input_path='dataset')
+
+
 def test_predict_keeps_the_dataset_frames(workdir, tmp_path):
   # Replacement compiles no backward pass; extend and superres cover
   # reconstruction guidance.

@@ -189,8 +189,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir,
 
   def nan_after_two(self, params, batch, rng):
     """The true loss for steps 1-2, NaN from step 3 on."""
-    loss = original_loss(self, params, batch, rng)
-    return loss + jnp.where(self._current_step >= 2, jnp.nan, 0.0)
+    loss, metrics = original_loss(self, params, batch, rng)
+    return loss + jnp.where(self._current_step >= 2, jnp.nan, 0.0), metrics
   monkeypatch.setattr(train_lib.Trainer, 'loss', nan_after_two)
   monkeypatch.setattr(train_lib.Trainer, '_train_step', tracking_step)
   workdir = str(tmp_path / 'nan')

@@ -21,6 +21,13 @@ def _check_sections_against_default(config) -> None:
   """Unknown sections or keys (typos) are errors that list the known ones."""
   from configs import default  # Local: configs/ is a sibling package of vdm/.
   reference = default.get_config()
+  name = config.get('method', 'vdm')
+  section = methods.default_section(name)  # Also: an unknown method fails here.
+  if section is not None:
+    if name not in config:
+      raise ValueError(f'config.method={name!r} needs its section config.{name}; start from '
+                       f'vdm.methods.{name}.default_config().')
+    reference[name] = section
   for section in config:
     if not hasattr(config[section], 'keys'):
       continue  # Top-level values such as config.method are checked on their own.

@@ -46,7 +46,31 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'{path} does not exist: is {workdir!r} the --workdir of a '
                             'train.py run?')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  return with_new_defaults(config)
+
+
+def with_new_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds keys that configs/default.py gained after a run was written.
+
+  A new key's default keeps the behaviour the code had before the key
+  existed, so an older run's config.json still loads.
+  """
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from vdm import methods  # pylint: disable=g-import-not-at-top
+  reference = default.get_config()
+  name = config.get('method', 'vdm')
+  method_section = methods.default_section(name)
+  if method_section is not None:
+    reference[name] = method_section
+  for section in reference:
+    if section not in config:
+      config[section] = reference[section]
+    elif hasattr(reference[section], 'keys'):
+      for key in reference[section]:
+        if key not in config[section]:
+          config[section][key] = reference[section][key]
+  return config
 
 
 class Run(NamedTuple):

@@ -4,8 +4,11 @@ One function, ``sample``, reads a run's saved config and the EMA weights of
 one of its checkpoints and draws videos in one of five modes:
 
   unconditional  plain (or class-conditional) clips of ``num_frames`` frames;
-  extend         a video of any length, clip by clip (vdm.sampling.extend_video),
-                 starting from given frames or from an unconditional clip;
+  extend         a video of any length, clip by clip: reconstruction-guided
+                 extension (vdm.sampling.extend_video) from given frames or
+                 an unconditional clip, VidRD (vdm.long_video.vidrd_video), or
+                 independent clips side by side (the baseline), chosen by
+                 config.sampling.long_method;
   predict        the first k frames of a clip given, the rest sampled;
   interpolate    keyframes every ``stride`` frames given, the frames between
                  sampled;
@@ -37,6 +40,7 @@ import numpy as np
 
 from vdm import checkpoints
 from vdm import config_lib
+from vdm import long_video
 from vdm import run_lib
 from vdm import sampling
 from vdm import video_io
@@ -44,6 +48,9 @@ from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
 MODES = ('unconditional', 'extend', 'interpolate', 'predict', 'superres')
+# How extend joins clips: reconstruction-guided extension (vdm.sampling),
+# VidRD's noise reuse and staged guidance (vdm.long_video), or nothing.
+LONG_METHODS = ('reconstruction', 'vidrd', 'independent')
 # input_path value that takes conditioning clips from config.data.eval_split.
 DATASET_INPUT = 'dataset'
 # A 3-channel input counts as grey for a 1-channel model when its channels
@@ -99,7 +106,9 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
            sampler: Optional[str] = None, guidance_weight: Optional[float] = None,
            w_r: Optional[float] = None, conditioning: str = 'reconstruction',
            label: Optional[int] = None, input_path: Optional[str] = None,
-           cond_path: Optional[str] = None,
+           cond_path: Optional[str] = None, long_method: Optional[str] = None,
+           vidrd_overlap: Optional[int] = None, vidrd_noise_a: Optional[float] = None,
+           vidrd_beta: Optional[float] = None, vidrd_order: Optional[str] = None,
            context_frames: Optional[int] = None, stride: int = 2,
            lowres_factor: int = 2, checkpoint_step: Optional[int] = None,
            seed: int = 0, fps: int = 8, progress: bool = True) -> SampleResult:
@@ -134,6 +143,9 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     cond_path: npz with 'cond' [N', T, H, W, cond_channels], the extra input
       channels of a model trained with config.model.cond_channels > 0 (rows
       reused in turn to make N); None for other models.
+    long_method, vidrd_overlap, vidrd_noise_a, vidrd_beta, vidrd_order:
+      extend mode's driver and VidRD's M, a, beta and frame order; the
+      config.sampling keys of those names when None.
     context_frames: k. predict: given first frames (default 1); extend: frames
       each new clip is conditioned on (default T // 2), and the frames taken
       from the dataset.
@@ -157,11 +169,17 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be >= 1.')
   overrides = {'sampling.num_steps': steps, 'sampling.sampler': sampler,
-               'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r}
+               'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
+               'sampling.long_method': long_method, 'sampling.vidrd_overlap': vidrd_overlap,
+               'sampling.vidrd_noise_a': vidrd_noise_a, 'sampling.vidrd_beta': vidrd_beta,
+               'sampling.vidrd_order': vidrd_order}
   config = run_lib.apply_overrides(run_lib.load_config(workdir), overrides)
   config_lib.validate_config(config)
   _check_options(config, guidance_weight, label, conditioning, mode)
   plan = _plan(config, mode, num_frames, context_frames, stride, lowres_factor)
+  if mode == 'extend' and config.sampling.long_method != 'reconstruction' and input_path:
+    raise ValueError(f'long_method={config.sampling.long_method!r} starts from noise and '
+                     'takes no input video; use long_method=reconstruction to continue one.')
   known, dataset_labels = _conditioning(config, mode, plan, input_path, num_samples)
   labels = _labels(config, label, num_samples, dataset_labels)
   extra = _extra_conditioning(config, cond_path, num_samples, plan.clip_frames)
@@ -178,13 +196,17 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
   rng = jax.random.PRNGKey(seed)
   cond = None if known is None else video_io.to_model_range(known)
   w_r = float(config.sampling.w_r)
-  if mode == 'extend':
+  clip_shape = (num_samples, config.data.image_size, config.data.image_size,
+                config.data.channels)
+  if mode == 'extend' and config.sampling.long_method == 'reconstruction':
     videos = sampling.extend_video(
         model_fn, rng, plan.out_frames, clip_frames=plan.clip_frames,
-        context_frames=plan.context_frames, init_frames=cond,
-        clip_shape=(num_samples, config.data.image_size, config.data.image_size,
-                    config.data.channels),
+        context_frames=plan.context_frames, init_frames=cond, clip_shape=clip_shape,
         method=conditioning, w_r=w_r, verbose=progress, **sampler_kwargs)
+  elif mode == 'extend':
+    videos = long_video.vidrd_video(
+        model_fn, rng, plan.out_frames, clip_frames=plan.clip_frames, clip_shape=clip_shape,
+        verbose=progress, **_vidrd_options(config.sampling), **sampler_kwargs)
   else:
     sampler = _single_clip_sampler(config, mode, plan, conditioning, sampler_kwargs,
                                    num_samples)
@@ -277,6 +299,18 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
     raise ValueError('superres guides the whole video towards the low-resolution one; '
                      f'conditioning={conditioning!r} has no frames to replace. Use '
                      'reconstruction.')
+  s = config.sampling
+  if s.long_method not in LONG_METHODS:
+    raise ValueError(f'long_method={s.long_method!r} is unknown; choose one of {LONG_METHODS}.')
+  if s.vidrd_order not in long_video.ORDERS:
+    raise ValueError(f'vidrd_order={s.vidrd_order!r} is unknown; choose one of '
+                     f'{long_video.ORDERS}.')
+  if not 0 <= s.vidrd_overlap < config.data.num_frames:
+    raise ValueError(f'vidrd_overlap={s.vidrd_overlap} must be in [0, '
+                     f'{config.data.num_frames}) (config.data.num_frames, the clip length).')
+  if not 0.0 <= s.vidrd_beta <= 1.0 or s.vidrd_noise_a < 0:
+    raise ValueError(f'vidrd_beta={s.vidrd_beta} must be in [0, 1] and '
+                     f'vidrd_noise_a={s.vidrd_noise_a} >= 0.')
   if config.model.cond_channels and mode == 'extend':
     raise ValueError('extend samples clip after clip; a model with config.model.cond_channels '
                      '> 0 needs its conditioning channels per clip: use one-clip modes.')
@@ -470,6 +504,14 @@ def _labels(config, label: Optional[int], num_samples: int,
   if dataset_labels is not None:
     return np.asarray(dataset_labels, np.int32)
   return np.arange(num_samples, dtype=np.int32) % num_classes
+
+
+def _vidrd_options(s) -> dict:
+  """vidrd_video's knobs from config.sampling; 'independent' turns them all off."""
+  if s.long_method == 'independent':
+    return dict(overlap=0, noise_a=0.0, beta=0.0)
+  return dict(overlap=int(s.vidrd_overlap), noise_a=float(s.vidrd_noise_a),
+              beta=float(s.vidrd_beta), order=str(s.vidrd_order))
 
 
 def _extra_conditioning(config, cond_path: Optional[str], num_samples: int,

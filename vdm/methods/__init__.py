@@ -2,7 +2,10 @@
 
 A method is one module of this package defining a subclass of
 ``vdm.methods.base.Method`` named ``Method``; ``config.method`` names the
-module. Adding one is a new module, its config, and one line in METHODS.
+module. A method with hyperparameters of its own also defines
+``default_config()``, the commented defaults of its config section
+``config.<name>``. Adding one is a new module, its config, and one line in
+METHODS.
 ``Trainer``, ``run_lib``, sampling and evaluation only ever talk to the
 instance ``get_method(config)`` returns.
 """
@@ -19,6 +22,22 @@ METHODS = {
 }
 
 
+def _module(name: str):
+  if name not in METHODS:
+    raise ValueError(f'config.method={name!r} is unknown; choose one of {sorted(METHODS)}.')
+  return importlib.import_module(METHODS[name])
+
+
+def default_section(name: str):
+  """The defaults of method ``name``'s own config section, or None if it has none.
+
+  Raises:
+    ValueError: the name is not registered.
+  """
+  fn = getattr(_module(name), 'default_config', None)
+  return None if fn is None else fn()
+
+
 def get_method(config) -> base.Method:
   """The method object of a full config (``config.method``, default 'vdm').
 
@@ -31,7 +50,4 @@ def get_method(config) -> base.Method:
   Raises:
     ValueError: the name is not registered.
   """
-  name = config.get('method', 'vdm')
-  if name not in METHODS:
-    raise ValueError(f'config.method={name!r} is unknown; choose one of {sorted(METHODS)}.')
-  return importlib.import_module(METHODS[name]).Method(config)
+  return _module(config.get('method', 'vdm')).Method(config)
