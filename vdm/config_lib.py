@@ -7,6 +7,11 @@ that says which key to change, not deep inside a jit trace.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
+import ml_collections
+
 from vdm import methods
 from vdm.diffusion import gaussian
 from vdm.diffusion import samplers
@@ -17,10 +22,26 @@ OPTIMIZERS = ('adam', 'adamw')
 DECAYS = ('none', 'cosine')
 
 
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'configs', 'default.py')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """configs/default.py's config: every key, with its default value.
+
+  The one place defaults are written (and commented) is that file, beside
+  vdm/; it is loaded by path, so this works whatever the working directory
+  and whether or not the repository root is on sys.path.
+  """
+  spec = importlib.util.spec_from_file_location('_vdm_default_config', _DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _check_sections_against_default(config) -> None:
   """Unknown sections or keys (typos) are errors that list the known ones."""
-  from configs import default  # Local: configs/ is a sibling package of vdm/.
-  reference = default.get_config()
+  reference = default_config()
   name = config.get('method', 'vdm')
   section = methods.default_section(name)  # Also: an unknown method fails here.
   if section is not None:
@@ -67,6 +88,10 @@ def validate_config(config) -> unet3d.UNetConfig:
   if data.num_frames < 1 or data.num_images < 0 or data.frameskip < 1:
     raise ValueError('config.data.num_frames and config.data.frameskip must be >= 1 '
                      'and config.data.num_images >= 0.')
+  if data.channels not in (1, 3):
+    raise ValueError(f'config.data.channels={data.channels} must be 1 (grey) or 3 (RGB).')
+  if data.seed < 0 or data.num_workers < 0 or data.prefetch < 0:
+    raise ValueError('config.data.seed, num_workers and prefetch must be >= 0.')
   if config.model.num_classes and not data.label_key:
     raise ValueError('config.model.num_classes > 0 needs config.data.label_key '
                      '(or set config.model.num_classes = 0 for an unconditional model).')

@@ -48,13 +48,13 @@ code keeps all T steps of all N frames (T N / (K M) = 10x more for N = 16).
 from __future__ import annotations
 
 import math
-import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm import progress as progress_lib
 from vdm import sampling
 from vdm.diffusion import samplers
 from vdm.sampling import extend_video  # noqa: F401  (re-exported: one home for long-video drivers)
@@ -295,7 +295,8 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     print(f'vidrd_video: {num_clips} clips of {clip_frames} frames, overlap {overlap} '
           f'({order}), a={noise_a}, beta={beta}: pinned steps {schedule.tolist()}, '
           f'stored latents {stored.nbytes / 1e6:.3g} MB', flush=True)
-  start, video, z_prev, done = time.time(), [], None, 0
+  progress = progress_lib.Progress('vidrd_video', num_frames, 'frames')
+  video, z_prev, done = [], None, 0
   for clip in range(num_clips):
     rng_noise, rng_clip = jax.random.split(jax.random.fold_in(rng, clip))
     z_init = first_noise(rng_noise) if clip == 0 else next_noise(rng_noise, z_prev)
@@ -305,6 +306,5 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     z_prev = z_init
     done += video[-1].shape[1]
     if verbose:
-      print(f'vidrd_video: clip {clip} done, {min(done, num_frames)}/{num_frames} '
-            f'frames, {time.time() - start:.1f}s', flush=True)
+      progress(done, f'clip {clip} done')
   return np.concatenate(video, axis=1)[:, :num_frames]

@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 
 from vdm import checkpoints
+from vdm import config_lib
+from vdm import methods
 from vdm import train_state
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
@@ -56,9 +58,7 @@ def with_new_defaults(config: ml_collections.ConfigDict) -> ml_collections.Confi
   A new key's default keeps the behaviour the code had before the key
   existed, so an older run's config.json still loads.
   """
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from vdm import methods  # pylint: disable=g-import-not-at-top
-  reference = default.get_config()
+  reference = config_lib.default_config()
   name = config.get('method', 'vdm')
   method_section = methods.default_section(name)
   if method_section is not None:

@@ -25,13 +25,13 @@ arguments instead of baking them into the program as constants.
 
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm import progress as progress_lib
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
@@ -203,12 +203,12 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     return sample_given_frames(fn, rng, x_known, frame_mask, method=method, w_r=w_r,
                                **sampler_kwargs)
 
-  def report(frames_done, clip, start):
-    if verbose:
-      print(f'extend_video: clip {clip} done, {min(frames_done, num_frames)}/'
-            f'{num_frames} frames, {time.time() - start:.1f}s', flush=True)
+  progress = progress_lib.Progress('extend_video', num_frames, 'frames')
 
-  start = time.time()
+  def report(frames_done, clip):
+    if verbose:
+      progress(frames_done, f'clip {clip} done')
+
   rng_first, rng = jax.random.split(rng)
   if init_frames is None:
     if clip_shape is None:
@@ -221,7 +221,7 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     video = [np.asarray(init_frames, np.float32)]
   context = video[0][:, -context_frames:]  # [B, k', H, W, C], k' <= k
   done = video[0].shape[1]
-  report(done, 0, start)
+  report(done, 0)
   clip = 0
   while done < num_frames:
     clip += 1
@@ -231,5 +231,5 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     video.append(np.asarray(out[:, k:]))  # The new frames only.
     context = np.concatenate([context, video[-1]], axis=1)[:, -context_frames:]
     done += clip_frames - k
-    report(done, clip, start)
+    report(done, clip)
   return np.concatenate(video, axis=1)[:, :num_frames]

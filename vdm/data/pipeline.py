@@ -82,46 +82,38 @@ class _Spec:
 
 
 def _spec(config) -> _Spec:
-  """Reads and checks `config.data` and `config.training.batch_size`."""
+  """The `config.data` keys and `config.training.batch_size` the pipeline uses.
+
+  Their values are checked by vdm.config_lib.validate_config; a key missing
+  here (a partial config, an older run) takes its value from
+  configs/default.py, the one place defaults are written.
+  """
+  from vdm import config_lib  # pylint: disable=g-import-not-at-top
+  defaults = config_lib.default_config().data
   data = config.data
 
-  def req(key):
-    if key not in data:
-      raise KeyError(f'config.data.{key} is missing (see configs/default.py)')
-    return data[key]
+  def get(key):
+    return data[key] if key in data else defaults[key]
 
-  s = _Spec(
-      dataset=str(req('dataset')),
-      data_dir=(os.path.expanduser(str(data.get('data_dir', '') or ''))
-                or None),
-      train_split=str(data.get('train_split', 'train')),
-      eval_split=str(data.get('eval_split', 'test')),
-      num_frames=int(req('num_frames')),
-      frameskip=int(data.get('frameskip', 1)),
-      image_size=int(req('image_size')),
-      channels=int(data.get('channels', 3)),
-      num_images=int(data.get('num_images', 0)),
-      random_flip=bool(data.get('random_flip', False)),
-      video_key=str(data.get('video_key', 'video')),
-      label_key=str(data.get('label_key', '') or ''),
-      seed=int(data.get('seed', 0)),
+  return _Spec(
+      dataset=str(get('dataset')),
+      data_dir=os.path.expanduser(str(get('data_dir') or '')) or None,
+      train_split=str(get('train_split')),
+      eval_split=str(get('eval_split')),
+      num_frames=int(get('num_frames')),
+      frameskip=int(get('frameskip')),
+      image_size=int(get('image_size')),
+      channels=int(get('channels')),
+      num_images=int(get('num_images')),
+      random_flip=bool(get('random_flip')),
+      video_key=str(get('video_key')),
+      label_key=str(get('label_key') or ''),
+      seed=int(get('seed')),
       batch_size=int(config.training.batch_size),
-      num_workers=int(data.get('num_workers', 2)),
-      prefetch=int(data.get('prefetch', 2)),
-      shuffle_buffer=int(data.get('shuffle_buffer', 256)),
+      num_workers=int(get('num_workers')),
+      prefetch=int(get('prefetch')),
+      shuffle_buffer=int(get('shuffle_buffer')),
   )
-  if s.num_frames < 1 or s.frameskip < 1 or s.image_size < 1:
-    raise ValueError('config.data.num_frames, frameskip and image_size must be '
-                     f'>= 1, got {s.num_frames}, {s.frameskip}, {s.image_size}')
-  if s.num_images < 0:
-    raise ValueError(f'config.data.num_images must be >= 0, got {s.num_images}')
-  if s.channels not in (1, 3):
-    raise ValueError(f'config.data.channels must be 1 or 3, got {s.channels}')
-  if s.seed < 0:
-    raise ValueError(f'config.data.seed must be >= 0, got {s.seed}')
-  if s.batch_size < 1:
-    raise ValueError(f'config.training.batch_size must be >= 1, got {s.batch_size}')
-  return s
 
 
 def _process(process_index, process_count):

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sampling
 from vdm import video_io
@@ -70,31 +70,6 @@ def _log(msg: str) -> None:
   """Progress goes to stderr so that stdout carries only the JSON result."""
   if jax.process_index() == 0:
     print(msg, file=sys.stderr, flush=True)
-
-
-class _Progress:
-  """'what: done/total, elapsed, ETA' lines, at most one every `every` s.
-
-  Args:
-    what: name of the work in the lines.
-    total: number of videos.
-    every: minimum seconds between lines (the last line always prints).
-  """
-
-  def __init__(self, what: str, total: int, every: float = 5.0):
-    self.what, self.total, self.every = what, total, every
-    self.start = time.perf_counter()
-    self.last = -math.inf
-
-  def __call__(self, done: int) -> None:
-    now = time.perf_counter()
-    if done < self.total and now - self.last < self.every:
-      return
-    self.last = now
-    dt = now - self.start
-    eta = dt / max(done, 1) * (self.total - done)
-    _log(f'{self.what}: {done}/{self.total} videos, {dt:.1f}s '
-         f'({dt / max(done, 1):.2f} s/video, ETA {eta:.0f}s)')
 
 
 def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
@@ -243,7 +218,8 @@ def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
       # each host rather than gathered.
       process_index=0, process_count=1)
   feats, labels, videos, buffer = [], [], [], []
-  progress = _Progress(f'I3D features of {what}' if features else f'reading {what}', n)
+  progress = progress_lib.Progress(f'I3D features of {what}' if features else f'reading {what}',
+                                  n, 'videos', every=5.0, file=sys.stderr)
   done = 0
 
   def flush(force: bool):
@@ -377,7 +353,8 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
   rng = jax.random.PRNGKey(seed)
   bs = max(1, min(batch_size, num))
   feats = []
-  progress = _Progress('sampling + I3D of generated videos', num, every=0.0)
+  progress = progress_lib.Progress('sampling + I3D of generated videos', num, 'videos',
+                                  file=sys.stderr)
   for b, lo in enumerate(range(0, num, bs)):
     rows = min(bs, num - lo)
     key = jax.random.fold_in(rng, b)
