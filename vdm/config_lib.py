@@ -115,7 +115,8 @@ def validate_config(config) -> unet3d.UNetConfig:
                      f'choose one of {samplers.SAMPLERS}.')
   if s.num_steps < 1:
     raise ValueError(f'config.sampling.num_steps={s.num_steps} must be >= 1.')
-  if s.guidance_weight < 0 or s.w_r < 0:
-    raise ValueError('config.sampling.guidance_weight and config.sampling.w_r must be >= 0.')
+  for key in ('guidance_weight', 'w_r'):
+    if s[key] < 0:
+      raise ValueError(f'config.sampling.{key}={s[key]} must be >= 0.')
   methods.get_method(config).validate()
   return model_cfg

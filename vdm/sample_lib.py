@@ -302,15 +302,16 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
   s = config.sampling
   if s.long_method not in LONG_METHODS:
     raise ValueError(f'long_method={s.long_method!r} is unknown; choose one of {LONG_METHODS}.')
-  if s.vidrd_order not in long_video.ORDERS:
-    raise ValueError(f'vidrd_order={s.vidrd_order!r} is unknown; choose one of '
-                     f'{long_video.ORDERS}.')
-  if not 0 <= s.vidrd_overlap < config.data.num_frames:
-    raise ValueError(f'vidrd_overlap={s.vidrd_overlap} must be in [0, '
-                     f'{config.data.num_frames}) (config.data.num_frames, the clip length).')
-  if not 0.0 <= s.vidrd_beta <= 1.0 or s.vidrd_noise_a < 0:
-    raise ValueError(f'vidrd_beta={s.vidrd_beta} must be in [0, 1] and '
-                     f'vidrd_noise_a={s.vidrd_noise_a} >= 0.')
+  if mode == 'extend' and s.long_method == 'vidrd':
+    if s.vidrd_order not in long_video.ORDERS:
+      raise ValueError(f'vidrd_order={s.vidrd_order!r} is unknown; choose one of '
+                       f'{long_video.ORDERS}.')
+    if not 0 <= s.vidrd_overlap < config.data.num_frames:
+      raise ValueError(f'vidrd_overlap={s.vidrd_overlap} must be in [0, '
+                       f'{config.data.num_frames}) (config.data.num_frames, the clip length).')
+    if not 0.0 <= s.vidrd_beta <= 1.0 or s.vidrd_noise_a < 0:
+      raise ValueError(f'vidrd_beta={s.vidrd_beta} must be in [0, 1] and '
+                       f'vidrd_noise_a={s.vidrd_noise_a} >= 0.')
   if config.model.cond_channels and mode == 'extend':
     raise ValueError('extend samples clip after clip; a model with config.model.cond_channels '
                      '> 0 needs its conditioning channels per clip: use one-clip modes.')
