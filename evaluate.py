@@ -13,11 +13,7 @@ version), also written to <workdir>/eval/<step>.json. The I3D features of the
 real clips are cached under <config.data.data_dir>/fvd_cache.
 """
 
-import sys
-
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from vdm.diffusion import samplers
@@ -54,9 +50,6 @@ _CACHE_DIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
-  # Orbax and TFDS log every file operation at INFO; keep the console readable.
-  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
-    logging.set_verbosity(logging.WARNING)
   evaluate_lib.evaluate(
       _WORKDIR.value, config=_CONFIG.value, num_samples=_NUM_SAMPLES.value,
       split=_SPLIT.value, mode=_MODE.value, context_frames=_CONTEXT_FRAMES.value,
@@ -67,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

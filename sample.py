@@ -11,12 +11,9 @@ Writes OUTPUT_DIR/samples.npz (uint8 'videos' [N, T, H, W, C], plus the
 grid of all videos). See vdm/sample_lib.py for what each mode does.
 """
 
-import sys
-
-from absl import app
 from absl import flags
-from absl import logging
 
+from vdm import cli
 from vdm import sample_lib
 from vdm import sampling
 from vdm.diffusion import samplers
@@ -60,6 +57,11 @@ _VIDRD_NOISE_A = flags.DEFINE_float('vidrd_noise_a', None, 'VidRD: PNS weight a.
 _VIDRD_BETA = flags.DEFINE_float('vidrd_beta', None, 'VidRD: staged-guidance strength beta.')
 _VIDRD_ORDER = flags.DEFINE_enum('vidrd_order', None, ('reversed', 'forward'),
                                  'VidRD: overlap order (reversed is the paper\'s).')
+_INPUT_START = flags.DEFINE_integer('input_start', 0, 'First frame taken from --input.')
+_INPUT_STRIDE = flags.DEFINE_integer('input_stride', 1, 'Take every n-th frame of --input.')
+_STRICT_INPUT = flags.DEFINE_bool(
+    'strict_input', False, 'Refuse an --input file whose frames are not already the model\'s '
+    'size and channels, instead of centre-cropping, resizing and converting it.')
 _COND_INPUT = flags.DEFINE_string(
     'cond_input', None, "npz with 'cond' [N, T, H, W, C]: the extra input channels of a "
     'model trained with config.model.cond_channels > 0.')
@@ -70,8 +72,9 @@ _INPUT = flags.DEFINE_string(
     'input', None, 'Conditioning video: an mp4/GIF, an npz (\'videos\' [N, T, H, W, C] or '
     '[T, H, W, C]), or "dataset" for the first clips of config.data.eval_split. Default: '
     'the dataset (predict, interpolate, superres) or none (extend starts with an '
-    'unconditional clip). Frames must be the model\'s size (superres: size / '
-    '--lowres_factor). interpolate: the file holds the keyframes.')
+    'unconditional clip). Frames of any size and channels are centre-cropped, resized '
+    '(superres: to size / --lowres_factor) and converted like training clips (see '
+    '--strict_input). interpolate: the file holds the keyframes.')
 _CONTEXT_FRAMES = flags.DEFINE_integer(
     'context_frames', None, 'predict: known first frames (default 1). extend: frames each new '
     'clip is conditioned on (default T // 2).')
@@ -85,14 +88,13 @@ _FPS = flags.DEFINE_integer('fps', 8, 'Frame rate of the mp4 and GIF.')
 
 def main(argv):
   del argv
-  # Orbax and TFDS log every file operation at INFO; keep the console readable.
-  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
-    logging.set_verbosity(logging.WARNING)
   sample_lib.sample(
       _WORKDIR.value, _OUTPUT_DIR.value, mode=_MODE.value, num_samples=_NUM_SAMPLES.value,
       num_frames=_NUM_FRAMES.value, steps=_STEPS.value, sampler=_SAMPLER.value,
       guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value, conditioning=_CONDITIONING.value,
       label=_LABEL.value, input_path=_INPUT.value, cond_path=_COND_INPUT.value,
+      input_start=_INPUT_START.value, input_stride=_INPUT_STRIDE.value,
+      strict_input=_STRICT_INPUT.value,
       long_method=_LONG_METHOD.value, vidrd_overlap=_VIDRD_OVERLAP.value,
       vidrd_noise_a=_VIDRD_NOISE_A.value, vidrd_beta=_VIDRD_BETA.value,
       vidrd_order=_VIDRD_ORDER.value,
@@ -102,4 +104,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

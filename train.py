@@ -8,13 +8,10 @@ cluster environment (SLURM, TPU pods) or from --coordinator_address,
 --num_processes and --process_id.
 """
 
-import sys
-
-from absl import app
-from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
+from vdm import cli
 from vdm import sharding
 from vdm import train_lib
 
@@ -28,9 +25,6 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).
 
 def main(argv):
   del argv
-  # Orbax and TFDS log every file operation at INFO; keep the console readable.
-  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
-    logging.set_verbosity(logging.WARNING)
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   hooks = []
@@ -41,4 +35,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

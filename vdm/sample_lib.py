@@ -106,6 +106,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
            sampler: Optional[str] = None, guidance_weight: Optional[float] = None,
            w_r: Optional[float] = None, conditioning: str = 'reconstruction',
            label: Optional[int] = None, input_path: Optional[str] = None,
+           input_start: int = 0, input_stride: int = 1, strict_input: bool = False,
            cond_path: Optional[str] = None, long_method: Optional[str] = None,
            vidrd_overlap: Optional[int] = None, vidrd_noise_a: Optional[float] = None,
            vidrd_beta: Optional[float] = None, vidrd_order: Optional[str] = None,
@@ -140,6 +141,11 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
       None: the dataset for predict/interpolate/superres, an unconditional
       first clip for extend. A file for interpolate holds the keyframes; for
       superres the low-resolution frames.
+    input_start, input_stride: frames taken from an input file: input_start,
+      input_start + input_stride, ...
+    strict_input: refuse an input file whose frames are not already the
+      model's size and channels, instead of converting it (centre crop,
+      resize, grey/RGB) as the training pipeline does.
     cond_path: npz with 'cond' [N', T, H, W, cond_channels], the extra input
       channels of a model trained with config.model.cond_channels > 0 (rows
       reused in turn to make N); None for other models.
@@ -180,7 +186,8 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
   if mode == 'extend' and config.sampling.long_method != 'reconstruction' and input_path:
     raise ValueError(f'long_method={config.sampling.long_method!r} starts from noise and '
                      'takes no input video; use long_method=reconstruction to continue one.')
-  known, dataset_labels = _conditioning(config, mode, plan, input_path, num_samples)
+  known, dataset_labels = _conditioning(config, mode, plan, input_path, num_samples,
+                                        _InputFrames(input_start, input_stride, strict_input))
   labels = _labels(config, label, num_samples, dataset_labels)
   extra = _extra_conditioning(config, cond_path, num_samples, plan.clip_frames)
   _check_checkpoint(workdir, checkpoint_step)
@@ -376,8 +383,16 @@ def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional
                dataset_frames=out)
 
 
+class _InputFrames(NamedTuple):
+  """Which frames of an input file to take, and whether to convert them."""
+  start: int = 0
+  stride: int = 1
+  strict: bool = False
+
+
 def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
-                  num_samples: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+                  num_samples: int, select: _InputFrames = _InputFrames()
+                  ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
   """The conditioning frames of every sample, checked against the model.
 
   Args:
@@ -386,6 +401,7 @@ def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
     plan: the run's frame layout.
     input_path: a video file, DATASET_INPUT or None (see ``sample``).
     num_samples: N.
+    select: frame selection and conversion of a file input.
 
   Returns:
     (uint8 [N, n, s, s, C] or None when unconditioned, the dataset clips'
@@ -403,10 +419,19 @@ def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
     return None, None  # extend_video starts with an unconditional clip.
   if input_path in (None, DATASET_INPUT):
     return _dataset_conditioning(config, mode, plan, num_samples)
+  if select.start < 0 or select.stride < 1:
+    raise ValueError(f'input_start={select.start} must be >= 0 and input_stride='
+                     f'{select.stride} >= 1.')
   video = read_input(input_path)  # [N', T', H', W', C']
-  video = _match_channels(video, config.data.channels, input_path)
-  n, t, h, w, _ = video.shape
   s = plan.cond_size
+  if not select.strict:
+    # extend keeps every given frame, leaving at least one to generate.
+    wanted = plan.out_frames - 1 if mode == 'extend' else plan.known
+    video = _conform_input(video, input_path, s, config.data.channels, select, wanted)
+  else:
+    video = _match_channels(video[:, select.start::select.stride], config.data.channels,
+                            input_path)
+  n, t, h, w, _ = video.shape
   if (h, w) != (s, s):
     what = (f'{s}x{s} (config.data.image_size {config.data.image_size} / lowres_factor '
             f'{config.data.image_size // s})' if mode == 'superres'
@@ -419,6 +444,40 @@ def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
                      f'({_known_frames_meaning(mode)}).')
   rows = np.arange(num_samples) % n  # Reuse the file's videos in turn.
   return video[rows, :plan.known], None
+
+
+def _conform_input(video: np.ndarray, path: str, size: int, channels: int,
+                   select: _InputFrames, wanted: Optional[int]) -> np.ndarray:
+  """A file's frames as the model takes them, with one line saying what was done.
+
+  Args:
+    video: uint8 [N', T', H', W', C'] as read.
+    path: the file, for the message.
+    size: the side the conditioning frames must have.
+    channels: the model's channels.
+    select: first frame and stride.
+    wanted: frames needed (None: every selected frame).
+
+  Returns:
+    uint8 [N', n, size, size, channels].
+  """
+  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  frames = video[:, select.start::select.stride]
+  if wanted is not None:
+    frames = frames[:, :wanted]
+  n, t = frames.shape[:2]
+  if not t:
+    raise ValueError(f'{path} has {video.shape[1]} frames: none left from input_start='
+                     f'{select.start}.')
+  flat = frames.reshape((n * t,) + frames.shape[2:])  # [N' n, H', W', C']
+  out = pipeline.conform_frames(flat, size, channels, path)
+  last = select.start + (t - 1) * select.stride
+  step = f' every {select.stride}' if select.stride > 1 else ''
+  h, w, c = video.shape[2:]
+  print(f'{os.path.basename(path)}: {h}x{w}x{c}, {video.shape[1]} frames -> '
+        f'{pipeline.describe_conform(flat.shape, size, channels)}; frames '
+        f'{select.start}..{last}{step}', flush=True)
+  return out.reshape((n, t) + out.shape[1:])
 
 
 def _known_frames_meaning(mode: str) -> str:

@@ -402,16 +402,48 @@ def _to_channels(frames: np.ndarray, channels: int, key: str) -> np.ndarray:
                    f'config.data.channels={channels}.')
 
 
-def _prepare_frames(ds: _Dataset, spec: _Spec, frames: np.ndarray
-                    ) -> np.ndarray:
-  """uint8 [n, H0, W0, C0] -> uint8 [n, S, S, C]."""
+def conform_frames(frames: np.ndarray, size: int, channels: int,
+                   what: str = 'video') -> np.ndarray:
+  """Any uint8 frames as the model sees them: centre square crop, resize, channels.
+
+  The one conversion of training clips, evaluation clips and the conditioning
+  inputs of sample.py (a real video of any size and channel count).
+
+  Args:
+    frames: uint8 [n, H0, W0, C0] or [n, H0, W0] (grey).
+    size: output side S.
+    channels: 1 (grey, ITU-R BT.601 luma from RGB) or 3.
+    what: name of the input, for error messages.
+
+  Returns:
+    uint8 [n, S, S, channels].
+  """
   if frames.ndim == 3:  # Grayscale stored without a channel axis.
     frames = frames[..., None]
   if frames.dtype != np.uint8:
-    raise ValueError(f'Feature {ds.video_key!r} of {ds.name!r} has dtype '
-                     f'{frames.dtype}; the pipeline expects uint8 videos.')
-  frames = _resize_square(frames, spec.image_size)
-  return _to_channels(frames, spec.channels, ds.video_key)
+    raise ValueError(f'{what} has dtype {frames.dtype}; expected uint8 frames.')
+  return _to_channels(_resize_square(frames, size), channels, what)
+
+
+def describe_conform(shape: Sequence[int], size: int, channels: int) -> str:
+  """What conform_frames does to frames of ``shape`` [n, H0, W0, C0], in words."""
+  h, w, c = shape[1], shape[2], shape[3] if len(shape) > 3 else 1
+  s = min(h, w)
+  steps = []
+  if h != w:
+    steps.append(f'center crop {s}x{s}')
+  if s != size:
+    steps.append(f'resize {size}x{size}')
+  if c != channels:
+    steps.append('grey' if channels == 1 else 'grey to RGB')
+  return ', '.join(steps) or 'unchanged'
+
+
+def _prepare_frames(ds: _Dataset, spec: _Spec, frames: np.ndarray
+                    ) -> np.ndarray:
+  """uint8 [n, H0, W0, C0] -> uint8 [n, S, S, C]."""
+  return conform_frames(frames, spec.image_size, spec.channels,
+                        f'Feature {ds.video_key!r} of {ds.name!r}')
 
 
 def _clip(ds: _Dataset, spec: _Spec, video, u_start: float, index: Any,

@@ -168,11 +168,21 @@ def standard_normal(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def print_progress(step: int, num_steps: int) -> None:
-  """Default progress display: one rewritten line on stderr."""
+  """Default progress display on stderr.
+
+  On a terminal, one line rewritten in place (about 20 updates); in a log
+  file (stderr not a terminal), whole lines at about every 10%, so the log
+  does not become one long line of carriage-return updates.
+  """
   step = int(step) + 1
-  if step == 1 or step == num_steps or step % max(1, num_steps // 20) == 0:
-    end = '\n' if step == num_steps else ''
-    print(f'\rsampling step {step}/{num_steps}', end=end, file=sys.stderr, flush=True)
+  tty = sys.stderr.isatty()
+  every = max(1, num_steps // (20 if tty else 10))
+  if step == 1 or step == num_steps or step % every == 0:
+    if tty:
+      end = '\n' if step == num_steps else ''
+      print(f'\rsampling step {step}/{num_steps}', end=end, file=sys.stderr, flush=True)
+    else:
+      print(f'sampling step {step}/{num_steps}', file=sys.stderr, flush=True)
 
 
 def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,

@@ -1,0 +1,60 @@
+"""What the entry points (train.py, sample.py, evaluate.py) share around main().
+
+* Orbax and TFDS log every file operation at INFO: the console is kept at
+  WARNING unless --verbosity (or -v) is given.
+* An error the code raises on purpose about the user's input (a ValueError,
+  FileNotFoundError or KeyError raised inside this repository: a config typo,
+  a missing workdir, a wrong input shape) prints its message alone on stderr
+  and exits with status 2. Anything else (an error raised inside a library,
+  or any other exception) is a bug and keeps its traceback; --verbosity=1
+  shows the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+USAGE_ERROR_STATUS = 2
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def raised_here(error: BaseException) -> bool:
+  """Whether the innermost frame of the error's traceback is this repository's code."""
+  frames = traceback.extract_tb(error.__traceback__)
+  if not frames:
+    return False
+  path = os.path.abspath(frames[-1].filename)
+  return path.startswith(_REPO + os.sep) and f'{os.sep}site-packages{os.sep}' not in path
+
+
+def user_error_message(error: BaseException) -> str:
+  """The message of an error, without the quotes str() puts around KeyError's."""
+  if isinstance(error, KeyError) and len(error.args) == 1:
+    return str(error.args[0])
+  return str(error)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """app.run(main) with quiet library logs and clean user errors (see module docstring)."""
+
+  def wrapped(argv):
+    verbose = any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:])
+    if not verbose:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if (verbose and flags.FLAGS.verbosity >= 1) or not raised_here(e):
+        raise
+      print(f'error: {user_error_message(e)}', file=sys.stderr, flush=True)
+      sys.exit(USAGE_ERROR_STATUS)
+
+  app.run(wrapped)
