@@ -5,7 +5,7 @@ dataset (real handwritten digits from scikit-learn, built offline on first use):
 
   make train      # or: python train.py --config=configs/default.py --workdir=runs/default
 
-Hardware: 2 CPU cores, 9.5 minutes (0.6-0.7 steps/s). Expected result: loss
+Hardware: 2 CPU cores, 9.5-17 minutes (0.37-0.7 steps/s, idle to lightly loaded). Expected result: loss
 from 0.98 to about 0.05, samples that are moving blobs rather than digits yet
 (FVD about 1500 at N = 64, 16 DDIM steps; the real-vs-real floor is 105).
 Any key can be overridden from the command line, e.g.
