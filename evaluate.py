@@ -28,7 +28,12 @@ _NUM_SAMPLES = flags.DEFINE_integer(
 _SPLIT = flags.DEFINE_string('split', None, 'Real split; config.data.eval_split if unset.')
 _MODE = flags.DEFINE_enum('mode', 'unconditional', list(evaluate_lib.MODES),
                           "'unconditional' samples; 'predict' conditions on the first "
-                          '--context_frames frames of the real clips.')
+                          "--context_frames frames of the real clips; 'long' makes videos "
+                          'of --num_frames frames clip by clip (--long_method).')
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', None, '--mode=long: frames per video.')
+_LONG_METHOD = flags.DEFINE_enum('long_method', None, ('reconstruction', 'vidrd', 'independent'),
+                                 '--mode=long: how clips are joined; default: '
+                                 'config.sampling.long_method.')
 _CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', 1, 'Given frames in --mode=predict.')
 _CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint; newest if unset.')
 _BATCH_SIZE = flags.DEFINE_integer(
@@ -56,6 +61,7 @@ def main(argv):
       checkpoint_step=_CHECKPOINT_STEP.value, batch_size=_BATCH_SIZE.value,
       seed=_SEED.value, real_vs_real_only=_REAL_VS_REAL.value, sampler=_SAMPLER.value,
       steps=_STEPS.value, guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value,
+      num_frames=_NUM_FRAMES.value, long_method=_LONG_METHOD.value,
       cache_dir=_CACHE_DIR.value)
 
 

@@ -147,6 +147,28 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   np.testing.assert_array_equal(generated[:, :2], real[:, :2])
 
 
+def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
+  # Independent clips of the 10-frame model joined to 15 frames, against real
+  # clips of 15 frames; the I3D is replaced as above (its path is tested
+  # there), so this checks the shapes, the real side's length and the record.
+  _, workdir, _ = run
+  seen = []
+
+  def fake_features(videos, batch_size):
+    seen.append(np.array(videos))
+    return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
+  monkeypatch.setattr(evaluate_lib.i3d, 'extract_features', fake_features)
+  evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
+                        long_method='independent', steps=1)
+  line = _json_line(capsys.readouterr().out)
+  assert line['mode'] == 'long' and line['frames'] == 15 and line['clip_frames'] == 10
+  assert line['long_method'] == 'independent'
+  assert [v.shape for v in seen] == [(N, 15, 8, 8, 1)] * 2  # Real clips, then generated.
+  assert os.path.exists(os.path.join(workdir, 'eval', '2_long15_independent.json'))
+  with pytest.raises(ValueError, match=r'needs num_frames > config.data.num_frames=10'):
+    evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=10)
+
+
 def test_periodic_evaluation_hook_matches_cli_and_writes_scalars(run, capsys):
   config, workdir, state = run
 

@@ -308,3 +308,76 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     if verbose:
       progress(done, f'clip {clip} done')
   return np.concatenate(video, axis=1)[:, :num_frames]
+
+
+# How long videos are joined clip by clip (config.sampling.long_method).
+LONG_METHODS = ('reconstruction', 'vidrd', 'independent')
+
+
+def check_long_method(sampling_config, clip_frames: int) -> None:
+  """Raises ValueError naming the config.sampling key that cannot work.
+
+  Args:
+    sampling_config: config.sampling (long_method and the vidrd_* keys).
+    clip_frames: the model's clip length (config.data.num_frames).
+  """
+  s = sampling_config
+  if s.long_method not in LONG_METHODS:
+    raise ValueError(f'long_method={s.long_method!r} is unknown; choose one of {LONG_METHODS}.')
+  if s.long_method != 'vidrd':
+    return
+  _check_order(s.vidrd_order)
+  if not 0 <= s.vidrd_overlap < clip_frames:
+    raise ValueError(f'vidrd_overlap={s.vidrd_overlap} must be in [0, {clip_frames}) '
+                     '(config.data.num_frames, the clip length).')
+  if not 0.0 <= s.vidrd_beta <= 1.0 or s.vidrd_noise_a < 0:
+    raise ValueError(f'vidrd_beta={s.vidrd_beta} must be in [0, 1] and '
+                     f'vidrd_noise_a={s.vidrd_noise_a} >= 0.')
+
+
+def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
+             sampling_config, clip_frames: int, clip_shape: tuple[int, int, int, int],
+             context_frames: int, init_frames: Optional[jax.Array] = None,
+             conditioning: str = 'reconstruction', verbose: bool = False,
+             **sampler_kwargs) -> np.ndarray:
+  """A long video by the driver config.sampling.long_method names.
+
+  'reconstruction': vdm.sampling.extend_video (from init_frames or an
+  unconditional first clip); 'vidrd': vidrd_video with the vidrd_* keys;
+  'independent': clips sampled independently side by side (vidrd_video with
+  no overlap, no noise reuse and no pinning), the baseline.
+
+  Args:
+    model_fn: (z [B, clip_frames, H, W, C], logsnr) -> output.
+    rng: PRNG key.
+    num_frames: frames of the output.
+    sampling_config: config.sampling.
+    clip_frames: the model's clip length.
+    clip_shape: (B, H, W, C).
+    context_frames: frames each new clip of 'reconstruction' is conditioned on.
+    init_frames: given first frames ('reconstruction' only).
+    conditioning: 'reconstruction' or 'replacement' for extend_video.
+    verbose: one progress line per clip.
+    **sampler_kwargs: run_lib.sampler_options.
+
+  Returns:
+    numpy float32 [B, num_frames, H, W, C].
+  """
+  s = sampling_config
+  check_long_method(s, clip_frames)
+  if s.long_method == 'reconstruction':
+    return sampling.extend_video(
+        model_fn, rng, num_frames, clip_frames=clip_frames, context_frames=context_frames,
+        init_frames=init_frames, clip_shape=clip_shape, method=conditioning,
+        w_r=float(s.w_r), verbose=verbose, **sampler_kwargs)
+  if init_frames is not None:
+    raise ValueError(f'long_method={s.long_method!r} starts from noise and takes no given '
+                     'frames; use long_method=reconstruction to continue a video.')
+  if s.long_method == 'independent':
+    knobs = dict(overlap=0, noise_a=0.0, beta=0.0)
+  else:
+    knobs = dict(overlap=int(s.vidrd_overlap), noise_a=float(s.vidrd_noise_a),
+                 beta=float(s.vidrd_beta), order=str(s.vidrd_order))
+  return vidrd_video(model_fn, rng, num_frames, clip_frames=clip_frames, clip_shape=clip_shape,
+                     verbose=verbose, **knobs, **sampler_kwargs)
+

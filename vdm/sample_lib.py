@@ -48,9 +48,8 @@ from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
 MODES = ('unconditional', 'extend', 'interpolate', 'predict', 'superres')
-# How extend joins clips: reconstruction-guided extension (vdm.sampling),
-# VidRD's noise reuse and staged guidance (vdm.long_video), or nothing.
-LONG_METHODS = ('reconstruction', 'vidrd', 'independent')
+# How extend joins clips (config.sampling.long_method).
+LONG_METHODS = long_video.LONG_METHODS
 # input_path value that takes conditioning clips from config.data.eval_split.
 DATASET_INPUT = 'dataset'
 # A 3-channel input counts as grey for a 1-channel model when its channels
@@ -205,15 +204,12 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
   w_r = float(config.sampling.w_r)
   clip_shape = (num_samples, config.data.image_size, config.data.image_size,
                 config.data.channels)
-  if mode == 'extend' and config.sampling.long_method == 'reconstruction':
-    videos = sampling.extend_video(
-        model_fn, rng, plan.out_frames, clip_frames=plan.clip_frames,
-        context_frames=plan.context_frames, init_frames=cond, clip_shape=clip_shape,
-        method=conditioning, w_r=w_r, verbose=progress, **sampler_kwargs)
-  elif mode == 'extend':
-    videos = long_video.vidrd_video(
-        model_fn, rng, plan.out_frames, clip_frames=plan.clip_frames, clip_shape=clip_shape,
-        verbose=progress, **_vidrd_options(config.sampling), **sampler_kwargs)
+  if mode == 'extend':
+    videos = long_video.generate(
+        model_fn, rng, plan.out_frames, sampling_config=config.sampling,
+        clip_frames=plan.clip_frames, clip_shape=clip_shape,
+        context_frames=plan.context_frames, init_frames=cond, conditioning=conditioning,
+        verbose=progress, **sampler_kwargs)
   else:
     sampler = _single_clip_sampler(config, mode, plan, conditioning, sampler_kwargs,
                                    num_samples)
@@ -306,19 +302,8 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
     raise ValueError('superres guides the whole video towards the low-resolution one; '
                      f'conditioning={conditioning!r} has no frames to replace. Use '
                      'reconstruction.')
-  s = config.sampling
-  if s.long_method not in LONG_METHODS:
-    raise ValueError(f'long_method={s.long_method!r} is unknown; choose one of {LONG_METHODS}.')
-  if mode == 'extend' and s.long_method == 'vidrd':
-    if s.vidrd_order not in long_video.ORDERS:
-      raise ValueError(f'vidrd_order={s.vidrd_order!r} is unknown; choose one of '
-                       f'{long_video.ORDERS}.')
-    if not 0 <= s.vidrd_overlap < config.data.num_frames:
-      raise ValueError(f'vidrd_overlap={s.vidrd_overlap} must be in [0, '
-                       f'{config.data.num_frames}) (config.data.num_frames, the clip length).')
-    if not 0.0 <= s.vidrd_beta <= 1.0 or s.vidrd_noise_a < 0:
-      raise ValueError(f'vidrd_beta={s.vidrd_beta} must be in [0, 1] and '
-                       f'vidrd_noise_a={s.vidrd_noise_a} >= 0.')
+  if mode == 'extend':
+    long_video.check_long_method(config.sampling, config.data.num_frames)
   if config.model.cond_channels and mode == 'extend':
     raise ValueError('extend samples clip after clip; a model with config.model.cond_channels '
                      '> 0 needs its conditioning channels per clip: use one-clip modes.')
@@ -564,14 +549,6 @@ def _labels(config, label: Optional[int], num_samples: int,
   if dataset_labels is not None:
     return np.asarray(dataset_labels, np.int32)
   return np.arange(num_samples, dtype=np.int32) % num_classes
-
-
-def _vidrd_options(s) -> dict:
-  """vidrd_video's knobs from config.sampling; 'independent' turns them all off."""
-  if s.long_method == 'independent':
-    return dict(overlap=0, noise_a=0.0, beta=0.0)
-  return dict(overlap=int(s.vidrd_overlap), noise_a=float(s.vidrd_noise_a),
-              beta=float(s.vidrd_beta), order=str(s.vidrd_order))
 
 
 def _extra_conditioning(config, cond_path: Optional[str], num_samples: int,

@@ -48,6 +48,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import long_video
 from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sampling
@@ -55,7 +56,7 @@ from vdm import video_io
 from vdm.evaluation import i3d
 from vdm.evaluation import metrics
 
-MODES = ('unconditional', 'predict')
+MODES = ('unconditional', 'predict', 'long')
 # Versions the choice of real clips; part of the cache key, so a change in how
 # clips are selected can never reuse stale features.
 REAL_SELECTION = 'evenly-spaced-v1'
@@ -73,17 +74,26 @@ def _log(msg: str) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
-                 context_frames: int = 1) -> None:
+                 context_frames: int = 1, num_frames: Optional[int] = None) -> None:
   """Fails early (before any checkpoint or data is read) on unusable settings.
 
   Args:
     config: the run's config.
     mode: one of MODES.
     context_frames: k given frames in 'predict' mode.
+    num_frames: 'long' mode: frames of the long videos (> the clip length).
 
   Raises:
     ValueError: clips shorter than the I3D's minimum, unknown mode or bad k.
   """
+  if mode == 'long':
+    clip = int(config.data.num_frames)
+    if num_frames is None or num_frames <= clip:
+      raise ValueError(f'mode=long needs num_frames > config.data.num_frames={clip} (the '
+                       f'clip length); got {num_frames}.')
+    long_video.check_long_method(config.sampling, clip)
+    config = config.copy_and_resolve_references()
+    config.data.num_frames = num_frames  # FVD is taken over the long videos.
   t = int(config.data.num_frames)
   if t < i3d.MIN_FRAMES:
     raise ValueError(
@@ -323,6 +333,7 @@ def _pad_rows(x: Optional[np.ndarray], size: int) -> Optional[np.ndarray]:
 def generated_features(run, num: int, *, batch_size: int, seed: int,
                        labels: Optional[np.ndarray] = None,
                        contexts: Optional[np.ndarray] = None,
+                       num_frames: Optional[int] = None,
                        on_videos: Optional[Callable[[int, np.ndarray], None]] = None
                        ) -> np.ndarray:
   """Samples N videos batch by batch and returns their I3D features.
@@ -341,6 +352,8 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     labels: int [N] class labels for a class-conditional model, else None.
     contexts: uint8 [N, k, H, W, C] given first frames ('predict' mode), or
       None for unconditional sampling.
+    num_frames: long videos of this many frames, clip by clip with the driver
+      config.sampling.long_method names ('long' mode); None: one clip.
     on_videos: optional callback(first_index, uint8 videos) per batch (e.g.
       to keep a few samples).
 
@@ -361,7 +374,11 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     lab = _pad_rows(None if labels is None else np.asarray(labels[lo:lo + rows]), bs)
     fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
                           guidance_weight=c.sampling.guidance_weight)
-    if contexts is None:
+    if num_frames is not None:
+      videos = long_video.generate(fn, key, num_frames, sampling_config=c.sampling,
+                                   clip_frames=t, clip_shape=(bs, size, size, c.data.channels),
+                                   context_frames=max(1, t // 2), **options)
+    elif contexts is None:
       videos = run_lib.sample(fn, key, (bs, t, size, size, c.data.channels), options)
     else:
       ctx = _pad_rows(video_io.to_model_range(contexts[lo:lo + rows]), bs)
@@ -437,10 +454,15 @@ def _emit(result: dict, path: Optional[str]) -> None:
 
 
 def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
-                batch_size: int, seed: int, cache_dir: Optional[str]) -> dict:
+                batch_size: int, seed: int, cache_dir: Optional[str],
+                num_frames: Optional[int] = None) -> dict:
   """FVD/KVD of a run's samples against N real clips; returns the result."""
+  check_config(run.config, mode, context_frames, num_frames)
   config = run.config
-  check_config(config, mode, context_frames)
+  if mode == 'long':
+    # The real side: clips of the long videos' length, made like the others.
+    config = config.copy_and_resolve_references()
+    config.data.num_frames = num_frames
   if num < 2:
     raise ValueError(f'num_samples={num}: FVD needs at least 2 videos.')
   start = time.time()
@@ -454,7 +476,8 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
                           num_frames=context_frames, features=False,
                           keep_videos=True, what='context frames')['videos']
   fake = generated_features(run, num, batch_size=batch_size, seed=seed,
-                            labels=labels, contexts=contexts)
+                            labels=labels, contexts=contexts,
+                            num_frames=num_frames if mode == 'long' else None)
   sc = config.sampling
   result = {
       **_distances(real, fake),
@@ -475,6 +498,11 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
     result.update(context_frames=int(context_frames),
                   reconstruction_guidance_weight=float(sc.w_r),
                   fvd_frames='all frames, the given context frames included')
+  if mode == 'long':
+    result.update(long_method=str(sc.long_method), clip_frames=int(run.config.data.num_frames))
+    if sc.long_method == 'vidrd':
+      result.update(vidrd_overlap=int(sc.vidrd_overlap), vidrd_noise_a=float(sc.vidrd_noise_a),
+                    vidrd_beta=float(sc.vidrd_beta), vidrd_order=str(sc.vidrd_order))
   result['seconds'] = round(time.time() - start, 1)
   return result
 
@@ -541,12 +569,13 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
              seed: int = 0, real_vs_real_only: bool = False,
              sampler: Optional[str] = None, steps: Optional[int] = None,
              guidance_weight: Optional[float] = None, w_r: Optional[float] = None,
+             num_frames: Optional[int] = None, long_method: Optional[str] = None,
              cache_dir: Optional[str] = None) -> dict:
   """Evaluates a checkpoint (or the real split against itself); prints JSON.
 
   Prints progress on stderr, then the result as ONE JSON line on stdout, and
   writes it to workdir/eval/<step>.json ('predict' mode:
-  <step>_predict<k>.json; real vs real: real_vs_real_<split>_<N>.json, only
+  <step>_predict<k>.json; 'long': <step>_long<F>_<long_method>.json; real vs real: real_vs_real_<split>_<N>.json, only
   when a workdir is given).
 
   Args:
@@ -555,7 +584,8 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
       workdir/config.json (no training run needed); not allowed otherwise.
     num_samples: N; config.eval.num_samples when None.
     split: real split; config.data.eval_split when None.
-    mode: 'unconditional' or 'predict'.
+    mode: 'unconditional', 'predict' or 'long' (videos of num_frames frames,
+      clip by clip, FVD against real clips of that length).
     context_frames: k given frames in 'predict' mode.
     checkpoint_step: the checkpoint; the newest when None.
     batch_size: sampling / I3D batch; config.eval.batch_size when None.
@@ -564,14 +594,21 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     sampler, steps, guidance_weight, w_r: override config.sampling.sampler,
       num_steps, guidance_weight (classifier-free) and w_r (reconstruction
       guidance, 'predict' mode).
+    num_frames: 'long' mode: frames per video.
+    long_method: 'long' mode: override config.sampling.long_method
+      ('reconstruction', 'vidrd' or 'independent'; the vidrd_* keys of the
+      run's config apply).
     cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
 
   Returns:
     The result dict that was printed.
   """
-  run_config = _load_run_config(workdir, config)
+  overrides = {'sampling.sampler': sampler, 'sampling.num_steps': steps,
+               'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
+               'sampling.long_method': long_method}
+  run_config = run_lib.apply_overrides(_load_run_config(workdir, config), overrides)
   # Fail before touching checkpoints or data.
-  check_config(run_config, mode, context_frames)
+  check_config(run_config, mode, context_frames, num_frames)
   num = int(num_samples or run_config.eval.num_samples)
   split = split or str(run_config.data.get('eval_split', 'test'))
   bs = int(batch_size or run_config.eval.batch_size)
@@ -588,18 +625,16 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     # the only one used; --config only describes the data for real vs real.
     raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
                      '--config; --config is only for --real_vs_real.')
-  overrides = {'eval.batch_size': bs, 'sampling.sampler': sampler,
-               'sampling.num_steps': steps, 'sampling.guidance_weight': guidance_weight,
-               'sampling.w_r': w_r}
-  run = run_lib.restore_run(workdir, checkpoint_step, overrides)
+  run = run_lib.restore_run(workdir, checkpoint_step, {**overrides, 'eval.batch_size': bs})
   step = run.step
   _log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
        f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps.')
   result = _model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
-                       cache_dir=cache_dir)
+                       cache_dir=cache_dir, num_frames=num_frames)
   result['workdir'] = workdir
-  name = f'{step}.json' if mode == 'unconditional' else f'{step}_predict{context_frames}.json'
+  name = {'unconditional': f'{step}.json', 'predict': f'{step}_predict{context_frames}.json',
+          'long': f'{step}_long{num_frames}_{run.config.sampling.long_method}.json'}[mode]
   _emit(result, os.path.join(workdir, 'eval', name))
   return result
 
