@@ -1,6 +1,7 @@
 """Training: sharded steps equal the single-device step, exact resume after
-SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints."""
+SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints, failed checkpoint writes."""
 
+import errno
 import os
 import shutil
 import socket
@@ -226,3 +227,46 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
   # What a crash mid-write leaves behind: orbax's temporary directory.
   shutil.copytree(tmp_path / '1', tmp_path / '2.orbax-checkpoint-tmp-123')
   assert checkpoints.Checkpointer(str(tmp_path)).all_steps() == [1]
+
+
+def test_mismatched_checkpoint_is_not_skipped_as_corrupted(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(1, {'w': jnp.ones((2, 3))})
+  ckpt.save(2, {'w': jnp.ones((2, 3))})
+  ckpt.close()
+  other_model = checkpoints.abstract_like({'w': jnp.ones((2, 4)), 'b': jnp.ones(4)})
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'(?s)Checkpoint 2 .*w: stored float32\[2, 3\], expected float32\[2, 4\]'
+                           r'.*not corruption') as e:
+    checkpoints.Checkpointer(str(tmp_path)).restore(other_model)
+  assert e.value.step == 2 and ('b', 'absent', 'float32[4]') in e.value.differences
+
+
+@pytest.mark.parametrize('async_save', [False, True])
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, async_save):
+  # keep=1: a write that were taken for finished would garbage-collect step 1.
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=1, async_save=async_save)
+  good = {'w': jnp.arange(6.0).reshape(2, 3)}
+  ckpt.save(1, good)
+  ckpt.wait()
+  # The fault strikes inside orbax's array writer, after the checkpoint's
+  # temporary directory exists: a half-written checkpoint is left on disk.
+  from orbax.checkpoint._src.serialization import jax_array_handlers
+
+  async def disk_full(*args, **kwargs):
+    del args, kwargs
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(jax_array_handlers.serialization, 'async_serialize_from_host', disk_full)
+  with pytest.raises(checkpoints.CheckpointWriteError,
+                     match=rf'(?s)checkpoint 2 to {tmp_path}/2 failed .*No space left.*'
+                           rf'last good checkpoint is step 1 \({tmp_path}/1\)'):
+    ckpt.save(2, {'w': good['w'] + 1})
+    ckpt.wait()  # An asynchronous write fails here (or at the next save).
+  ckpt.close()  # Reported once; closing does not raise it again.
+  monkeypatch.undo()
+  assert any(name.startswith('2.') for name in os.listdir(tmp_path))  # The half-written one.
+  reopened = checkpoints.Checkpointer(str(tmp_path))
+  assert reopened.all_steps() == [1]
+  step, restored = reopened.restore(checkpoints.abstract_like(good))
+  assert step == 1
+  np.testing.assert_array_equal(restored['w'], good['w'])
