@@ -3,6 +3,10 @@
   python train.py --config=configs/default.py --workdir=runs/default \
       [--config.training.batch_size=32 ...]
 
+Rerunning with the same --workdir resumes; a config change that would not fit
+the run's checkpoints is refused unless --start_over moves the old run into
+<workdir>/superseded/<time>/.
+
 Multi-host: launch one process per host; JAX's runtime is started from the
 cluster environment (SLURM, TPU pods) or from --coordinator_address,
 --num_processes and --process_id.
@@ -24,6 +28,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory; rerun to resu
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
+_START_OVER = flags.DEFINE_bool(
+    'start_over', False,
+    'Train from scratch in an existing --workdir: first move its checkpoints/, config*.json, '
+    'samples/, eval/ and event files into <workdir>/superseded/<time>/ (nothing is deleted). '
+    'Needed to change a config key that changes what the checkpoints hold.')
 
 
 def main(argv):
@@ -32,7 +41,7 @@ def main(argv):
   if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train_lib.train(_CONFIG.value, _WORKDIR.value)
+  train_lib.train(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
 
 
 if __name__ == '__main__':

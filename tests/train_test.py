@@ -1,7 +1,9 @@
 """Training: sharded steps equal the single-device step, exact resume after
-SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints, failed checkpoint writes."""
+SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints, failed checkpoint writes, and reruns with a
+changed config that must never destroy a run."""
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -15,11 +17,14 @@ import pytest
 
 from configs import tiny
 from vdm import checkpoints
+from vdm import run_dir
 from vdm import sharding
 from vdm import train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'train_worker.py')
+sys.path.insert(0, os.path.join(REPO, 'tests'))
+import train_worker  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _synthetic_batch(config, seed=0):
@@ -270,3 +275,122 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
   step, restored = reopened.restore(checkpoints.abstract_like(good))
   assert step == 1
   np.testing.assert_array_equal(restored['w'], good['w'])
+
+
+def _tree_snapshot(root):
+  """(path, size, mtime) of everything under root: equal snapshots, nothing written."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in sorted(dirnames + filenames):
+      st = os.stat(os.path.join(dirpath, name))
+      out.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
+  return sorted(out)
+
+
+def _rerun_config(data_dir, **changes):
+  """The worker's config, as a rerun in this process (one device) asks for it."""
+  config = train_worker.tiny_train_config(data_dir, 4)
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))  # Safe to change: placement only.
+  for dotted, value in changes.items():
+    section, key = dotted.split('.')
+    config[section][key] = value
+  return config
+
+
+@pytest.fixture
+def finished_run(tmp_path, uninterrupted_run):
+  """A copy of the uninterrupted 4-step run's workdir (checkpoints 2 and 4)."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted_run[:-len('.npz')], workdir)
+  return workdir
+
+
+def test_rerun_with_changed_model_is_refused_and_num_steps_may_change(finished_run, data_dir,
+                                                                      capsys):
+  """The issue's two commands: a changed model.base_channels must not destroy the run."""
+  workdir = finished_run
+  before = _tree_snapshot(workdir)
+  with pytest.raises(run_dir.ConfigMismatchError,
+                     match=r'(?s)model\.base_channels 16 -> 32.*another --workdir.*--start_over.*'
+                           'superseded') as e:
+    train_lib.train(_rerun_config(data_dir, **{'model.base_channels': 32,
+                                               'training.num_steps': 6}), workdir)
+  assert [key for key, _, _ in e.value.differences] == ['model.base_channels']
+  assert _tree_snapshot(workdir) == before  # Nothing written, moved or deleted.
+  assert train_lib.load_config(workdir).model.base_channels == 16
+
+  # num_steps is safe to change: the run resumes and goes on to step 6.
+  capsys.readouterr()
+  state = train_lib.train(_rerun_config(data_dir, **{'training.num_steps': 6}), workdir)
+  out = capsys.readouterr().out
+  assert 'training.num_steps 4 -> 6' in out and 'Resumed from step 4' in out
+  assert int(state.step) == 6
+  assert checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4, 6]
+  # Every config the run used is kept; config.json is the one in use.
+  with open(os.path.join(workdir, 'config.0.json')) as f:
+    assert json.load(f)['training']['num_steps'] == 4
+  with open(os.path.join(workdir, 'config.4.json')) as f, \
+      open(os.path.join(workdir, 'config.json')) as g:
+    assert json.load(f) == json.load(g)
+  assert train_lib.load_config(workdir).training.num_steps == 6
+
+
+def test_start_over_moves_the_run_aside(finished_run, data_dir):
+  workdir = finished_run
+  config = _rerun_config(data_dir, **{'model.base_channels': 32})
+  run_dir.prepare(config, workdir, start_over=True)
+  [moved] = os.listdir(os.path.join(workdir, 'superseded'))
+  moved = os.path.join(workdir, 'superseded', moved)
+  assert checkpoints.list_steps(os.path.join(moved, 'checkpoints')) == [2, 4]
+  assert {'config.json', 'config.0.json'} <= set(os.listdir(moved))
+  assert sorted(os.listdir(workdir)) == ['superseded']
+  run_dir.prepare(config, workdir)  # Nothing left to resume: the new model may start.
+
+
+def test_unreadable_checkpoints_stop_without_training(finished_run, data_dir, monkeypatch):
+  workdir = finished_run
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  # Checkpoint 4: truncated array files. Checkpoint 2: garbled tree metadata.
+  for root, _, files in os.walk(os.path.join(ckpt_dir, '4')):
+    for name in files:
+      if os.path.basename(root) == 'd':  # Array data.
+        path = os.path.join(root, name)
+        os.truncate(path, os.path.getsize(path) // 2)
+  for root, _, files in os.walk(os.path.join(ckpt_dir, '2')):
+    for name in files:
+      if name == '_METADATA':
+        with open(os.path.join(root, name), 'w') as f:
+          f.write('{garbage')
+  before = _tree_snapshot(workdir)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('training started over unreadable checkpoints')
+  monkeypatch.setattr(train_lib.Trainer, 'init_state', no_training)
+  monkeypatch.setattr(train_lib.Trainer, 'compile_train_step', no_training)
+  with pytest.raises(checkpoints.UnreadableCheckpointsError,
+                     match=r'(?s)None of the 2 checkpoints .*step 4 .*step 2 .*did not start'):
+    train_lib.train(_rerun_config(data_dir), workdir)
+  assert _tree_snapshot(workdir) == before
+
+
+def test_unreadable_newer_checkpoints_are_moved_aside_on_resume(tmp_path):
+  # Resuming from checkpoint 1 past an unreadable 2: training will write step 2
+  # again, which orbax refuses while the unreadable one is in the way.
+  workdir = str(tmp_path)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  state = {'w': jnp.ones(3)}
+  ckpt.save(1, state)
+  ckpt.save(2, state)
+  ckpt.close()
+  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '2')):
+    for name in files:
+      if os.path.basename(root) == 'd':
+        os.truncate(os.path.join(root, name), 1)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  step, _ = run_dir.restore(ckpt, checkpoints.abstract_like(state), workdir)
+  assert step == 1 and ckpt.all_steps() == [1]
+  [moved] = os.listdir(os.path.join(workdir, 'superseded'))
+  assert os.listdir(os.path.join(workdir, 'superseded', moved, 'checkpoints')) == ['2']
+  ckpt.save(2, state)
+  ckpt.close()
+  assert checkpoints.list_steps(os.path.join(workdir, 'checkpoints')) == [1, 2]

@@ -29,6 +29,7 @@ from flax import nnx
 from vdm import checkpoints
 from vdm import config_lib
 from vdm import host_memory
+from vdm import run_dir
 from vdm import sharding
 from vdm import video_io
 from vdm.diffusion import gaussian
@@ -330,24 +331,41 @@ def write_samples(trainer: Trainer, params, step: int, workdir: str, writer=None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          hooks: Sequence[Callable[[int, TrainState, checkpoints.Checkpointer], None]] = ()) -> TrainState:
+          hooks: Sequence[Callable[[int, TrainState, checkpoints.Checkpointer], None]] = (),
+          start_over: bool = False) -> TrainState:
   """Trains (or resumes) a model; everything goes into ``workdir``.
 
   Restarting with the same workdir resumes from the newest readable
-  checkpoint, with the same step, optimizer state, EMA, RNG and data position.
+  checkpoint, with the same step, optimizer state, EMA, RNG and data position,
+  provided the config differs from the run's only in keys that are safe to
+  change (vdm/run_dir.py).
 
   Args:
     config: the full config (configs/default.py documents every key).
-    workdir: output directory: config.json, checkpoints/, samples/, events.
+    workdir: output directory: config.json (and config.<step>.json, every
+      config the run has used), checkpoints/, samples/, events.
     hooks: called after every step as hook(step, state, checkpointer); tests use
       this to stop a run at a chosen step.
+    start_over: move an existing run in ``workdir`` into
+      workdir/superseded/<time>/ (nothing is deleted) and train from scratch.
 
   Returns:
     The final TrainState.
+
+  Raises:
+    run_dir.ConfigMismatchError: the run in ``workdir`` cannot be resumed with
+      this config; nothing was written.
+    checkpoints.UnreadableCheckpointsError: the run has checkpoints and none
+      can be read; training did not start.
+    checkpoints.CheckpointWriteError: a checkpoint could not be written; the
+      previous one is kept.
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
 
+  # First, before anything is written or compiled: refuse unsafe config changes
+  # over an existing run, or move it aside on start_over.
+  run_dir.prepare(config, workdir, start_over=start_over)
   trainer = Trainer(config)
   if config.eval.every_steps:
     from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
@@ -359,18 +377,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       info['num_classes'] > trainer.model_config.num_classes:
     raise ValueError(f'{config.data.dataset} has {info["num_classes"]} classes but '
                      f'config.model.num_classes={trainer.model_config.num_classes}.')
-  if is_main:
-    save_config(config, workdir)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                   keep=config.training.keep_checkpoints,
                                   async_save=config.training.async_checkpoints)
-  start_step, state = ckpt.restore(trainer.abstract_state)
+  # A checkpoint that does not fit the model refuses; unreadable ones are
+  # skipped, and if none is left training stops rather than start over them.
+  start_step, state = run_dir.restore(ckpt, trainer.abstract_state, workdir)
   if state is None:
     start_step, state = 0, trainer.init_state()
     print(f'Initialised {unet3d.count_params(trainer.model(state.params)):,} parameters '
           f'on mesh {dict(trainer.mesh.shape)}.', flush=True)
   else:
     print(f'Resumed from step {start_step} in {ckpt.directory}.', flush=True)
+  if is_main:
+    run_dir.record_config(config, workdir, start_step)  # Only now: the config fits the run.
   t = config.training
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   batches = pipeline.make_train_iterator(config, start_step=start_step)
