@@ -5,7 +5,8 @@
 
 Rerunning with the same --workdir resumes; a config change that would not fit
 the run's checkpoints is refused unless --start_over moves the old run into
-<workdir>/superseded/<time>/.
+<workdir>/superseded/<time>/. SIGTERM (preemption) saves a checkpoint and exits
+with status 75 (vdm.preemption.PREEMPTED_EXIT_CODE): rerun to resume.
 
 Multi-host: launch one process per host; JAX's runtime is started from the
 cluster environment (SLURM, TPU pods) or from --coordinator_address,
@@ -41,6 +42,8 @@ def main(argv):
   if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  # A preemption raises preemption.Preempted, a SystemExit: the process ends
+  # with PREEMPTED_EXIT_CODE after the checkpoint is written.
   train_lib.train(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
 
 

@@ -1,6 +1,7 @@
 """Training: sharded steps equal the single-device step, exact resume after
-SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints, failed checkpoint writes, and reruns with a
-changed config that must never destroy a run."""
+SIGKILL and SIGTERM (preemption), two CPU processes as two hosts, non-finite
+losses, bad checkpoints, failed checkpoint writes, and reruns with a changed
+config that must never destroy a run."""
 
 import errno
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from configs import tiny
 from vdm import checkpoints
+from vdm import preemption
 from vdm import run_dir
 from vdm import sharding
 from vdm import train_lib
@@ -137,17 +139,25 @@ def uninterrupted_run(tmp_path_factory, data_dir, jax_cache):
   return workdir + '.npz'
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, jax_cache,
-                                                   uninterrupted_run):
+def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_dir, jax_cache,
+                                                               uninterrupted_run):
   env = _worker_env(jax_cache)
   resumed = str(tmp_path / 'resumed')
   killed = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--kill_at', '2'],
                           env=env, timeout=600)
   assert killed.returncode == -9  # Died by SIGKILL, right after checkpoint 2.
   assert checkpoints.Checkpointer(os.path.join(resumed, 'checkpoints')).all_steps() == [2]
+  # Preempted after step 3: a checkpoint off the every-2-steps cadence, and the
+  # distinct exit status.
+  preempted = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--sigterm_at', '3'],
+                             env=env, timeout=600, capture_output=True, text=True)
+  assert preempted.returncode == preemption.PREEMPTED_EXIT_CODE, preempted.stderr[-3000:]
+  assert 'Resumed from step 2' in preempted.stdout
+  assert 'Preempted (SIGTERM): saved checkpoint 3' in preempted.stdout
+  assert checkpoints.Checkpointer(os.path.join(resumed, 'checkpoints')).all_steps() == [2, 3]
   out = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--dump', resumed + '.npz'],
                        env=env, check=True, timeout=600, capture_output=True, text=True)
-  assert 'Resumed from step 2' in out.stdout
+  assert 'Resumed from step 3' in out.stdout
   _assert_same_state(resumed + '.npz', uninterrupted_run)
 
 
@@ -157,23 +167,42 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_hosts_train_like_one_process(tmp_path, data_dir, jax_cache, uninterrupted_run):
-  """Two CPU processes as two hosts reach the one-process parameters.
-
-  Each host reads only its half of every global batch; the global batch, and
-  so the training, must not depend on how many processes share it.
-  """
-  two = str(tmp_path / 'two')
+def _two_hosts(workdir, data_dir, jax_cache, *extra):
+  """Runs the worker as two CPU processes; returns (return codes, outputs)."""
   port = _free_port()
   env = _worker_env(jax_cache, num_devices=1)
   procs = [subprocess.Popen(
-      [sys.executable, WORKER, two, data_dir, '4', '--dump', two + '.npz',
+      [sys.executable, WORKER, workdir, data_dir, '4', *extra,
        '--coordinator', f'127.0.0.1:{port}', '--num_processes', '2', '--process_id', str(i)],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  return [p.returncode for p in procs], outputs
+
+
+def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_dir, jax_cache,
+                                                                 uninterrupted_run):
+  """Two CPU processes as two hosts, one of them SIGTERM'd, reach the
+  one-process parameters after a rerun.
+
+  Each host reads only its half of every global batch; the global batch, and
+  so the training, must not depend on how many processes share it. Only
+  process 1 receives SIGTERM (after step 1); both must stop at the same step
+  (JAX's preemption sync), write that checkpoint together and exit with the
+  preemption status.
+  """
+  two = str(tmp_path / 'two')
+  codes, outputs = _two_hosts(two, data_dir, jax_cache, '--sigterm_at', '1',
+                              '--sigterm_process', '1')
+  for code, out in zip(codes, outputs):
+    assert code == preemption.PREEMPTED_EXIT_CODE, out[-3000:]
+  assert 'Preempted (SIGTERM): saved checkpoint 2' in outputs[0]
+  assert 'Process 1: Preempted (SIGTERM): saved checkpoint 2' in outputs[1]
+  assert checkpoints.Checkpointer(os.path.join(two, 'checkpoints')).all_steps() == [2]
+  codes, outputs = _two_hosts(two, data_dir, jax_cache, '--dump', two + '.npz')
+  for code, out in zip(codes, outputs):
+    assert code == 0, out[-3000:]
   # Only process 0 reports progress.
+  assert 'Resumed from step 2' in outputs[0]
   assert 'Done: 4 steps' in outputs[0] and 'Done: 4 steps' not in outputs[1]
   _assert_same_state(two + '.npz', uninterrupted_run)
 

@@ -29,6 +29,7 @@ from flax import nnx
 from vdm import checkpoints
 from vdm import config_lib
 from vdm import host_memory
+from vdm import preemption
 from vdm import run_dir
 from vdm import sharding
 from vdm import video_io
@@ -338,7 +339,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   Restarting with the same workdir resumes from the newest readable
   checkpoint, with the same step, optimizer state, EMA, RNG and data position,
   provided the config differs from the run's only in keys that are safe to
-  change (vdm/run_dir.py).
+  change (vdm/run_dir.py). SIGTERM saves a checkpoint at the next step
+  boundary (the same step on every process) and raises ``Preempted``.
 
   Args:
     config: the full config (configs/default.py documents every key).
@@ -359,6 +361,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       can be read; training did not start.
     checkpoints.CheckpointWriteError: a checkpoint could not be written; the
       previous one is kept.
+    preemption.Preempted: SIGTERM arrived; a checkpoint was saved (a
+      SystemExit with status preemption.PREEMPTED_EXIT_CODE).
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -397,6 +401,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   pending, pending_from = [], start_step
   step, tick, tick_step = start_step, time.time(), start_step
   step_fn = None
+  preempt = preemption.PreemptionWatcher()
   try:
     while step < t.num_steps:
       batch = sharding.global_batch(next(batches), trainer.mesh)
@@ -426,6 +431,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _check_finite(pending, pending_from)  # Never save a non-finite state.
         pending, pending_from = [], step
         ckpt.save(step, state)
+      for hook in hooks:
+        hook(step, state, ckpt)
+      # Preemption: every process agrees on this step; save it and stop
+      # before spending the grace period on samples or evaluation.
+      if preempt.reached(step) and not is_last:
+        if step % t.checkpoint_every:  # Not saved above.
+          _check_finite(pending, pending_from)
+          ckpt.save(step, state)
+        preemption.stop(step, ckpt)
       if t.num_samples and ((t.sample_every and step % t.sample_every == 0) or is_last):
         path = write_samples(trainer, state.ema_params, step, workdir, writer if is_main else None)
         if is_main:
@@ -434,9 +448,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         # Every process samples its share; only process 0 writes.
         evaluate_lib.evaluate_during_training(trainer, state.ema_params, step, workdir,
                                               writer if is_main else None)
-      for hook in hooks:
-        hook(step, state, ckpt)
   finally:
+    preempt.close()
     ckpt.close()
     writer.flush()
     getattr(batches, "close", lambda: None)()
