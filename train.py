@@ -3,6 +3,11 @@
   python train.py --config=configs/default.py --workdir=runs/default \
       [--config.training.batch_size=32 ...]
 
+Rerunning with the same --workdir resumes; a config change that would not fit
+the run's checkpoints is refused unless --start_over moves the old run into
+<workdir>/superseded/<time>/. SIGTERM (preemption) saves a checkpoint and exits
+with status 75 (vdm.preemption.PREEMPTED_EXIT_CODE): rerun to resume.
+
 Multi-host: launch one process per host; JAX's runtime is started from the
 cluster environment (SLURM, TPU pods) or from --coordinator_address,
 --num_processes and --process_id.
@@ -21,6 +26,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory; rerun to resu
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
+_START_OVER = flags.DEFINE_bool(
+    'start_over', False,
+    'Train from scratch in an existing --workdir: first move its checkpoints/, config*.json, '
+    'samples/, eval/ and event files into <workdir>/superseded/<time>/ (nothing is deleted). '
+    'Needed to change a config key that changes what the checkpoints hold.')
 
 
 def main(argv):
@@ -31,7 +41,9 @@ def main(argv):
   if config.eval.every_steps:
     from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
     hooks.append(evaluate_lib.PeriodicEvaluation(config, workdir))
-  train_lib.train(config, workdir, hooks=hooks)
+  # A preemption raises preemption.Preempted, a SystemExit: the process ends
+  # with PREEMPTED_EXIT_CODE after the checkpoint is written.
+  train_lib.train(config, workdir, hooks=hooks, start_over=_START_OVER.value)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,9 @@
-"""Every shipped config validates; bad settings fail naming their key."""
+"""Every shipped config validates; bad settings fail naming their key; a resumed
+run may change only the keys on run_dir's allow-list."""
 
 import importlib
+import json
+import os
 
 import pytest
 
@@ -60,3 +63,50 @@ def test_old_run_configs_gain_new_keys_with_their_defaults():
   restored = run_lib.with_new_defaults(config)
   assert restored.sampling.long_method == 'reconstruction' and restored.method == 'vdm'
   config_lib.validate_config(restored)
+
+
+def test_resume_refuses_every_key_off_the_allow_list():
+  from vdm import run_dir
+  old = json.loads(_default().to_json())
+  new = _default()
+  new.training.num_steps = 1000           # On the allow-list.
+  new.sharding.mesh = (('data', 2), ('fsdp', 4))
+  new.model.base_channels = 64            # Changes the checkpoint's shapes.
+  new.optimizer.b2 = 0.999                # Changes what the optimizer state means.
+  new.method = 'videofusion'              # Off the list, like every key it does not name.
+  differences = run_dir.config_differences(old, new)
+  unsafe = [key for key, _, _ in differences if not run_dir.is_safe_to_change(key)]
+  assert unsafe == ['method', 'model.base_channels', 'optimizer.b2']
+  assert {'training.num_steps', 'sharding.mesh'} <= {key for key, _, _ in differences}
+  text = run_dir.format_differences(differences)
+  assert '  method "vdm" -> "videofusion"' in text
+  assert '  model.base_channels 32 -> 64' in text
+  assert '  sharding.mesh [["data", -1], ["fsdp", 1]] -> [["data", 2], ["fsdp", 4]]' in text
+
+
+def test_key_missing_from_an_old_run_compares_with_its_default():
+  from vdm import run_dir
+  old = json.loads(_default().to_json())
+  del old['model']['remat'], old['diffusion']['low_discrepancy']  # Written before they existed.
+  assert run_dir.config_differences(old, _default()) == []
+  new = _default()
+  new.diffusion.low_discrepancy = False
+  assert run_dir.config_differences(old, new) == [('diffusion.low_discrepancy', True, False)]
+
+
+def test_record_config_keeps_every_config(tmp_path):
+  from vdm import run_dir
+  config = _default()
+  run_dir.record_config(config, str(tmp_path), 0)
+  config.training.num_steps = 10
+  # Another config from the same step (an attempt that died before its first
+  # checkpoint) does not overwrite the first one.
+  assert run_dir.record_config(config, str(tmp_path), 0).endswith('config.0.1.json')
+  assert run_dir.record_config(config, str(tmp_path), 0).endswith('config.0.1.json')
+  assert run_dir.record_config(config, str(tmp_path), 8).endswith('config.8.json')
+  assert sorted(os.listdir(tmp_path)) == ['config.0.1.json', 'config.0.json', 'config.8.json',
+                                          'config.json']
+  with open(tmp_path / 'config.0.json') as f:
+    assert json.load(f)['training']['num_steps'] == 300
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['training']['num_steps'] == 10

@@ -1,6 +1,10 @@
 """Training: sharded steps equal the single-device step, exact resume after
-SIGKILL, two CPU processes as two hosts, non-finite losses, bad checkpoints."""
+SIGKILL and SIGTERM (preemption), two CPU processes as two hosts, non-finite
+losses, bad checkpoints, failed checkpoint writes, and reruns with a changed
+config that must never destroy a run."""
 
+import errno
+import json
 import os
 import shutil
 import socket
@@ -14,11 +18,15 @@ import pytest
 
 from configs import tiny
 from vdm import checkpoints
+from vdm import preemption
+from vdm import run_dir
 from vdm import sharding
 from vdm import train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'train_worker.py')
+sys.path.insert(0, os.path.join(REPO, 'tests'))
+import train_worker  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _synthetic_batch(config, seed=0):
@@ -131,17 +139,25 @@ def uninterrupted_run(tmp_path_factory, data_dir, jax_cache):
   return workdir + '.npz'
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, jax_cache,
-                                                   uninterrupted_run):
+def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_dir, jax_cache,
+                                                               uninterrupted_run):
   env = _worker_env(jax_cache)
   resumed = str(tmp_path / 'resumed')
   killed = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--kill_at', '2'],
                           env=env, timeout=600)
   assert killed.returncode == -9  # Died by SIGKILL, right after checkpoint 2.
   assert checkpoints.Checkpointer(os.path.join(resumed, 'checkpoints')).all_steps() == [2]
+  # Preempted after step 3: a checkpoint off the every-2-steps cadence, and the
+  # distinct exit status.
+  preempted = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--sigterm_at', '3'],
+                             env=env, timeout=600, capture_output=True, text=True)
+  assert preempted.returncode == preemption.PREEMPTED_EXIT_CODE, preempted.stderr[-3000:]
+  assert 'Resumed from step 2' in preempted.stdout
+  assert 'Preempted (SIGTERM): saved checkpoint 3' in preempted.stdout
+  assert checkpoints.Checkpointer(os.path.join(resumed, 'checkpoints')).all_steps() == [2, 3]
   out = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--dump', resumed + '.npz'],
                        env=env, check=True, timeout=600, capture_output=True, text=True)
-  assert 'Resumed from step 2' in out.stdout
+  assert 'Resumed from step 3' in out.stdout
   _assert_same_state(resumed + '.npz', uninterrupted_run)
 
 
@@ -151,23 +167,42 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_hosts_train_like_one_process(tmp_path, data_dir, jax_cache, uninterrupted_run):
-  """Two CPU processes as two hosts reach the one-process parameters.
-
-  Each host reads only its half of every global batch; the global batch, and
-  so the training, must not depend on how many processes share it.
-  """
-  two = str(tmp_path / 'two')
+def _two_hosts(workdir, data_dir, jax_cache, *extra):
+  """Runs the worker as two CPU processes; returns (return codes, outputs)."""
   port = _free_port()
   env = _worker_env(jax_cache, num_devices=1)
   procs = [subprocess.Popen(
-      [sys.executable, WORKER, two, data_dir, '4', '--dump', two + '.npz',
+      [sys.executable, WORKER, workdir, data_dir, '4', *extra,
        '--coordinator', f'127.0.0.1:{port}', '--num_processes', '2', '--process_id', str(i)],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  return [p.returncode for p in procs], outputs
+
+
+def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_dir, jax_cache,
+                                                                 uninterrupted_run):
+  """Two CPU processes as two hosts, one of them SIGTERM'd, reach the
+  one-process parameters after a rerun.
+
+  Each host reads only its half of every global batch; the global batch, and
+  so the training, must not depend on how many processes share it. Only
+  process 1 receives SIGTERM (after step 1); both must stop at the same step
+  (JAX's preemption sync), write that checkpoint together and exit with the
+  preemption status.
+  """
+  two = str(tmp_path / 'two')
+  codes, outputs = _two_hosts(two, data_dir, jax_cache, '--sigterm_at', '1',
+                              '--sigterm_process', '1')
+  for code, out in zip(codes, outputs):
+    assert code == preemption.PREEMPTED_EXIT_CODE, out[-3000:]
+  assert 'Preempted (SIGTERM): saved checkpoint 2' in outputs[0]
+  assert 'Process 1: Preempted (SIGTERM): saved checkpoint 2' in outputs[1]
+  assert checkpoints.Checkpointer(os.path.join(two, 'checkpoints')).all_steps() == [2]
+  codes, outputs = _two_hosts(two, data_dir, jax_cache, '--dump', two + '.npz')
+  for code, out in zip(codes, outputs):
+    assert code == 0, out[-3000:]
   # Only process 0 reports progress.
+  assert 'Resumed from step 2' in outputs[0]
   assert 'Done: 4 steps' in outputs[0] and 'Done: 4 steps' not in outputs[1]
   _assert_same_state(two + '.npz', uninterrupted_run)
 
@@ -226,3 +261,165 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
   # What a crash mid-write leaves behind: orbax's temporary directory.
   shutil.copytree(tmp_path / '1', tmp_path / '2.orbax-checkpoint-tmp-123')
   assert checkpoints.Checkpointer(str(tmp_path)).all_steps() == [1]
+
+
+def test_mismatched_checkpoint_is_not_skipped_as_corrupted(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(1, {'w': jnp.ones((2, 3))})
+  ckpt.save(2, {'w': jnp.ones((2, 3))})
+  ckpt.close()
+  other_model = checkpoints.abstract_like({'w': jnp.ones((2, 4)), 'b': jnp.ones(4)})
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'(?s)Checkpoint 2 .*w: stored float32\[2, 3\], expected float32\[2, 4\]'
+                           r'.*not corruption') as e:
+    checkpoints.Checkpointer(str(tmp_path)).restore(other_model)
+  assert e.value.step == 2 and ('b', 'absent', 'float32[4]') in e.value.differences
+
+
+@pytest.mark.parametrize('async_save', [False, True])
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, async_save):
+  # keep=1: a write that were taken for finished would garbage-collect step 1.
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=1, async_save=async_save)
+  good = {'w': jnp.arange(6.0).reshape(2, 3)}
+  ckpt.save(1, good)
+  ckpt.wait()
+  # The fault strikes inside orbax's array writer, after the checkpoint's
+  # temporary directory exists: a half-written checkpoint is left on disk.
+  from orbax.checkpoint._src.serialization import jax_array_handlers
+
+  async def disk_full(*args, **kwargs):
+    del args, kwargs
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(jax_array_handlers.serialization, 'async_serialize_from_host', disk_full)
+  with pytest.raises(checkpoints.CheckpointWriteError,
+                     match=rf'(?s)checkpoint 2 to {tmp_path}/2 failed .*No space left.*'
+                           rf'last good checkpoint is step 1 \({tmp_path}/1\)'):
+    ckpt.save(2, {'w': good['w'] + 1})
+    ckpt.wait()  # An asynchronous write fails here (or at the next save).
+  ckpt.close()  # Reported once; closing does not raise it again.
+  monkeypatch.undo()
+  assert any(name.startswith('2.') for name in os.listdir(tmp_path))  # The half-written one.
+  reopened = checkpoints.Checkpointer(str(tmp_path))
+  assert reopened.all_steps() == [1]
+  step, restored = reopened.restore(checkpoints.abstract_like(good))
+  assert step == 1
+  np.testing.assert_array_equal(restored['w'], good['w'])
+
+
+def _tree_snapshot(root):
+  """(path, size, mtime) of everything under root: equal snapshots, nothing written."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in sorted(dirnames + filenames):
+      st = os.stat(os.path.join(dirpath, name))
+      out.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
+  return sorted(out)
+
+
+def _rerun_config(data_dir, **changes):
+  """The worker's config, as a rerun in this process (one device) asks for it."""
+  config = train_worker.tiny_train_config(data_dir, 4)
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))  # Safe to change: placement only.
+  for dotted, value in changes.items():
+    section, key = dotted.split('.')
+    config[section][key] = value
+  return config
+
+
+@pytest.fixture
+def finished_run(tmp_path, uninterrupted_run):
+  """A copy of the uninterrupted 4-step run's workdir (checkpoints 2 and 4)."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted_run[:-len('.npz')], workdir)
+  return workdir
+
+
+def test_rerun_with_changed_model_is_refused_and_num_steps_may_change(finished_run, data_dir,
+                                                                      capsys):
+  """The issue's two commands: a changed model.base_channels must not destroy the run."""
+  workdir = finished_run
+  before = _tree_snapshot(workdir)
+  with pytest.raises(run_dir.ConfigMismatchError,
+                     match=r'(?s)model\.base_channels 16 -> 32.*another --workdir.*--start_over.*'
+                           'superseded') as e:
+    train_lib.train(_rerun_config(data_dir, **{'model.base_channels': 32,
+                                               'training.num_steps': 6}), workdir)
+  assert [key for key, _, _ in e.value.differences] == ['model.base_channels']
+  assert _tree_snapshot(workdir) == before  # Nothing written, moved or deleted.
+  assert run_lib.load_config(workdir).model.base_channels == 16
+
+  # num_steps is safe to change: the run resumes and goes on to step 6.
+  capsys.readouterr()
+  state = train_lib.train(_rerun_config(data_dir, **{'training.num_steps': 6}), workdir)
+  out = capsys.readouterr().out
+  assert 'training.num_steps 4 -> 6' in out and 'Resumed from step 4' in out
+  assert int(state.step) == 6
+  assert checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4, 6]
+  # Every config the run used is kept; config.json is the one in use.
+  with open(os.path.join(workdir, 'config.0.json')) as f:
+    assert json.load(f)['training']['num_steps'] == 4
+  with open(os.path.join(workdir, 'config.4.json')) as f, \
+      open(os.path.join(workdir, 'config.json')) as g:
+    assert json.load(f) == json.load(g)
+  assert run_lib.load_config(workdir).training.num_steps == 6
+
+
+def test_start_over_moves_the_run_aside(finished_run, data_dir):
+  workdir = finished_run
+  config = _rerun_config(data_dir, **{'model.base_channels': 32})
+  run_dir.prepare(config, workdir, start_over=True)
+  [moved] = os.listdir(os.path.join(workdir, 'superseded'))
+  moved = os.path.join(workdir, 'superseded', moved)
+  assert checkpoints.list_steps(os.path.join(moved, 'checkpoints')) == [2, 4]
+  assert {'config.json', 'config.0.json'} <= set(os.listdir(moved))
+  assert sorted(os.listdir(workdir)) == ['superseded']
+  run_dir.prepare(config, workdir)  # Nothing left to resume: the new model may start.
+
+
+def test_unreadable_checkpoints_stop_without_training(finished_run, data_dir, monkeypatch):
+  workdir = finished_run
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  # Checkpoint 4: truncated array files. Checkpoint 2: garbled tree metadata.
+  for root, _, files in os.walk(os.path.join(ckpt_dir, '4')):
+    for name in files:
+      if os.path.basename(root) == 'd':  # Array data.
+        path = os.path.join(root, name)
+        os.truncate(path, os.path.getsize(path) // 2)
+  for root, _, files in os.walk(os.path.join(ckpt_dir, '2')):
+    for name in files:
+      if name == '_METADATA':
+        with open(os.path.join(root, name), 'w') as f:
+          f.write('{garbage')
+  before = _tree_snapshot(workdir)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('training started over unreadable checkpoints')
+  monkeypatch.setattr(train_lib.Trainer, 'init_state', no_training)
+  monkeypatch.setattr(train_lib.Trainer, 'compile_train_step', no_training)
+  with pytest.raises(checkpoints.UnreadableCheckpointsError,
+                     match=r'(?s)None of the 2 checkpoints .*step 4 .*step 2 .*did not start'):
+    train_lib.train(_rerun_config(data_dir), workdir)
+  assert _tree_snapshot(workdir) == before
+
+
+def test_unreadable_newer_checkpoints_are_moved_aside_on_resume(tmp_path):
+  # Resuming from checkpoint 1 past an unreadable 2: training will write step 2
+  # again, which orbax refuses while the unreadable one is in the way.
+  workdir = str(tmp_path)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  state = {'w': jnp.ones(3)}
+  ckpt.save(1, state)
+  ckpt.save(2, state)
+  ckpt.close()
+  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '2')):
+    for name in files:
+      if os.path.basename(root) == 'd':
+        os.truncate(os.path.join(root, name), 1)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  step, _ = run_dir.restore(ckpt, checkpoints.abstract_like(state), workdir)
+  assert step == 1 and ckpt.all_steps() == [1]
+  [moved] = os.listdir(os.path.join(workdir, 'superseded'))
+  assert os.listdir(os.path.join(workdir, 'superseded', moved, 'checkpoints')) == ['2']
+  ckpt.save(2, state)
+  ckpt.close()
+  assert checkpoints.list_steps(os.path.join(workdir, 'checkpoints')) == [1, 2]

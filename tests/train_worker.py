@@ -1,14 +1,17 @@
-"""A training process for the tests: resume after SIGKILL, and multi-host runs.
+"""A training process for the tests: resume after SIGKILL or SIGTERM, multi-host.
 
 Not a test itself; train_test.py launches it as a subprocess:
   python tests/train_worker.py WORKDIR DATA_DIR NUM_STEPS [--kill_at N]
+      [--sigterm_at N [--sigterm_process I]]
       [--coordinator HOST:PORT --num_processes P --process_id I] [--dump FILE]
+A SIGTERM'd run ends with status vdm.preemption.PREEMPTED_EXIT_CODE.
 """
 
 import argparse
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,6 +36,8 @@ def main():
   parser.add_argument('data_dir')
   parser.add_argument('num_steps', type=int)
   parser.add_argument('--kill_at', type=int, default=0)
+  parser.add_argument('--sigterm_at', type=int, default=0)
+  parser.add_argument('--sigterm_process', type=int, default=0)
   parser.add_argument('--coordinator', default='')
   parser.add_argument('--num_processes', type=int, default=1)
   parser.add_argument('--process_id', type=int, default=0)
@@ -52,8 +57,19 @@ def main():
       ckpt.wait()  # The step-N checkpoint is on disk; now die without cleanup.
       os.kill(os.getpid(), signal.SIGKILL)
 
+  def sigterm(step, state, ckpt):
+    del state, ckpt
+    if step == args.sigterm_at and jax.process_index() == args.sigterm_process:
+      os.kill(os.getpid(), signal.SIGTERM)  # What a scheduler sends before it kills.
+      if jax.process_count() > 1:
+        # JAX's preemption notifier polls for the signal about once a second:
+        # hold this process (and, through the step's collectives, the others)
+        # until every process knows, so that the agreed step is the next one.
+        time.sleep(5)
+
+  hooks = ([kill_after_checkpoint] if args.kill_at else []) + ([sigterm] if args.sigterm_at else [])
   state = train_lib.train(tiny_train_config(args.data_dir, args.num_steps), args.workdir,
-                          hooks=[kill_after_checkpoint] if args.kill_at else [])
+                          hooks=hooks)
   if args.dump:
     import numpy as np
     from jax.experimental import multihost_utils

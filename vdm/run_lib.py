@@ -31,9 +31,10 @@ from vdm.diffusion import samplers
 from vdm.methods import base
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the resolved config as workdir/config.json; returns the path."""
-  path = os.path.join(workdir, 'config.json')
+def save_config(config: ml_collections.ConfigDict, workdir: str,
+                name: str = 'config.json') -> str:
+  """Writes the resolved config as workdir/<name> atomically; returns the path."""
+  path = os.path.join(workdir, name)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config.to_json(indent=2))

@@ -22,6 +22,8 @@ import optax
 from vdm import checkpoints
 from vdm import host_memory
 from vdm import run_lib
+from vdm import preemption
+from vdm import run_dir
 from vdm import sharding
 from vdm import train_state
 from vdm import video_io
@@ -193,25 +195,45 @@ def write_samples(trainer: Trainer, params, step: int, workdir: str, writer=None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          hooks: Sequence[Callable[[int, TrainState, checkpoints.Checkpointer], None]] = ()) -> TrainState:
+          hooks: Sequence[Callable[[int, TrainState, checkpoints.Checkpointer], None]] = (),
+          start_over: bool = False) -> TrainState:
   """Trains (or resumes) a model; everything goes into ``workdir``.
 
   Restarting with the same workdir resumes from the newest readable
-  checkpoint, with the same step, optimizer state, EMA, RNG and data position.
+  checkpoint, with the same step, optimizer state, EMA, RNG and data position,
+  provided the config differs from the run's only in keys that are safe to
+  change (vdm/run_dir.py). SIGTERM saves a checkpoint at the next step
+  boundary (the same step on every process) and raises ``Preempted``.
 
   Args:
     config: the full config (configs/default.py documents every key).
-    workdir: output directory: config.json, checkpoints/, samples/, events.
+    workdir: output directory: config.json (and config.<step>.json, every
+      config the run has used), checkpoints/, samples/, events.
     hooks: called after every step as hook(step, state, checkpointer), on every
       process: periodic evaluation (evaluate_lib.PeriodicEvaluation, passed
       in by train.py), and tests that stop a run at a chosen step.
+    start_over: move an existing run in ``workdir`` into
+      workdir/superseded/<time>/ (nothing is deleted) and train from scratch.
 
   Returns:
     The final TrainState.
+
+  Raises:
+    run_dir.ConfigMismatchError: the run in ``workdir`` cannot be resumed with
+      this config; nothing was written.
+    checkpoints.UnreadableCheckpointsError: the run has checkpoints and none
+      can be read; training did not start.
+    checkpoints.CheckpointWriteError: a checkpoint could not be written; the
+      previous one is kept.
+    preemption.Preempted: SIGTERM arrived; a checkpoint was saved (a
+      SystemExit with status preemption.PREEMPTED_EXIT_CODE).
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
 
+  # First, before anything is written or compiled: refuse unsafe config changes
+  # over an existing run, or move it aside on start_over.
+  run_dir.prepare(config, workdir, start_over=start_over)
   trainer = Trainer(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -220,24 +242,27 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if num_classes and info.get('num_classes') and info['num_classes'] > num_classes:
     raise ValueError(f'{config.data.dataset} has {info["num_classes"]} classes but '
                      f'config.model.num_classes={num_classes}.')
-  if is_main:
-    run_lib.save_config(config, workdir)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                   keep=config.training.keep_checkpoints,
                                   async_save=config.training.async_checkpoints)
-  start_step, state = ckpt.restore(trainer.abstract_state)
+  # A checkpoint that does not fit the model refuses; unreadable ones are
+  # skipped, and if none is left training stops rather than start over them.
+  start_step, state = run_dir.restore(ckpt, trainer.abstract_state, workdir)
   if state is None:
     start_step, state = 0, trainer.init_state()
     print(f'Initialised {_count_params(state.params):,} parameters '
           f'on mesh {dict(trainer.mesh.shape)}.', flush=True)
   else:
     print(f'Resumed from step {start_step} in {ckpt.directory}.', flush=True)
+  if is_main:
+    run_dir.record_config(config, workdir, start_step)  # Only now: the config fits the run.
   t = config.training
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   batches = pipeline.make_train_iterator(config, start_step=start_step)
   pending, pending_from = [], start_step
   step, tick, tick_step = start_step, time.time(), start_step
   step_fn = None
+  preempt = preemption.PreemptionWatcher()
   try:
     while step < t.num_steps:
       batch = sharding.global_batch(next(batches), trainer.mesh)
@@ -267,13 +292,21 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _check_finite(pending, pending_from)  # Never save a non-finite state.
         pending, pending_from = [], step
         ckpt.save(step, state)
+      for hook in hooks:
+        hook(step, state, ckpt)
+      # Preemption: every process agrees on this step; save it and stop
+      # before spending the grace period on samples or evaluation.
+      if preempt.reached(step) and not is_last:
+        if step % t.checkpoint_every:  # Not saved above.
+          _check_finite(pending, pending_from)
+          ckpt.save(step, state)
+        preemption.stop(step, ckpt)
       if t.num_samples and ((t.sample_every and step % t.sample_every == 0) or is_last):
         path = write_samples(trainer, state.ema_params, step, workdir, writer if is_main else None)
         if is_main:
           print(f'Wrote samples to {path}', flush=True)
-      for hook in hooks:
-        hook(step, state, ckpt)
   finally:
+    preempt.close()
     ckpt.close()
     writer.flush()
     getattr(batches, "close", lambda: None)()
