@@ -16,6 +16,7 @@ real clips are cached under <config.data.data_dir>/fvd_cache.
 from absl import flags
 from ml_collections import config_flags
 
+from vdm import cli
 from vdm.diffusion import samplers
 from vdm.evaluation import evaluate_lib
 

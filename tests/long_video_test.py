@@ -170,7 +170,7 @@ def test_ar1_statistics_across_clip_boundaries():
       'vidrd forward': vidrd(2 * N - M, overlap=M, noise_a=4.0, beta=0.4, order='forward'),
       'extension (w_r=3)': sampling.extend_video(
           MODEL, rng, 2 * N - M, clip_frames=N, context_frames=M, clip_shape=(n, *FRAME),
-          method='reconstruction', guidance_weight=3.0, **ddim),
+          method='reconstruction', w_r=3.0, **ddim),
       'independent': vidrd(2 * N, overlap=0, noise_a=0.0, beta=0.0),
   }
   stats = {name: boundary_stats(video, N) for name, video in videos.items()}

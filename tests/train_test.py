@@ -6,6 +6,7 @@ config that must never destroy a run."""
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from configs import tiny
 from vdm import checkpoints
 from vdm import preemption
 from vdm import run_dir
+from vdm import run_lib
 from vdm import sharding
 from vdm import train_lib
 
@@ -195,14 +197,21 @@ def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_
                               '--sigterm_process', '1')
   for code, out in zip(codes, outputs):
     assert code == preemption.PREEMPTED_EXIT_CODE, out[-3000:]
-  assert 'Preempted (SIGTERM): saved checkpoint 2' in outputs[0]
-  assert 'Process 1: Preempted (SIGTERM): saved checkpoint 2' in outputs[1]
-  assert checkpoints.Checkpointer(os.path.join(two, 'checkpoints')).all_steps() == [2]
+  # JAX notices the signal by polling (about once a second) and the signalled
+  # worker waits 5 s for it, so the agreed step is 2; on a machine loaded
+  # enough to slow that polling it can be 3. Either way both hosts agree.
+  steps = [re.search(r'Preempted \(SIGTERM\): saved checkpoint (\d+)', out) for out in outputs]
+  assert all(steps), outputs
+  agreed = int(steps[0].group(1))
+  assert agreed in (2, 3) and int(steps[1].group(1)) == agreed
+  assert 'Process 1: Preempted' in outputs[1]
+  saved = checkpoints.Checkpointer(os.path.join(two, 'checkpoints')).all_steps()
+  assert saved[-1] == agreed and set(saved) <= {2, 3}
   codes, outputs = _two_hosts(two, data_dir, jax_cache, '--dump', two + '.npz')
   for code, out in zip(codes, outputs):
     assert code == 0, out[-3000:]
   # Only process 0 reports progress.
-  assert 'Resumed from step 2' in outputs[0]
+  assert f'Resumed from step {agreed}' in outputs[0]
   assert 'Done: 4 steps' in outputs[0] and 'Done: 4 steps' not in outputs[1]
   _assert_same_state(two + '.npz', uninterrupted_run)
 

@@ -27,12 +27,18 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def raised_here(error: BaseException) -> bool:
-  """Whether the innermost frame of the error's traceback is this repository's code."""
+  """Whether this repository's code raised the error on purpose.
+
+  True when the innermost frame of the traceback is a ``raise`` statement in
+  a file of this repository: an error from inside a library, or one that C
+  code (numpy, XLA) raised on a line of ours, is a bug.
+  """
   frames = traceback.extract_tb(error.__traceback__)
   if not frames:
     return False
   path = os.path.abspath(frames[-1].filename)
-  return path.startswith(_REPO + os.sep) and f'{os.sep}site-packages{os.sep}' not in path
+  ours = path.startswith(_REPO + os.sep) and f'{os.sep}site-packages{os.sep}' not in path
+  return ours and (frames[-1].line or '').lstrip().startswith('raise')
 
 
 def user_error_message(error: BaseException) -> str:
