@@ -197,16 +197,16 @@ def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_
                               '--sigterm_process', '1')
   for code, out in zip(codes, outputs):
     assert code == preemption.PREEMPTED_EXIT_CODE, out[-3000:]
-  # JAX notices the signal by polling (about once a second) and the signalled
-  # worker waits 5 s for it, so the agreed step is 2; on a machine loaded
-  # enough to slow that polling it can be 3. Either way both hosts agree.
+  # JAX notices the signal by polling (about once a second), so which step the
+  # hosts agree on depends on timing (1, 2 or 3 of 4 here, 2 on an idle
+  # machine); what must hold is that both agree, save it, and resume exactly.
   steps = [re.search(r'Preempted \(SIGTERM\): saved checkpoint (\d+)', out) for out in outputs]
   assert all(steps), outputs
   agreed = int(steps[0].group(1))
-  assert agreed in (2, 3) and int(steps[1].group(1)) == agreed
+  assert agreed in (1, 2, 3) and int(steps[1].group(1)) == agreed
   assert 'Process 1: Preempted' in outputs[1]
   saved = checkpoints.Checkpointer(os.path.join(two, 'checkpoints')).all_steps()
-  assert saved[-1] == agreed and set(saved) <= {2, 3}
+  assert saved[-1] == agreed and set(saved) <= {1, 2, 3}
   codes, outputs = _two_hosts(two, data_dir, jax_cache, '--dump', two + '.npz')
   for code, out in zip(codes, outputs):
     assert code == 0, out[-3000:]
