@@ -464,6 +464,7 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       **protocol_fields(config, split, num),
       'sampler': str(sc.sampler),
       'sampling_steps': int(sc.num_steps),
+      'time_grid': str(sc.time_grid),
       'clip_x': bool(sc.clip_x),
       'seed': int(seed),
       'batch_size': int(batch_size),
@@ -540,6 +541,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
              checkpoint_step: Optional[int] = None, batch_size: Optional[int] = None,
              seed: int = 0, real_vs_real_only: bool = False,
              sampler: Optional[str] = None, steps: Optional[int] = None,
+             time_grid: Optional[str] = None,
              guidance_weight: Optional[float] = None, w_r: Optional[float] = None,
              cache_dir: Optional[str] = None) -> dict:
   """Evaluates a checkpoint (or the real split against itself); prints JSON.
@@ -561,9 +563,9 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     batch_size: sampling / I3D batch; config.eval.batch_size when None.
     seed: sampling seed.
     real_vs_real_only: compute the real-vs-real floor instead (no checkpoint).
-    sampler, steps, guidance_weight, w_r: override config.sampling.sampler,
-      num_steps, guidance_weight (classifier-free) and w_r (reconstruction
-      guidance, 'predict' mode).
+    sampler, steps, time_grid, guidance_weight, w_r: override
+      config.sampling.sampler, num_steps, time_grid, guidance_weight
+      (classifier-free) and w_r (reconstruction guidance, 'predict' mode).
     cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
 
   Returns:
@@ -589,7 +591,8 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
                      '--config; --config is only for --real_vs_real.')
   overrides = {'eval.batch_size': bs, 'sampling.sampler': sampler,
-               'sampling.num_steps': steps, 'sampling.guidance_weight': guidance_weight,
+               'sampling.num_steps': steps, 'sampling.time_grid': time_grid,
+               'sampling.guidance_weight': guidance_weight,
                'sampling.w_r': w_r}
   run = run_lib.restore_run(workdir, checkpoint_step, overrides)
   step = run.step
