@@ -6,8 +6,8 @@
   python evaluate.py --config=configs/default.py --real_vs_real    # no run needed
 
 Samples come from the EMA weights with the run's sampling config (override
-with --sampler, --steps, --guidance_weight, --w_r). Progress goes to stderr;
-the result is ONE JSON line on stdout (FVD, KVD and the protocol: sample
+with --sampler, --steps, --time_grid, --guidance_weight, --w_r). Progress goes
+to stderr; the result is ONE JSON line on stdout (FVD, KVD and the protocol: sample
 count, split, frames, resolution, selection without replacement, protocol
 version), also written to <workdir>/eval/<step>.json. The I3D features of the
 real clips are cached under <config.data.data_dir>/fvd_cache.
@@ -43,6 +43,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _SAMPLER = flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
                              'Override config.sampling.sampler.')
 _STEPS = flags.DEFINE_integer('steps', None, 'Override config.sampling.num_steps.')
+_TIME_GRID = flags.DEFINE_enum('time_grid', None, list(samplers.TIME_GRIDS),
+                               'Override config.sampling.time_grid.')
 _GUIDANCE_WEIGHT = flags.DEFINE_float(
     'guidance_weight', None, 'Override config.sampling.guidance_weight (classifier-free).')
 _W_R = flags.DEFINE_float(
@@ -61,8 +63,8 @@ def main(argv):
       split=_SPLIT.value, mode=_MODE.value, context_frames=_CONTEXT_FRAMES.value,
       checkpoint_step=_CHECKPOINT_STEP.value, batch_size=_BATCH_SIZE.value,
       seed=_SEED.value, real_vs_real_only=_REAL_VS_REAL.value, sampler=_SAMPLER.value,
-      steps=_STEPS.value, guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value,
-      num_frames=_NUM_FRAMES.value, long_method=_LONG_METHOD.value,
+      steps=_STEPS.value, time_grid=_TIME_GRID.value, guidance_weight=_GUIDANCE_WEIGHT.value,
+      w_r=_W_R.value, num_frames=_NUM_FRAMES.value, long_method=_LONG_METHOD.value,
       cache_dir=_CACHE_DIR.value)
 
 

@@ -36,6 +36,10 @@ _NUM_FRAMES = flags.DEFINE_integer(
 _STEPS = flags.DEFINE_integer('steps', None, 'Denoising steps (default: config.sampling.num_steps).')
 _SAMPLER = flags.DEFINE_enum('sampler', None, samplers.SAMPLERS,
                              'Sampler (default: config.sampling.sampler).')
+_TIME_GRID = flags.DEFINE_enum(
+    'time_grid', None, samplers.TIME_GRIDS,
+    'Times of the steps: uniform in t, uniform in log-SNR, or auto (each sampler\'s own: '
+    'uniform_logsnr for dpm++, uniform_t for the others). Default: config.sampling.time_grid.')
 _GUIDANCE_WEIGHT = flags.DEFINE_float(
     'guidance_weight', None,
     'Classifier-free guidance weight w, in the paper\'s convention eps~ = (1 + w) eps(z, c) '
@@ -91,7 +95,8 @@ def main(argv):
   sample_lib.sample(
       _WORKDIR.value, _OUTPUT_DIR.value, mode=_MODE.value, num_samples=_NUM_SAMPLES.value,
       num_frames=_NUM_FRAMES.value, steps=_STEPS.value, sampler=_SAMPLER.value,
-      guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value, conditioning=_CONDITIONING.value,
+      time_grid=_TIME_GRID.value, guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value,
+      conditioning=_CONDITIONING.value,
       label=_LABEL.value, input_path=_INPUT.value, cond_path=_COND_INPUT.value,
       input_start=_INPUT_START.value, input_stride=_INPUT_STRIDE.value,
       strict_input=_STRICT_INPUT.value,

@@ -30,6 +30,7 @@ def _default():
     ('diffusion', 'schedule', 'sqrt', r'config\.diffusion\.schedule'),
     ('diffusion', 'loss_type', 'l1', r'config\.diffusion\.loss_type'),
     ('sampling', 'sampler', 'euler', r'config\.sampling\.sampler'),
+    ('sampling', 'time_grid', 'karras', r'config\.sampling\.time_grid'),
     ('optimizer', 'name', 'sgd', r'config\.optimizer\.name'),
     ('training', 'grad_accum_steps', 3, r'config\.training\.grad_accum_steps'),
 ])

@@ -130,6 +130,28 @@ def test_reconstruction_guidance_beats_replacement(task):
   assert err_rg < 0.5 * err_rep
 
 
+def test_dpm_solver_under_replacement_and_reconstruction_guidance():
+  # The guide runs at every evaluation of the multistep solver too: known
+  # frames come out exact, and in 20 steps reconstruction guidance is still
+  # much closer to the exact conditional mean than replacement (measured:
+  # 0.16 against 0.53 rms; 20 DDIM steps give 0.20 against 0.56).
+  n, weight = 2000, 3.0
+  x_true = DATA.sample(jax.random.PRNGKey(5), 1)[0]  # [T, H, W, C]
+  frames = jnp.broadcast_to(x_true, (n,) + DATA.shape)
+  errors = {}
+  for method in sampling.METHODS:
+    out = sampling.predict_frames(
+        exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, :2], 4, method=method,
+        w_r=weight, num_steps=20, **dict(SAMPLER, sampler='dpm++2m'))
+    assert bool(np.all(np.isfinite(out)))
+    np.testing.assert_array_equal(out[:, :2], frames[:, :2])
+    errors[method], _, se, _ = conditional_errors(out, DATA, KNOWN_FIRST_TWO, x_true)
+  print(f'\ndpm++2m, 20 steps: |E[x^b] - exact| rms: replacement {errors["replacement"]:.4f}, '
+        f'reconstruction {errors["reconstruction"]:.4f} (standard error {se:.4f})')
+  assert errors['replacement'] > 10 * se
+  assert errors['reconstruction'] < 0.5 * errors['replacement']
+
+
 def label_model(counter):
   """A class-conditional exact Gaussian model fn(z, logsnr, label), eps output.
 

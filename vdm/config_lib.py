@@ -115,6 +115,9 @@ def validate_config(config) -> unet3d.UNetConfig:
                      f'choose one of {samplers.SAMPLERS}.')
   if s.num_steps < 1:
     raise ValueError(f'config.sampling.num_steps={s.num_steps} must be >= 1.')
+  if s.time_grid not in samplers.TIME_GRIDS:
+    raise ValueError(f'config.sampling.time_grid={s.time_grid!r} is unknown; '
+                     f'choose one of {samplers.TIME_GRIDS}.')
   for key in ('guidance_weight', 'w_r'):
     if s[key] < 0:
       raise ValueError(f'config.sampling.{key}={s[key]} must be >= 0.')

@@ -208,7 +208,7 @@ def sampler_options(config: ml_collections.ConfigDict, method: base.Method, *,
   s = config.sampling
   return dict(logsnr_fn=method.logsnr_fn, parameterization=config.diffusion.parameterization,
               sampler=s.sampler, num_steps=s.num_steps, gamma=s.gamma, pc_delta=s.pc_delta,
-              clip_x=s.clip_x, noise_fn=method.noise, progress=progress)
+              clip_x=s.clip_x, time_grid=s.time_grid, noise_fn=method.noise, progress=progress)
 
 
 @functools.lru_cache(maxsize=32)

@@ -102,7 +102,8 @@ class _Plan:
 
 def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
            num_frames: Optional[int] = None, steps: Optional[int] = None,
-           sampler: Optional[str] = None, guidance_weight: Optional[float] = None,
+           sampler: Optional[str] = None, time_grid: Optional[str] = None,
+           guidance_weight: Optional[float] = None,
            w_r: Optional[float] = None, conditioning: str = 'reconstruction',
            label: Optional[int] = None, input_path: Optional[str] = None,
            input_start: int = 0, input_stride: int = 1, strict_input: bool = False,
@@ -123,7 +124,8 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
       (config.data.num_frames); extend: 2 T. interpolate uses the largest
       (K - 1) * stride + 1 <= num_frames.
     steps: denoising steps; config.sampling.num_steps when None.
-    sampler: 'ancestral', 'ddim' or 'pc'; config.sampling.sampler when None.
+    sampler: one of samplers.SAMPLERS; config.sampling.sampler when None.
+    time_grid: one of samplers.TIME_GRIDS; config.sampling.time_grid when None.
     guidance_weight: classifier-free guidance weight w in the paper's
       convention eps~ = (1 + w) eps(z, c) - w eps(z) (0: plain conditional);
       config.sampling.guidance_weight when None. Needs a class-conditional
@@ -174,6 +176,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be >= 1.')
   overrides = {'sampling.num_steps': steps, 'sampling.sampler': sampler,
+               'sampling.time_grid': time_grid,
                'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
                'sampling.long_method': long_method, 'sampling.vidrd_overlap': vidrd_overlap,
                'sampling.vidrd_noise_a': vidrd_noise_a, 'sampling.vidrd_beta': vidrd_beta,

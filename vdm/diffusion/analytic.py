@@ -88,6 +88,36 @@ class GaussianData:
     gaussian.check_parameterization(parameterization)
     return alpha * eps - sigma * x
 
+  def ode_solution(self, z: jax.Array, logsnr_t: jax.Array,
+                   logsnr_s: jax.Array) -> jax.Array:
+    """The exact flow of the probability-flow ODE from lambda_t to lambda_s.
+
+    z_t ~ N(alpha_t m, alpha_t^2 S + sigma_t^2 I), whose score is linear in z
+    and diagonal in S's eigenbasis; so is the ODE, and each eigen-coordinate k
+    evolves on its own. A linear flow is orientation preserving (it starts at
+    the identity and never degenerates) and carries N(alpha_t m_k, v_t) to
+    N(alpha_s m_k, v_s), v = alpha^2 l_k + sigma^2, so it scales the centred
+    coordinate by sqrt(v_s / v_t):
+      z_s = alpha_s m + U diag(sqrt(v_s / v_t)) U^T (z_t - alpha_t m).
+    lambda_s = +inf gives the data end of the trajectory (alpha = 1, sigma = 0).
+
+    Args:
+      z: z_t [B, *shape].
+      logsnr_t: lambda_t [B].
+      logsnr_s: lambda_s [B] (either direction; +inf allowed).
+
+    Returns:
+      z_s [B, *shape].
+    """
+    b = z.shape[0]
+    alpha_t, sigma_t = schedules.alpha_sigma(jnp.asarray(logsnr_t, jnp.float32).reshape(b, 1))
+    alpha_s, sigma_s = schedules.alpha_sigma(jnp.asarray(logsnr_s, jnp.float32).reshape(b, 1))
+    r = z.reshape(b, -1) - alpha_t * self.mean  # [B, D]
+    scale = jnp.sqrt((alpha_s**2 * self.eigvals + sigma_s**2) /
+                     (alpha_t**2 * self.eigvals + sigma_t**2))  # [B, D]
+    z_s = alpha_s * self.mean + ((r @ self.eigvecs) * scale) @ self.eigvecs.T
+    return z_s.reshape(z.shape)
+
   def expected_eps_loss(self, logsnr: float) -> float:
     """E ||eps - E[eps|z]||^2 / D at one log-SNR: the loss of the exact denoiser."""
     alpha2 = float(jax.nn.sigmoid(logsnr))

@@ -1,4 +1,5 @@
-"""Samplers of the reverse process: ancestral, DDIM and predictor-corrector.
+"""Samplers of the reverse process: ancestral, DDIM, predictor-corrector and
+DPM-Solver++ (multistep, second and third order).
 
 A model enters as ``model_fn(z [B, T, H, W, C], logsnr [B]) -> output`` in a
 given parameterization ('eps', 'v' or 'x'); labels, conditioning channels and
@@ -6,11 +7,14 @@ image masks are closed over by the caller, so the same loop serves unconditional
 class-conditional, guided and super-resolution models, and the exact analytic
 denoiser of Gaussian data in tests.
 
-Time grid: ``num_steps`` = N model evaluations at t_i = 1 - i / N, i = 0..N-1.
-Transition i goes from t_i to t_{i+1}; the last one (t_{N-1} -> 0) returns the
-denoised estimate x_hat(z_{t_{N-1}}), which is the s -> 0 limit of the
-posterior q(z_s | z_t, x_hat) (its mean tends to x_hat, its variance to 0).
-The whole loop is one ``jax.lax.scan``, so ``sample`` can be jitted as a unit.
+Time grid: ``num_steps`` = N model evaluations at t_0 = 1 > t_1 > ... > t_{N-1},
+and t_N = 0 (see ``make_time_grid``): 'uniform_t' is t_i = 1 - i / N, 'uniform_logsnr'
+spaces lambda_1..lambda_{N-1} evenly in log-SNR. Transition i goes from t_i to
+t_{i+1}; the last one (t_{N-1} -> 0) returns the denoised estimate
+x_hat(z_{t_{N-1}}), which is the s -> 0 limit of the posterior
+q(z_s | z_t, x_hat) (its mean tends to x_hat, its variance to 0), and of the
+DDIM step. The whole loop is one ``jax.lax.scan``, so ``sample`` can be jitted
+as a unit.
 
 Guidance plugs in through one hook, a ``Guide``:
   guide(denoise, z, step, rng) -> (z, x_hat, eps_hat)
@@ -34,7 +38,18 @@ import jax.numpy as jnp
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
 
-SAMPLERS = ('ancestral', 'ddim', 'pc')
+SAMPLERS = ('ancestral', 'ddim', 'pc', 'dpm++2m', 'dpm++3m')
+# 'auto' is each sampler's own grid: 'uniform_t' for the first three (their
+# behaviour before the grid was a choice), 'uniform_logsnr' for DPM-Solver++.
+TIME_GRIDS = ('auto', 'uniform_t', 'uniform_logsnr')
+# The log-SNR span of the 'uniform_logsnr' grid: EDM's sigma in [0.002, 80]
+# (Karras et al., 2022; lambda = -2 log sigma) for data in [-1, 1]. Below it
+# x_hat is the data mean whatever z, above it the noise is far below one 8-bit
+# level, so a grid spread over the schedule's whole clipped range [-20, 20]
+# would spend about half its evaluations where nothing changes.
+LOGSNR_RANGE = (-2.0 * math.log(80.0), -2.0 * math.log(0.002))
+# DPM-Solver++ samplers and the order of their multistep extrapolation.
+_MULTISTEP_ORDER = {'dpm++2m': 2, 'dpm++3m': 3}
 
 # model_fn(z [B, T, H, W, C], logsnr [B]) -> model output, same shape as z.
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -54,7 +69,7 @@ class Step(NamedTuple):
   Attributes:
     index: int32 scalar, i in 0..N-1 (0 at t = 1).
     num_steps: N, a Python int.
-    t: float32 scalar, the time t_i = 1 - i / N.
+    t: float32 scalar, the time t_i of the sampler's time grid.
     logsnr: lambda(t_i) repeated over the batch, [B].
     noise_fn: the sampler's noise law (NoiseFn); a guide that draws fresh
       noise (replacement) must use it so that z keeps the method's law.
@@ -167,6 +182,113 @@ def standard_normal(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jax.random.normal(rng, (math.prod(shape),), jnp.float32).reshape(shape)
 
 
+def _inverse_schedule(logsnr_fn: schedules.LogSNRFn, logsnr: jax.Array,
+                      iterations: int = 40) -> jax.Array:
+  """t with lambda(t) = logsnr, by bisection on [0, 1] (any decreasing schedule).
+
+  Args:
+    logsnr_fn: the schedule t -> lambda_t.
+    logsnr: targets, any shape, within [lambda(1), lambda(0)].
+    iterations: halvings of the bracket; 40 reach float32 resolution.
+
+  Returns:
+    float32 t, same shape as logsnr.
+  """
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    above = logsnr_fn(mid) > logsnr  # lambda decreases: the root is later.
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, halve,
+                             (jnp.zeros_like(logsnr), jnp.ones_like(logsnr)))
+  return 0.5 * (lo + hi)
+
+
+def make_time_grid(logsnr_fn: schedules.LogSNRFn, num_steps: int, grid: str,
+              logsnr_range: tuple[float, float] = LOGSNR_RANGE
+              ) -> tuple[jax.Array, jax.Array]:
+  """The sampler's times t_0 = 1 > ... > t_{N-1} > t_N = 0 and their log-SNRs.
+
+  'uniform_t': t_i = 1 - i / N.
+  'uniform_logsnr': lambda_i = lo + (hi - lo) i / (N - 1) for i = 1..N-1, with
+    (lo, hi) = ``logsnr_range`` clipped to the schedule's [lambda(1),
+    lambda(0)]; the first point lo moves to t_0 = 1, where z_1 is drawn (below
+    lo x_hat is the data mean whatever z, so the longer first step is exact
+    there), and the last evaluation is at hi, whose x_hat is the output.
+    lambda_N = lambda(0) is only the target of the last transition.
+
+  Args:
+    logsnr_fn: the schedule t -> lambda_t.
+    num_steps: N >= 1 (static).
+    grid: 'uniform_t' or 'uniform_logsnr'.
+    logsnr_range: (lo, hi) of 'uniform_logsnr', lo < hi.
+
+  Returns:
+    (t [N + 1], logsnr [N + 1]) float32.
+  """
+  i = jnp.arange(num_steps + 1)
+  if grid == 'uniform_t':
+    t = (num_steps - i).astype(jnp.float32) / num_steps
+    return t, logsnr_fn(t).astype(jnp.float32)
+  if grid != 'uniform_logsnr':
+    raise ValueError(f'time_grid={grid!r} is unknown; choose one of {TIME_GRIDS}.')
+  lo, hi = logsnr_range
+  if not lo < hi:
+    raise ValueError(f'logsnr_range={logsnr_range} must be (lo, hi) with lo < hi.')
+  first, last = logsnr_fn(jnp.float32(1.0)), logsnr_fn(jnp.float32(0.0))
+  lo, hi = jnp.clip(lo, first, last), jnp.clip(hi, first, last)
+  logsnr = lo + (hi - lo) * i.astype(jnp.float32) / max(num_steps - 1, 1)
+  logsnr = jnp.where(i == 0, first, jnp.where(i == num_steps, last, logsnr))
+  t = _inverse_schedule(logsnr_fn, logsnr)
+  # The ends exactly: lambda(0) may be +inf (linear_beta), no bisection target.
+  t = jnp.where(i == 0, 1.0, jnp.where(i == num_steps, 0.0, t))
+  return t, logsnr.astype(jnp.float32)
+
+
+def multistep_x(x: jax.Array, history: tuple[jax.Array, ...], h: jax.Array,
+                h_prev: tuple[jax.Array, ...]) -> jax.Array:
+  """DPM-Solver++'s extrapolated data prediction D over one step of size h.
+
+  The exact step of the probability-flow ODE in half log-SNR l = lambda / 2 is
+    z_s = (sigma_s / sigma_t) z_t + sigma_s int_{l_t}^{l_s} e^l x_hat(l) dl,
+  and with x_hat constant (= x_hat(z_t)) it is the DDIM step. Multistep
+  solvers replace that constant by a polynomial through the previous x_hat;
+  this returns D with z_s = (sigma_s / sigma_t) z_t + alpha_s (1 - e^-h) D:
+    no history: D = x (DDIM, first order);
+    one previous x1: D = x + (x - x1) / (2 r0), r0 = h_prev[0] / h
+      (Lu et al. 2022, Algorithm 2: DPM-Solver++(2M));
+    two, x1 and x2: the quadratic through x, x1, x2, x(l_t + v h) =
+      x + a v + b v^2 / 2, integrated exactly against e^l:
+      D = x + (phi2 a - phi3 b) / (1 - e^-h), phi2 = 1 - (1 - e^-h) / h,
+      phi3 = phi2 / h - 1/2 (third order, DPM-Solver++(3M)).
+
+  Args:
+    x: x_hat at the current step, [B, ...].
+    history: the previous x_hat, newest first (length 0, 1 or 2), [B, ...].
+    h: l_s - l_t > 0 of this step, a scalar.
+    h_prev: the sizes of the previous steps, newest first, one per history
+      entry.
+
+  Returns:
+    D, [B, ...].
+  """
+  if not history:
+    return x
+  r0 = h_prev[0] / h
+  d0 = (x - history[0]) / r0  # ~ h x_hat' (at the middle of the last step).
+  if len(history) == 1:
+    return x + 0.5 * d0
+  r1 = h_prev[1] / h
+  d1 = (history[0] - history[1]) / r1
+  b = 2.0 * (d0 - d1) / (r0 + r1)  # ~ h^2 x_hat''
+  a = d0 + 0.5 * r0 * b  # ~ h x_hat' at l_t
+  one_minus = -jnp.expm1(-h)  # 1 - e^-h
+  phi2 = 1.0 - one_minus / h
+  phi3 = phi2 / h - 0.5
+  return x + (phi2 * a - phi3 * b) / one_minus
+
+
 def print_progress(step: int, num_steps: int) -> None:
   """Default progress display on stderr.
 
@@ -190,7 +312,9 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
            sampler: str = 'ancestral', num_steps: int = 256,
            gamma: Union[float, jax.Array] = 0.0,
            pc_delta: Union[float, jax.Array] = 0.1, pc_corrections: int = 1,
-           clip_x: bool = True, z_init: Optional[jax.Array] = None,
+           clip_x: bool = True, time_grid: str = 'auto',
+           logsnr_range: tuple[float, float] = LOGSNR_RANGE,
+           z_init: Optional[jax.Array] = None,
            guide: Optional[Guide] = None, noise_fn: Optional[NoiseFn] = None,
            return_trajectory: bool = False,
            trajectory_steps: Optional[int] = None,
@@ -203,8 +327,14 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     'ddim': z_s = alpha_s x_hat + sigma_s eps_hat (deterministic, eta = 0).
     'pc': the ancestral step followed by ``pc_corrections`` Langevin moves
       z <- z - 0.5 delta sigma_s eps_hat(z) + sqrt(delta) sigma_s e'.
-  Model evaluations: N for 'ancestral' and 'ddim', N + (N - 1) * corrections
-  for 'pc' (no correction after the final denoising step).
+    'dpm++2m', 'dpm++3m': DPM-Solver++ (Lu et al., 2022), multistep, in the
+      data (x) formulation: the DDIM step with x_hat replaced by its
+      extrapolation D through the last one or two x_hat (``multistep_x``),
+      z_s = alpha_s x_hat + sigma_s eps_hat + alpha_s (1 - e^-h) (D - x_hat),
+      h = (lambda_s - lambda_t) / 2; the first steps use the history there is.
+      Deterministic; second and third order in the step size.
+  Model evaluations: N for 'ancestral', 'ddim' and 'dpm++', N + (N - 1) *
+  corrections for 'pc' (no correction after the final denoising step).
 
   Args:
     model_fn: (z [B, T, H, W, C], logsnr [B]) -> output in ``parameterization``.
@@ -218,8 +348,12 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       variance, 1 the forward-step variance. Ignored by 'ddim'.
     pc_delta: Langevin step size delta of 'pc' (the paper's 0.1).
     pc_corrections: Langevin moves after each ancestral step (static).
-    clip_x: clip x_hat to [-1, 1] (static thresholding; eps_hat follows).
-      Turn off for data that is not in [-1, 1].
+    clip_x: clip x_hat to [-1, 1] (static thresholding; eps_hat follows;
+      DPM-Solver++ extrapolates the clipped x_hat). Turn off for data that is
+      not in [-1, 1].
+    time_grid: one of TIME_GRIDS (see ``make_time_grid``); 'auto' is 'uniform_t'
+      for 'ancestral', 'ddim' and 'pc', 'uniform_logsnr' for DPM-Solver++.
+    logsnr_range: (lo, hi), the log-SNR span of the 'uniform_logsnr' grid.
     z_init: optional starting latent at t = 1, [B, ...]; drawn from noise_fn
       when None (VidRD's reused noise enters here).
     guide: optional Guide (see module docstring) applied at every model
@@ -253,7 +387,12 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     raise ValueError('trajectory_steps and trajectory_frames need return_trajectory=True.')
   if trajectory_steps is not None and not 1 <= trajectory_steps <= num_steps:
     raise ValueError(f'trajectory_steps={trajectory_steps} must be in [1, num_steps={num_steps}].')
+  if time_grid not in TIME_GRIDS:
+    raise ValueError(f'time_grid={time_grid!r} is unknown; choose one of {TIME_GRIDS}.')
   gaussian.check_parameterization(parameterization)
+  order = _MULTISTEP_ORDER.get(sampler, 0)
+  if time_grid == 'auto':
+    time_grid = 'uniform_logsnr' if order else 'uniform_t'
   guide = default_guide if guide is None else guide
   callback = print_progress if progress is True else (progress or None)
   batch = shape[0]
@@ -265,10 +404,12 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   if z_init.shape != tuple(shape):
     raise ValueError(f'z_init has shape {z_init.shape}, expected {tuple(shape)}.')
 
+  ts, logsnrs = make_time_grid(logsnr_fn, num_steps, time_grid, logsnr_range)  # [N + 1] each
+  half_steps = 0.5 * (logsnrs[1:] - logsnrs[:-1])  # [N], h_i in half log-SNR
+
   def at(i):
     """The Step of grid index i; t_N = 0 only enters as the last target."""
-    t = (num_steps - i).astype(jnp.float32) / num_steps
-    return Step(i, num_steps, t, jnp.full((batch,), logsnr_fn(t), jnp.float32), noise_fn)
+    return Step(i, num_steps, ts[i], jnp.full((batch,), logsnrs[i], jnp.float32), noise_fn)
 
   def denoise_at(z, step, rng):
     """Guide, then static thresholding: the (z, x_hat, eps_hat) the step uses."""
@@ -293,8 +434,20 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     """The part of z that the trajectory keeps."""
     return z if trajectory_frames is None else jnp.take(z, jnp.asarray(trajectory_frames), axis=1)
 
+  def multistep_correction(x, history, i, alpha_s):
+    """DPM-Solver++'s alpha_s (1 - e^-h) (D - x_hat) at step i, D of the
+    highest order the history holds (step i has i previous x_hat)."""
+    h = half_steps[i]
+    correction = jnp.zeros_like(x)
+    for k in range(1, len(history) + 1):  # k previous x_hat: order k + 1.
+      h_prev = tuple(half_steps[jnp.maximum(i - 1 - j, 0)] for j in range(k))
+      correction = jnp.where(i >= k, multistep_x(x, history[:k], h, h_prev) - x, correction)
+    # The last transition returns x_hat; its h may be infinite (lambda(0) = inf).
+    correction = jnp.where(i < num_steps - 1, correction, 0.0)
+    return alpha_s * -jnp.expm1(-h) * correction
+
   def body(carry, i):
-    z, buffer = carry
+    z, buffer, history = carry
     if callback is not None:
       jax.debug.callback(callback, i, num_steps)
     rng_corr, rng_guide, rng_noise = jax.random.split(jax.random.fold_in(rng_loop, i), 3)
@@ -310,23 +463,28 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       slot = jnp.minimum(i, trajectory_steps - 1)
       kept = jnp.where(i < trajectory_steps, record(z), buffer[slot])
       buffer = jax.lax.dynamic_update_index_in_dim(buffer, kept, slot, 0)
-    if sampler == 'ddim':
+    if sampler == 'ddim' or order:
       alpha_s, sigma_s = schedules.alpha_sigma(gaussian.expand_to(target.logsnr, z))
       z_s = alpha_s * x + sigma_s * eps
+      if order:
+        z_s = z_s + multistep_correction(x, history, i, alpha_s)
+        history = (x,) + history[:-1]
     else:
       mean, var_tilde, var_ts = posterior(z, x, step.logsnr, target.logsnr)
       std = jnp.sqrt(var_tilde**(1.0 - gamma) * var_ts**gamma)
       z_s = mean + std * noise_fn(rng_noise, z.shape)
     # Last transition (to t = 0): the posterior collapses onto x_hat.
     z_next = jnp.where(i == num_steps - 1, x, z_s)
-    return (z_next, buffer), (record(z) if return_trajectory and buffer is None else None)
+    return (z_next, buffer, history), (record(z) if return_trajectory and buffer is None else None)
 
   buffer = None
   if trajectory_steps is not None:
     buffer = jnp.zeros((trajectory_steps,) + jax.eval_shape(record, z_init).shape,
                        jnp.float32)
-  (x, buffer), trajectory = jax.lax.scan(body, (z_init, buffer),
-                                         jnp.arange(num_steps, dtype=jnp.int32))
+  # DPM-Solver++ carries its previous x_hat, newest first (zeros until written).
+  history = tuple(jnp.zeros_like(z_init) for _ in range(order - 1)) if order else ()
+  (x, buffer, _), trajectory = jax.lax.scan(body, (z_init, buffer, history),
+                                            jnp.arange(num_steps, dtype=jnp.int32))
   if buffer is not None:
     trajectory = buffer
   return (x, trajectory) if return_trajectory else x

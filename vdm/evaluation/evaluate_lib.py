@@ -487,6 +487,7 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       **protocol_fields(config, split, num),
       'sampler': str(sc.sampler),
       'sampling_steps': int(sc.num_steps),
+      'time_grid': str(sc.time_grid),
       'clip_x': bool(sc.clip_x),
       'seed': int(seed),
       'batch_size': int(batch_size),
@@ -568,6 +569,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
              checkpoint_step: Optional[int] = None, batch_size: Optional[int] = None,
              seed: int = 0, real_vs_real_only: bool = False,
              sampler: Optional[str] = None, steps: Optional[int] = None,
+             time_grid: Optional[str] = None,
              guidance_weight: Optional[float] = None, w_r: Optional[float] = None,
              num_frames: Optional[int] = None, long_method: Optional[str] = None,
              cache_dir: Optional[str] = None) -> dict:
@@ -591,9 +593,9 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     batch_size: sampling / I3D batch; config.eval.batch_size when None.
     seed: sampling seed.
     real_vs_real_only: compute the real-vs-real floor instead (no checkpoint).
-    sampler, steps, guidance_weight, w_r: override config.sampling.sampler,
-      num_steps, guidance_weight (classifier-free) and w_r (reconstruction
-      guidance, 'predict' mode).
+    sampler, steps, time_grid, guidance_weight, w_r: override
+      config.sampling.sampler, num_steps, time_grid, guidance_weight
+      (classifier-free) and w_r (reconstruction guidance, 'predict' mode).
     num_frames: 'long' mode: frames per video.
     long_method: 'long' mode: override config.sampling.long_method
       ('reconstruction', 'vidrd' or 'independent'; the vidrd_* keys of the
@@ -604,6 +606,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     The result dict that was printed.
   """
   overrides = {'sampling.sampler': sampler, 'sampling.num_steps': steps,
+               'sampling.time_grid': time_grid,
                'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
                'sampling.long_method': long_method}
   run_config = run_lib.apply_overrides(_load_run_config(workdir, config), overrides)
