@@ -122,6 +122,21 @@ def _tiny_config():
   return c
 
 
+def _digits_config(module: str = 'default', **model):
+  """A config of the bundled moving digits as ``make train`` runs it.
+
+  Batch 4 x (10 + 2 image) frames x 32x32x1, class-conditional, DDIM.
+
+  Args:
+    module: the configs/ module.
+    **model: config.model overrides.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  c = importlib.import_module(f'configs.{module}').get_config()
+  c.model.update(model)
+  return c
+
+
 def _paper_config(module: str, batch_size: int):
   import importlib  # pylint: disable=g-import-not-at-top
   c = importlib.import_module(f'configs.{module}').get_config()
@@ -133,6 +148,16 @@ def _paper_config(module: str, batch_size: int):
 WORKLOADS = {
     'tiny': Workload('tiny', 'B2 x 8f x 32x32x3, base 32, mult (1,2,4), 8 heads x 32, fp32',
                      _tiny_config),
+    'digits': Workload('digits', 'configs/default.py (make train): B4 x (10+2)f x 32x32x1, '
+                       'base 32, 1,259,969 params', _digits_config),
+    # The plain model with the parameters of digits_videofusion (1,578,530):
+    # 36 channels, GroupNorm 4, 2 heads as the 32-channel model has at 8x8.
+    'digits36': Workload('digits36', 'configs/default.py at base 36 (norm groups 4, 2 heads): '
+                         '1,574,345 params', lambda: _digits_config(
+                             base_channels=36, norm_groups=4, num_heads=2)),
+    'digits_videofusion': Workload(
+        'digits_videofusion', 'configs/videofusion_digits.py: base 32 (1,259,969) + residual 16 '
+        '(318,561) = 1,578,530 params', lambda: _digits_config('videofusion_digits')),
     'ucf64': Workload('ucf64', 'configs/ucf101_64.py: B16 x (16+8)f x 64x64x3, base 256, bf16',
                       lambda: _paper_config('ucf101_64', 16), accelerator=True),
     'bair64': Workload('bair64', 'configs/bair_64.py: B16 x 16f x 64x64x3, base 128, bf16',

@@ -171,7 +171,8 @@ def ours_worker_main(args) -> None:
   hwm_reset = common.reset_rss_high_water_mark()
   info = dict(prepared.info)
   info.update(ready=True, matmul_rate=rate, hwm_reset=hwm_reset, jax=common.jax.__version__,
-              flops=info['matmul_flops'], setup_peak_rss_bytes=setup_peak)
+              flops=info['matmul_flops'], setup_peak_rss_bytes=setup_peak,
+              xla_memory=common.xla_memory(prepared.compiled))
   print(json.dumps(info), flush=True)
   for line in sys.stdin:
     cmd = line.split()

@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.norm_groups = 8              # Groups of every GroupNorm.
   model.rel_pos_buckets = 32         # Buckets of the temporal relative position bias.
   model.rel_pos_max_distance = 64    # Distance where relative positions share a bucket.
+  model.frame_index_embed = 0        # Rows of an absolute frame-index embedding (0 = none: relative positions only).
   model.dtype = 'float32'            # Compute dtype: float32 or bfloat16 (params stay float32).
   model.attn_dtype = ''              # Attention dtype; '' = model.dtype.
   model.remat = False                # Recompute block activations in backward (saves GPU/TPU memory; not on XLA:CPU).

@@ -10,7 +10,8 @@ import pytest
 from vdm import config_lib
 
 
-@pytest.mark.parametrize('name', ['default', 'tiny', 'ucf101_64', 'bair_64'])
+@pytest.mark.parametrize('name', ['default', 'tiny', 'ucf101_64', 'bair_64', 'videofusion_digits',
+                                  'videofusion_tiny'])
 def test_shipped_configs_validate(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   model_cfg = config_lib.validate_config(config)

@@ -262,3 +262,23 @@ def test_cond_channels_and_remat_match():
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
   with pytest.raises(ValueError, match='cond'):
     model(x, jnp.ones(1))
+
+
+def test_absolute_frame_index_embedding():
+  # Off by default: no parameter of absolute position. On: frame i of the
+  # clip reads row i (rows past the clip get no gradient), appended images
+  # read none, and a longer clip than the table fails naming the key.
+  assert unet3d.UNet3D(tiny_config(), rngs=nnx.Rngs(0)).frame_embed is None
+  model = randomized(unet3d.UNet3D(tiny_config(channel_mult=(1,), attention_resolutions=(),
+                                               channels=1, frame_index_embed=5),
+                                   rngs=nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 1))
+  is_image = jnp.array([False, False, False, True])
+
+  def loss(m):
+    return jnp.sum(m(x, jnp.ones(2), is_image=is_image) ** 2)
+  rows = nnx.jit(nnx.grad(loss))(model).frame_embed.embedding[...]  # [5, E]
+  used = np.abs(np.asarray(rows)).max(axis=1)
+  assert np.all(used[:3] > 0) and np.all(used[3:] == 0)
+  with pytest.raises(ValueError, match=r'6 frames exceed .*config\.model\.frame_index_embed'):
+    model(jnp.zeros((1, 6, 8, 8, 1)), jnp.ones(1))

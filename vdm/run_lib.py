@@ -195,7 +195,8 @@ def model_fn(method: base.Method, graphdef: Any, params: Any, *,
 def sampler_options(config: ml_collections.ConfigDict, method: base.Method, *,
                     progress=False) -> dict:
   """The keyword arguments of ``samplers.sample`` (and of every driver) that a
-  run's config and method fix: schedule, parameterization, noise law, sampler.
+  run's config and method fix: schedule, parameterization, noise law (its draws
+  and its covariance across frames), sampler.
 
   Args:
     config: the run's config (sampling and diffusion sections).
@@ -208,7 +209,8 @@ def sampler_options(config: ml_collections.ConfigDict, method: base.Method, *,
   s = config.sampling
   return dict(logsnr_fn=method.logsnr_fn, parameterization=config.diffusion.parameterization,
               sampler=s.sampler, num_steps=s.num_steps, gamma=s.gamma, pc_delta=s.pc_delta,
-              clip_x=s.clip_x, time_grid=s.time_grid, noise_fn=method.noise, progress=progress)
+              clip_x=s.clip_x, time_grid=s.time_grid, noise_fn=method.noise,
+              noise_cov=method.noise_frame_covariance, progress=progress)
 
 
 @functools.lru_cache(maxsize=32)

@@ -6,11 +6,19 @@ z_t is Gaussian and the posterior mean of the noise is closed form:
 With S = U diag(l) U^T this costs two matrix products per call. A sampler
 driven by this denoiser must reproduce N(m, S) exactly in the limit of many
 steps, which is how tests check the samplers without training a network.
+
+Correlated noise eps ~ N(0, C) (VideoFusion's decomposed law, C acting on
+frames, vdm/diffusion/decomposed.py) gives
+  E[eps | z_t] = sigma C (alpha^2 S + sigma^2 C)^{-1} (z_t - alpha m).
+With C = L L^T this is the i.i.d. denoiser of the whitened data L^-1 x
+mapped back by L: with L^-1 S L^-T = U' diag(l') U'^T it costs the same two
+products, through the bases L^-T U' and U'^T L^T instead of U and U^T.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,26 +30,68 @@ from vdm.diffusion import schedules
 
 @dataclasses.dataclass(frozen=True)
 class GaussianData:
-  """Data distribution N(mean, cov) over videos of shape ``shape``.
+  """Data distribution N(mean, cov) over videos of shape ``shape``, and the
+  exact denoiser of the forward process z_t = alpha x + sigma eps.
 
   Attributes:
     mean: [D] mean, D = prod(shape).
     eigvals: [D] eigenvalues of the covariance (>= 0).
     eigvecs: [D, D] orthonormal eigenvectors (columns).
     shape: the video shape [T, H, W, C] that D numbers are reshaped to.
+    noise_cov: [D, D] covariance C of the forward process's noise; None for
+      i.i.d. standard normal noise (C = I).
+    white_eigvals: [D] eigenvalues l' of the whitened covariance
+      L^-1 S L^-T (C = L L^T); None when noise_cov is None.
+    analysis: [D, D] L^-T U' (U' the whitened eigenvectors); None when
+      noise_cov is None.
+    synthesis: [D, D] U'^T L^T; None when noise_cov is None.
   """
   mean: jax.Array
   eigvals: jax.Array
   eigvecs: jax.Array
   shape: tuple[int, ...]
+  noise_cov: Optional[jax.Array] = None
+  white_eigvals: Optional[jax.Array] = None
+  analysis: Optional[jax.Array] = None
+  synthesis: Optional[jax.Array] = None
 
   @classmethod
-  def create(cls, mean: np.ndarray, cov: np.ndarray, shape) -> 'GaussianData':
-    """Builds it from a mean [D] and a symmetric PSD covariance [D, D]."""
+  def create(cls, mean: np.ndarray, cov: np.ndarray, shape,
+             noise_cov: Optional[np.ndarray] = None) -> 'GaussianData':
+    """Builds it from a mean [D] and a symmetric PSD covariance [D, D].
+
+    Args:
+      mean: [D].
+      cov: [D, D] data covariance S.
+      shape: the video shape the D numbers are reshaped to.
+      noise_cov: optional [D, D] positive definite noise covariance C (for
+        a frame covariance, decomposed.expand_frame_covariance); None: C = I.
+    """
     cov = np.asarray(cov, np.float64)
     eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
-    return cls(jnp.asarray(mean, jnp.float32), jnp.asarray(np.maximum(eigvals, 0), jnp.float32),
-               jnp.asarray(eigvecs, jnp.float32), tuple(shape))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    data = cls(f32(mean), f32(np.maximum(eigvals, 0)), f32(eigvecs), tuple(shape))
+    if noise_cov is None:
+      return data
+    noise_cov = np.asarray(noise_cov, np.float64)
+    chol = np.linalg.cholesky(0.5 * (noise_cov + noise_cov.T))  # L, C = L L^T
+    chol_inv = np.linalg.inv(chol)
+    white = chol_inv @ cov @ chol_inv.T
+    white_vals, white_vecs = np.linalg.eigh(0.5 * (white + white.T))
+    return dataclasses.replace(
+        data, noise_cov=f32(noise_cov), white_eigvals=f32(np.maximum(white_vals, 0)),
+        analysis=f32(chol_inv.T @ white_vecs), synthesis=f32(white_vecs.T @ chol.T))
+
+  def _basis(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(eigenvalues, analysis, synthesis) of the denoiser's diagonal form.
+
+    E[eps | z] = ((z - alpha m) A diag(sigma / (alpha^2 l + sigma^2))) B in
+    row-vector form: A = U, B = U^T for i.i.d. noise; A = L^-T U',
+    B = U'^T L^T for noise N(0, L L^T).
+    """
+    if self.noise_cov is None:
+      return self.eigvals, self.eigvecs, self.eigvecs.T
+    return self.white_eigvals, self.analysis, self.synthesis
 
   @property
   def cov(self) -> jax.Array:
@@ -64,10 +114,11 @@ class GaussianData:
       E[eps | z_t], [B, *shape].
     """
     b = z.shape[0]
+    vals, analysis, synthesis = self._basis()
     alpha, sigma = schedules.alpha_sigma(jnp.asarray(logsnr, jnp.float32).reshape(b, 1))
     r = z.reshape(b, -1) - alpha * self.mean  # [B, D]
-    coeff = sigma / (alpha**2 * self.eigvals + sigma**2)  # [B, D]
-    eps = ((r @ self.eigvecs) * coeff) @ self.eigvecs.T
+    coeff = sigma / (alpha**2 * vals + sigma**2)  # [B, D]
+    eps = ((r @ analysis) * coeff) @ synthesis
     return eps.reshape(z.shape)
 
   def model_output(self, z: jax.Array, logsnr: jax.Array, parameterization: str = 'eps') -> jax.Array:
@@ -78,11 +129,14 @@ class GaussianData:
     alpha, sigma = schedules.alpha_sigma(gaussian.expand_to(logsnr, z))
     # x_hat from the posterior mean directly, stable also as sigma -> 0.
     b = z.shape[0]
+    vals, analysis, synthesis = self._basis()
     a2 = alpha.reshape(b, 1) ** 2
     s2 = sigma.reshape(b, 1) ** 2
     r = z.reshape(b, -1) - alpha.reshape(b, 1) * self.mean
-    gain = alpha.reshape(b, 1) * self.eigvals / (a2 * self.eigvals + s2)
-    x = (self.mean + ((r @ self.eigvecs) * gain) @ self.eigvecs.T).reshape(z.shape)
+    # E[x | z] = m + alpha S (alpha^2 S + sigma^2 C)^-1 (z - alpha m), the
+    # same diagonal form with gain alpha l / (alpha^2 l + sigma^2).
+    gain = alpha.reshape(b, 1) * vals / (a2 * vals + s2)
+    x = (self.mean + ((r @ analysis) * gain) @ synthesis).reshape(z.shape)
     if parameterization == 'x':
       return x
     gaussian.check_parameterization(parameterization)
@@ -119,11 +173,22 @@ class GaussianData:
     return z_s.reshape(z.shape)
 
   def expected_eps_loss(self, logsnr: float) -> float:
-    """E ||eps - E[eps|z]||^2 / D at one log-SNR: the loss of the exact denoiser."""
+    """E ||eps - E[eps|z]||^2 / D at one log-SNR: the loss of the exact denoiser.
+
+    tr(C - sigma^2 C (alpha^2 S + sigma^2 C)^-1 C) / D; in the diagonal form
+    (tr C - sigma^2 sum_j G_jj / (alpha^2 l_j + sigma^2)) / D with
+    G_jj = ||row j of the synthesis||^2 (1 for i.i.d. noise, giving
+    mean(alpha^2 l / (alpha^2 l + sigma^2))).
+    """
     alpha2 = float(jax.nn.sigmoid(logsnr))
     sigma2 = 1.0 - alpha2
-    l = np.asarray(self.eigvals, np.float64)
-    return float(np.mean(alpha2 * l / (alpha2 * l + sigma2)))
+    if self.noise_cov is None:
+      l = np.asarray(self.eigvals, np.float64)
+      return float(np.mean(alpha2 * l / (alpha2 * l + sigma2)))
+    vals, _, synthesis = (np.asarray(a, np.float64) for a in self._basis())
+    gram = np.sum(synthesis**2, axis=1)  # G_jj
+    trace = np.trace(np.asarray(self.noise_cov, np.float64))
+    return float((trace - sigma2 * np.sum(gram / (alpha2 * vals + sigma2))) / len(vals))
 
   def conditional(self, known: np.ndarray, x_known: np.ndarray):
     """The exact law of the unknown coordinates given the known ones.

@@ -160,7 +160,7 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
                    cond_drop_prob: float = 0.0, low_discrepancy: bool = True,
                    t: Optional[jax.Array] = None,
                    noise_fn: Optional[Callable[[jax.Array, tuple[int, ...]], jax.Array]] = None,
-                   is_image: Optional[jax.Array] = None) -> jax.Array:
+                   is_image: Optional[jax.Array] = None, frame_losses: bool = False):
   """The denoising loss of each example.
 
   The mean is over every pixel of every frame, video frames and appended image
@@ -182,9 +182,11 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
       when None.
     is_image: [T] bool mask of appended image frames: with per-frame labels,
       each image's label is dropped on its own (see drop_condition).
+    frame_losses: also return the loss of each frame (a method's metrics).
 
   Returns:
-    The loss of each example, [B] float32.
+    The loss of each example, [B] float32; with frame_losses, (that loss,
+    the mean over each frame's pixels [B, T]).
   """
   check_parameterization(parameterization)
   check_loss_type(loss_type)
@@ -205,4 +207,8 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
     err = eps - eps_hat
   else:
     err = v_from_x_eps(x, eps, logsnr) - v_from_x_eps(x_hat, eps_hat, logsnr)
-  return jnp.mean(jnp.square(err), axis=tuple(range(1, x.ndim)))
+  square = jnp.square(err)
+  losses = jnp.mean(square, axis=tuple(range(1, x.ndim)))
+  if frame_losses:
+    return losses, jnp.mean(square, axis=tuple(range(2, x.ndim)))
+  return losses

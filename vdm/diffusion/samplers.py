@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -61,6 +62,10 @@ Denoise = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 # covariance C, and so do its posteriors, so every fresh draw of the reverse
 # process (z_1, ancestral and Langevin step noise, replaced frames) uses it.
 NoiseFn = Callable[[jax.Array, tuple[int, ...]], jax.Array]
+# noise_cov(num_frames) -> [T, T] covariance C of noise_fn's law across the
+# frames of a clip (the same at every pixel), or None for i.i.d. noise.
+# Guides that weigh errors by the noise (reconstruction guidance) need it.
+NoiseCovFn = Callable[[int], Optional[np.ndarray]]
 
 
 class Step(NamedTuple):
@@ -73,12 +78,15 @@ class Step(NamedTuple):
     logsnr: lambda(t_i) repeated over the batch, [B].
     noise_fn: the sampler's noise law (NoiseFn); a guide that draws fresh
       noise (replacement) must use it so that z keeps the method's law.
+    noise_cov: [T, T] numpy covariance C of that law across the T frames of
+      z, or None for i.i.d. noise (C = I).
   """
   index: jax.Array
   num_steps: int
   t: jax.Array
   logsnr: jax.Array
   noise_fn: 'NoiseFn'
+  noise_cov: Optional[np.ndarray] = None
 
 
 # guide(denoise, z, step, rng) -> (z, x_hat, eps_hat); see the module docstring.
@@ -316,6 +324,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
            logsnr_range: tuple[float, float] = LOGSNR_RANGE,
            z_init: Optional[jax.Array] = None,
            guide: Optional[Guide] = None, noise_fn: Optional[NoiseFn] = None,
+           noise_cov: Optional[NoiseCovFn] = None,
            return_trajectory: bool = False,
            trajectory_steps: Optional[int] = None,
            trajectory_frames: Optional[Sequence[int]] = None,
@@ -361,6 +370,8 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     noise_fn: the noise law of every fresh draw (z_init, the ancestral and
       Langevin step noise, and the guide's through Step.noise_fn);
       standard_normal when None.
+    noise_cov: NoiseCovFn of noise_fn's law, handed to guides as
+      Step.noise_cov for the clip's shape[1] frames; None: i.i.d. noise.
     return_trajectory: also return the latents the model saw (after the
       guide), one per step.
     trajectory_steps: with return_trajectory, record only the first K steps
@@ -397,6 +408,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   callback = print_progress if progress is True else (progress or None)
   batch = shape[0]
   noise_fn = standard_normal if noise_fn is None else noise_fn
+  frame_cov = None if noise_cov is None or len(shape) < 2 else noise_cov(shape[1])
   rng_init, rng_loop = jax.random.split(rng)
   if z_init is None:
     z_init = noise_fn(rng_init, tuple(shape))  # [B, T, H, W, C]
@@ -409,7 +421,8 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
 
   def at(i):
     """The Step of grid index i; t_N = 0 only enters as the last target."""
-    return Step(i, num_steps, ts[i], jnp.full((batch,), logsnrs[i], jnp.float32), noise_fn)
+    return Step(i, num_steps, ts[i], jnp.full((batch,), logsnrs[i], jnp.float32), noise_fn,
+                frame_cov)
 
   def denoise_at(z, step, rng):
     """Guide, then static thresholding: the (z, x_hat, eps_hat) the step uses."""

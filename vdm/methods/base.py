@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from vdm.diffusion import samplers
@@ -27,7 +28,8 @@ class Method:
   """Base class of the methods in vdm/methods/ (see that package's docstring).
 
   Subclasses must define ``build``, ``loss`` and ``denoiser``; ``noise``,
-  ``param_labels``, ``lr_multipliers`` and ``validate`` have defaults.
+  ``noise_frame_covariance``, ``param_labels``, ``lr_multipliers``, ``validate`` and ``initial_params``
+  have defaults.
   Instances are hashable by identity, so jitted functions can close over
   them or take them as static arguments.
 
@@ -100,6 +102,21 @@ class Method:
     """
     return samplers.standard_normal(rng, shape)
 
+  def noise_frame_covariance(self, num_frames: int) -> Optional[np.ndarray]:
+    """Covariance C of ``noise`` across the frames of a clip, None if i.i.d.
+
+    Guides weigh errors by it (vdm.diffusion.guidance); it must describe the
+    law ``noise`` draws (the same C at every pixel and channel).
+
+    Args:
+      num_frames: T, frames of the clip.
+
+    Returns:
+      [T, T] numpy covariance, or None for i.i.d. standard normal noise.
+    """
+    del num_frames
+    return None
+
   def param_labels(self, params: Any) -> Optional[Any]:
     """Optimizer group of every parameter, or None for one group.
 
@@ -119,6 +136,23 @@ class Method:
 
   def validate(self) -> None:
     """Raises ValueError naming any config key the method cannot work with."""
+
+  def initial_params(self, params: Any) -> Any:
+    """The parameters a fresh run starts from, given their random initialisation.
+
+    Called once by StateLayout.init_state before step 0 (never on resume): a
+    method may load pretrained weights into part of its networks here (e.g.
+    VideoFusion's base generator from a plain run's checkpoint). The EMA and
+    the optimizer state are then initialised from what it returns.
+
+    Args:
+      params: nnx.State of the freshly initialised, sharded parameters.
+
+    Returns:
+      A tree of the same structure, shapes and dtypes (the default: ``params``
+      itself, unchanged).
+    """
+    return params
 
   def num_classes(self) -> int:
     """Class labels the denoiser takes (0: unconditional)."""

@@ -49,6 +49,10 @@ class UNetConfig:
     norm_groups: groups of every GroupNorm.
     rel_pos_buckets: buckets of the temporal relative position bias.
     rel_pos_max_distance: distance beyond which relative positions share a bucket.
+    frame_index_embed: rows of a learned absolute frame-index embedding added
+      to the conditioning of each frame (the most frames the net then takes);
+      0 (default): none, the net knows frame order only through relative
+      positions and runs on any number of frames.
     dtype: compute dtype name ('float32' or 'bfloat16'); parameters stay float32.
     attn_dtype: dtype of the attention inputs; '' means ``dtype``.
     remat: recompute each block's activations in the backward pass.
@@ -68,6 +72,7 @@ class UNetConfig:
   norm_groups: int = 32
   rel_pos_buckets: int = 32
   rel_pos_max_distance: int = 64
+  frame_index_embed: int = 0
   dtype: str = 'float32'
   attn_dtype: str = ''
   remat: bool = False
@@ -118,7 +123,7 @@ class UNetConfig:
                  'rel_pos_buckets', 'rel_pos_max_distance', 'norm_groups'):
       if getattr(self, name) < 1:
         fail(f'config.model.{name}={getattr(self, name)} must be >= 1.')
-    for name in ('num_heads', 'emb_dim', 'num_classes', 'cond_channels'):
+    for name in ('num_heads', 'emb_dim', 'num_classes', 'cond_channels', 'frame_index_embed'):
       if getattr(self, name) < 0:
         fail(f'config.model.{name}={getattr(self, name)} must be >= 0.')
     if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
@@ -223,6 +228,9 @@ class UNet3D(nnx.Module):
     # Row num_classes is the learned null label for classifier-free guidance.
     self.label_embed = (layers.Embed(cfg.num_classes + 1, emb, rngs=rngs)
                         if cfg.num_classes else None)
+    # Only when asked for: the default net has no parameter of absolute position.
+    self.frame_embed = (layers.Embed(cfg.frame_index_embed, emb, rngs=rngs)
+                        if cfg.frame_index_embed else None)
     # The first and last convolutions compute in float32 whatever the compute
     # dtype: bfloat16 would round z_t (at high log-SNR sigma eps falls below
     # its resolution, so the eps target is lost) and the prediction (which the
@@ -287,6 +295,10 @@ class UNet3D(nnx.Module):
     if is_image is not None and jnp.shape(is_image) != (t,):
       raise ValueError(f'is_image must be a [T] = [{t}] bool mask; got shape '
                        f'{jnp.shape(is_image)}.')
+    if cfg.frame_index_embed and t > cfg.frame_index_embed:
+      raise ValueError(f'{t} frames exceed the {cfg.frame_index_embed} rows of the absolute '
+                       f'frame-index embedding (config.model.frame_index_embed); run clips '
+                       f'of at most {cfg.frame_index_embed} frames.')
 
   def __call__(self, z: jax.Array, logsnr: jax.Array, *, label: Optional[jax.Array] = None,
                cond: Optional[jax.Array] = None, is_image: Optional[jax.Array] = None,
@@ -319,6 +331,14 @@ class UNet3D(nnx.Module):
       label = jnp.asarray(label).reshape(z.shape[0], -1)  # [B, 1] or [B, T]
       label = jnp.where(label < 0, cfg.num_classes, label)
       emb = emb + self.label_embed(label).astype(emb.dtype)  # [B, 1 or T, E]
+    if self.frame_embed is not None:
+      # Video frames count 0, 1, ...; appended images, which have no place in
+      # the clip, get no index embedding.
+      index = attention.video_positions(is_image, z.shape[1])  # [T]
+      frame = self.frame_embed(jnp.maximum(index, 0)).astype(emb.dtype)  # [T, E]
+      if is_image is not None:
+        frame = jnp.where(is_image[:, None], 0, frame)
+      emb = emb + frame[None]  # [B, T, E]
 
     block = iter(range(10**6))  # Each residual block gets its own dropout key.
     def rng():
