@@ -2,6 +2,7 @@
 
   python evaluate.py --workdir=runs/default --num_samples=256
   python evaluate.py --workdir=runs/bair --mode=predict --context_frames=1
+  python evaluate.py --workdir=runs/trip_tnf --mode=i2v --num_samples=64
   python evaluate.py --workdir=runs/default --real_vs_real --num_samples=256
   python evaluate.py --config=configs/default.py --real_vs_real    # no run needed
 
@@ -32,7 +33,9 @@ _NUM_SAMPLES = flags.DEFINE_integer(
 _SPLIT = flags.DEFINE_string('split', None, 'Real split; config.data.eval_split if unset.')
 _MODE = flags.DEFINE_enum('mode', 'unconditional', list(evaluate_lib.MODES),
                           "'unconditional' samples; 'predict' conditions on the first "
-                          '--context_frames frames of the real clips.')
+                          '--context_frames frames of the real clips; \'i2v\' generates from '
+                          'the first frame of each real clip (methods conditioned on a first '
+                          'frame, e.g. TRIP) and also reports first-frame PSNR/SSIM.')
 _CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', 1, 'Given frames in --mode=predict.')
 _CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint; newest if unset.')
 _BATCH_SIZE = flags.DEFINE_integer(

@@ -19,6 +19,7 @@ from vdm.methods import base
 # config.method -> module under vdm/methods/ (one line per method).
 METHODS = {
     'vdm': 'vdm.methods.vdm',
+    'trip': 'vdm.methods.trip',
 }
 
 

@@ -27,13 +27,22 @@ class Method:
   """Base class of the methods in vdm/methods/ (see that package's docstring).
 
   Subclasses must define ``build``, ``loss`` and ``denoiser``; ``noise``,
-  ``param_labels``, ``lr_multipliers`` and ``validate`` have defaults.
+  ``param_labels``, ``lr_multipliers``, ``init_params`` and ``validate``
+  have defaults.
   Instances are hashable by identity, so jitted functions can close over
   them or take them as static arguments.
+
+  Attributes:
+    conditions_on_first_frame: the denoiser needs conditioning['first_frame']
+      [N, H, W, C] (image-to-video): sampling and evaluation then run in
+      their 'i2v' mode only, and a method without it refuses that mode
+      before anything compiles.
 
   Args:
     config: the full run config.
   """
+
+  conditions_on_first_frame: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -116,6 +125,22 @@ class Method:
   def lr_multipliers(self) -> Mapping[str, float]:
     """Learning-rate multiplier of each group of ``param_labels`` (0 freezes)."""
     return {}
+
+  def init_params(self, params: Any) -> Any:
+    """Changes a new run's freshly initialised parameters before its first step.
+
+    Called once by ``StateLayout.init_state`` (never on resume), outside jit;
+    e.g. to load part of the networks from another run's checkpoint. The EMA
+    starts from the result; Adam's moments are zeros whatever the values.
+
+    Args:
+      params: nnx.State of the initialised parameters.
+
+    Returns:
+      An nnx.State of the same structure, shapes and dtypes (``params`` itself
+      when nothing changes, the default).
+    """
+    return params
 
   def validate(self) -> None:
     """Raises ValueError naming any config key the method cannot work with."""
