@@ -51,6 +51,7 @@ def get_config(method: str = 'trip'):
   # log((1 - 1e-4) / 1e-4) = 9.2 (sigma >= 0.01). The cosine schedule is
   # clipped there instead of at 20 (sigma 4.5e-5).
   config.diffusion.logsnr_max = 9.2
+  config.optimizer.warmup_steps = 20  # A few hundred steps on a CPU: reach the peak rate early.
   config.training.num_steps = 220
   config.training.num_samples = 0  # Periodic samples are unconditional; use sample.py --mode=i2v.
   config.training.checkpoint_every = 100
