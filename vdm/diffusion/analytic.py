@@ -98,7 +98,8 @@ class GaussianData:
   def _conditional_gain(self, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(gain [D_b, D_a], cov [D_b, D_b]): E[x^b | x^a] = m_b + gain (x^a - m_a)."""
     known = np.asarray(known, bool)
-    s = np.asarray(self.cov, np.float64)
+    v, l = np.asarray(self.eigvecs, np.float64), np.asarray(self.eigvals, np.float64)
+    s = (v * l) @ v.T  # In numpy: also usable while tracing a caller.
     a, b = known, ~known
     s_aa, s_ba, s_bb = s[np.ix_(a, a)], s[np.ix_(b, a)], s[np.ix_(b, b)]
     gain = s_ba @ np.linalg.inv(s_aa)
@@ -141,7 +142,8 @@ class GaussianData:
     b = z.shape[0]
     gain, cov = self._conditional_gain(known)
     eigvals, eigvecs = np.linalg.eigh(cov)
-    eigvals, eigvecs = jnp.asarray(np.maximum(eigvals, 0), jnp.float32), jnp.asarray(eigvecs, jnp.float32)
+    eigvals = jnp.asarray(np.maximum(eigvals, 0), jnp.float32)
+    eigvecs = jnp.asarray(eigvecs, jnp.float32)
     alpha, sigma = schedules.alpha_sigma(jnp.asarray(logsnr, jnp.float32).reshape(b, 1))
     m = np.asarray(self.mean, np.float64)
     mean_b = (jnp.asarray(m[~known], jnp.float32) +

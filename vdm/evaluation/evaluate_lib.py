@@ -552,8 +552,9 @@ def _first_frame_fidelity(config, split: str, num: int, batch_size: int,
     means['real_later_frames_psnr'] = float(np.mean(real_scores['later_frames_psnr']))
   means['fidelity_protocol'] = (
       f'uint8 frames against the given image (frame 1 of the real clip); PSNR capped at '
-      f'{fidelity.PSNR_CAP:g} dB (identical); SSIM 11x11 Gaussian window, std '
-      f'{fidelity.SSIM_SIGMA}; later frames: mean PSNR of frames 2..T')
+      f'{fidelity.PSNR_CAP:g} dB (identical); SSIM with an 11x11 Gaussian window of std '
+      f'{fidelity.SSIM_SIGMA} (smaller on frames under 11 px); later frames: mean PSNR of '
+      'frames 2..T')
   return means
 
 

@@ -45,18 +45,23 @@ FUSIONS = ('tnf', 'linear', 'none')
 def default_config() -> ml_collections.ConfigDict:
   """The config.trip section, every key commented."""
   c = ml_collections.ConfigDict()
-  c.condition = 'prepend'      # How the U-Net sees x^1: 'prepend' (along time, the paper's) or 'channels' (TRIP_C).
-  c.fusion = 'tnf'             # 'tnf' (Temporal Noise Fusion), 'linear' (l^i decaying in i) or 'none' (U-Net alone: TRIP^-).
-  c.linear_first = 1.0         # Linear fusion: l^1, the prior's weight on frame 1 (1 = the exact prior there).
-  c.linear_last = 0.0          # Linear fusion: l^N on the last frame; frames between interpolate linearly.
+  # How the U-Net sees x^1: 'prepend' (along time, the paper's) or 'channels' (TRIP_C).
+  c.condition = 'prepend'
+  # 'tnf' (Temporal Noise Fusion), 'linear' (l^i decaying in i) or 'none' (TRIP^-).
+  c.fusion = 'tnf'
+  c.linear_first = 1.0         # Linear fusion: l^1 on frame 1 (1 = the prior, exact there).
+  c.linear_last = 0.0          # Linear fusion: l^N on the last frame; linear in between.
   c.tnf_features = 32          # TNF: width of its intermediate features.
   c.tnf_heads = 2              # TNF: attention heads (self- and cross-attention).
   c.tnf_head_dim = 16          # TNF: features per head (>= config.data.channels).
   c.tnf_emb_dim = 128          # TNF: width of its time (log-SNR) embedding.
   c.tnf_norm_groups = 8        # TNF: GroupNorm groups of its temporal self-attention.
-  c.unet_lr_multiplier = 1.0   # U-Net learning rate / optimizer.learning_rate (paper, fine-tuning: 2e-6 / 2e-4 = 0.01; 0 freezes).
-  c.tnf_lr_multiplier = 1.0    # TNF learning rate / optimizer.learning_rate (paper: 2e-4 with learning_rate = 2e-4).
-  c.init_from = ''             # Workdir of a trained 'vdm' run whose EMA U-Net initialises ours ('' = random init).
+  # Learning rate of each group / optimizer.learning_rate (0 freezes). The
+  # paper fine-tunes at 2e-6 (U-Net) and 2e-4 (TNF): learning_rate = 2e-4 and
+  # unet_lr_multiplier = 0.01.
+  c.unet_lr_multiplier = 1.0
+  c.tnf_lr_multiplier = 1.0
+  c.init_from = ''             # Workdir of a 'vdm' run whose EMA U-Net starts ours ('' = none).
   return c
 
 
