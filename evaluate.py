@@ -2,6 +2,7 @@
 
   python evaluate.py --workdir=runs/default --num_samples=256
   python evaluate.py --workdir=runs/bair --mode=predict --context_frames=1
+  python evaluate.py --workdir=runs/trip_tnf --mode=i2v --num_samples=64
   python evaluate.py --workdir=runs/default --real_vs_real --num_samples=256
   python evaluate.py --config=configs/default.py --real_vs_real    # no run needed
 
@@ -30,7 +31,10 @@ _SPLIT = flags.DEFINE_string('split', None, 'Real split; config.data.eval_split 
 _MODE = flags.DEFINE_enum('mode', 'unconditional', list(evaluate_lib.MODES),
                           "'unconditional' samples; 'predict' conditions on the first "
                           "--context_frames frames of the real clips; 'long' makes videos "
-                          'of --num_frames frames clip by clip (--long_method).')
+                          "of --num_frames frames clip by clip (--long_method); 'i2v' "
+                          'generates from the first frame of each real clip (methods '
+                          'conditioned on a first frame, e.g. TRIP) and also reports '
+                          'first-frame PSNR/SSIM.')
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', None, '--mode=long: frames per video.')
 _LONG_METHOD = flags.DEFINE_enum('long_method', None, ('reconstruction', 'vidrd', 'independent'),
                                  '--mode=long: how clips are joined; default: '

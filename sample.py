@@ -5,6 +5,7 @@
   python sample.py --workdir=runs/default --mode=predict --context_frames=2 --output_dir=out/pred
   python sample.py --workdir=runs/default --mode=interpolate --stride=3 --output_dir=out/interp
   python sample.py --workdir=runs/default --mode=superres --lowres_factor=2 --output_dir=out/sr
+  python sample.py --workdir=runs/trip_tnf --mode=i2v --input=image.png --output_dir=out/i2v
 
 Writes OUTPUT_DIR/samples.npz (uint8 'videos' [N, T, H, W, C], plus the
 'conditioning' frames and 'labels' when used), samples.mp4 and samples.gif (a
@@ -25,7 +26,9 @@ _MODE = flags.DEFINE_enum(
     'unconditional: new clips. extend: a long video, clip by clip, from --input frames or '
     'from an unconditional first clip. predict: the first --context_frames of a clip given, '
     'the rest sampled. interpolate: keyframes every --stride frames given, the rest sampled. '
-    'superres: a low-resolution video given, the full-resolution one sampled.')
+    'superres: a low-resolution video given, the full-resolution one sampled. '
+    'i2v: a clip generated from an --input image (methods conditioned on a first frame, '
+    'e.g. TRIP; frame 1 is generated too).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where samples.{npz,mp4,gif} go.',
                                   required=True)
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to draw (one batch).')
@@ -78,7 +81,9 @@ _INPUT = flags.DEFINE_string(
     'the dataset (predict, interpolate, superres) or none (extend starts with an '
     'unconditional clip). Frames of any size and channels are centre-cropped, resized '
     '(superres: to size / --lowres_factor) and converted like training clips (see '
-    '--strict_input). interpolate: the file holds the keyframes.')
+    '--strict_input). interpolate: the file holds the keyframes. i2v: a PNG/JPEG image, '
+    'an npz (\'images\' [N, H, W, C], or \'videos\' whose first frames are used) or '
+    '"dataset" (the first frames of the eval split, the default).')
 _CONTEXT_FRAMES = flags.DEFINE_integer(
     'context_frames', None, 'predict: known first frames (default 1). extend: frames each new '
     'clip is conditioned on (default T // 2).')

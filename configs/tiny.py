@@ -1,6 +1,7 @@
 """A tiny configuration for tests: runs a train step in seconds on one CPU core.
 
   python train.py --config=configs/tiny.py --workdir=/tmp/tiny
+  python train.py --config=configs/tiny.py:trip --workdir=/tmp/tiny_trip   # TRIP i2v
 
 Hardware: any CPU. Expected result: finite losses; samples are noise-like.
 """
@@ -8,7 +9,8 @@ Hardware: any CPU. Expected result: finite losses; samples are noise-like.
 from configs import default
 
 
-def get_config():
+def get_config(method: str = 'vdm'):
+  """The tiny config of ``method`` ('vdm' or 'trip')."""
   config = default.get_config()
   config.data.num_frames = 4
   config.data.num_images = 2
@@ -30,4 +32,18 @@ def get_config():
   config.sampling.num_steps = 4
   config.eval.num_samples = 4
   config.eval.batch_size = 2
+  if method == 'trip':
+    from vdm.methods import trip  # pylint: disable=g-import-not-at-top
+    config.method = 'trip'
+    config.trip = trip.default_config()
+    config.trip.update(tnf_features=8, tnf_heads=2, tnf_head_dim=4, tnf_emb_dim=16,
+                       tnf_norm_groups=4)
+    # Video clips only, conditioned on their first frame rather than a label.
+    config.data.num_images = 0
+    config.data.label_key = ''
+    config.model.num_classes = 0
+    config.diffusion.cond_drop_prob = 0.0
+    config.training.num_samples = 0
+  elif method != 'vdm':
+    raise ValueError(f'configs/tiny.py:{method}: choose vdm or trip.')
   return config

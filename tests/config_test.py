@@ -11,11 +11,18 @@ from vdm import config_lib
 
 
 @pytest.mark.parametrize('name', ['default', 'tiny', 'ucf101_64', 'bair_64', 'videofusion_digits',
-                                  'videofusion_tiny'])
+                                  'videofusion_tiny', 'trip_digits'])
 def test_shipped_configs_validate(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   model_cfg = config_lib.validate_config(config)
   assert model_cfg.image_size == config.data.image_size
+
+
+def test_tiny_trip_config_validates():
+  from configs import tiny
+  config = tiny.get_config('trip')
+  config_lib.validate_config(config)
+  assert config.method == 'trip' and config.data.num_images == 0
 
 
 def _default():

@@ -225,6 +225,7 @@ def no_restore(monkeypatch):
     ('unconditional', dict(guidance_weight=-1.0), r'guidance_weight=-1.0 must be >= 0'),
     ('superres', dict(conditioning='replacement'), r'no frames to replace'),
     ('unconditional', dict(checkpoint_step=99), r'no checkpoint for step 99 .* \[2\]'),
+    ('i2v', {}, r"mode=i2v needs a method .* 'vdm' is not"),
 ])
 def test_bad_requests_fail_early(workdir, tmp_path, mode, kwargs, match):
   with pytest.raises((ValueError, FileNotFoundError), match=match):

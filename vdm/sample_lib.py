@@ -1,7 +1,7 @@
 """Sampling from a trained run: what ``sample.py`` calls.
 
 One function, ``sample``, reads a run's saved config and the EMA weights of
-one of its checkpoints and draws videos in one of five modes:
+one of its checkpoints and draws videos in one of six modes:
 
   unconditional  plain (or class-conditional) clips of ``num_frames`` frames;
   extend         a video of any length, clip by clip: reconstruction-guided
@@ -14,10 +14,14 @@ one of its checkpoints and draws videos in one of five modes:
                  sampled;
   superres       a low-resolution video given, the full-resolution one sampled
                  with the (unconditional) high-resolution model by
-                 reconstruction guidance on its bilinear downsample.
+                 reconstruction guidance on its bilinear downsample;
+  i2v            image-to-video: a clip generated from one image, for methods
+                 whose denoiser takes conditioning['first_frame'] (TRIP);
+                 frame 1 of the output is generated too, not pasted.
 
-Conditioning frames come from a file (mp4, GIF or npz, see ``read_input``) or
-from the first clips of the run's evaluation split (``input_path='dataset'``).
+Conditioning frames come from a file (mp4, GIF or npz, see ``read_input``;
+i2v: PNG, JPEG or npz, see ``read_image_input``) or from the first clips of
+the run's evaluation split (``input_path='dataset'``).
 
 Everything that can be checked without the network is checked first (mode,
 sampler options, labels, guidance weight, frame counts, the conditioning
@@ -47,7 +51,7 @@ from vdm import video_io
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
-MODES = ('unconditional', 'extend', 'interpolate', 'predict', 'superres')
+MODES = ('unconditional', 'extend', 'interpolate', 'predict', 'superres', 'i2v')
 # How extend joins clips (config.sampling.long_method).
 LONG_METHODS = long_video.LONG_METHODS
 # input_path value that takes conditioning clips from config.data.eval_split.
@@ -139,9 +143,10 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     input_path: conditioning video file (mp4/GIF [T, H, W, C], npz with
       'videos' [N', T, H, W, C] or [T, H, W, C]; rows are reused in turn to
       make N), 'dataset' for the first N clips of config.data.eval_split, or
-      None: the dataset for predict/interpolate/superres, an unconditional
-      first clip for extend. A file for interpolate holds the keyframes; for
-      superres the low-resolution frames.
+      None: the dataset for predict/interpolate/superres/i2v, an
+      unconditional first clip for extend. A file for interpolate holds the
+      keyframes; for superres the low-resolution frames; for i2v the images
+      (PNG/JPEG, or npz, see read_image_input).
     input_start, input_stride: frames taken from an input file: input_start,
       input_start + input_stride, ...
     strict_input: refuse an input file whose frames are not already the
@@ -183,6 +188,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
                'sampling.vidrd_order': vidrd_order}
   config = run_lib.apply_overrides(run_lib.load_config(workdir), overrides)
   config_lib.validate_config(config)
+  check_first_frame_mode(config, mode)
   _check_options(config, guidance_weight, label, conditioning, mode)
   plan = _plan(config, mode, num_frames, context_frames, stride, lowres_factor)
   if mode == 'extend' and config.sampling.long_method != 'reconstruction' and input_path:
@@ -192,6 +198,8 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
                                         _InputFrames(input_start, input_stride, strict_input))
   labels = _labels(config, label, num_samples, dataset_labels)
   extra = _extra_conditioning(config, cond_path, num_samples, plan.clip_frames)
+  if mode == 'i2v':
+    extra = dict(extra or {}, first_frame=video_io.to_model_range(known[:, 0]))
   _check_checkpoint(workdir, checkpoint_step)
 
   run = run_lib.restore_run(workdir, checkpoint_step, overrides)
@@ -244,6 +252,53 @@ def read_input(path: str) -> np.ndarray:
   if video.dtype != np.uint8:
     video = video_io.to_uint8(video)
   return video
+
+
+def read_image_input(path: str) -> np.ndarray:
+  """Images to start videos from (i2v), as uint8 [N', 1, H, W, C].
+
+  Args:
+    path: PNG or JPEG (one image), or npz ('images' [N', H, W, C] or [H, W,
+      C]; 'videos' [N', T, H, W, C] or [T, H, W, C], whose first frames are
+      taken; float arrays are taken to be in [-1, 1]).
+
+  Returns:
+    uint8 [N', 1, H, W, C]: each image as a one-frame video.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'input image {path!r} does not exist.')
+  images = video_io.read_images(path)
+  if images.ndim != 4:
+    raise ValueError(f'{path} holds an array of shape {images.shape}; expected images '
+                     "[N, H, W, C] or [H, W, C] ('images'), or videos [N, T, H, W, C] "
+                     "('videos') whose first frames are used.")
+  if images.dtype != np.uint8:
+    images = video_io.to_uint8(images)
+  return images[:, None]
+
+
+def check_first_frame_mode(config, mode: str) -> None:
+  """i2v needs a method whose denoiser takes a first frame; other modes one that does not.
+
+  Args:
+    config: the run's config.
+    mode: one of MODES.
+
+  Raises:
+    ValueError: naming the mode to use instead.
+  """
+  from vdm import methods  # pylint: disable=g-import-not-at-top
+  name = config.get('method', 'vdm')
+  first_frame = methods.get_method(config).conditions_on_first_frame
+  if mode == 'i2v' and not first_frame:
+    raise ValueError(
+        f"mode=i2v needs a method whose denoiser is conditioned on a first frame (e.g. "
+        f"config.method='trip'); this run's method {name!r} is not. To start its videos "
+        'from an image use mode=predict with context_frames=1 (reconstruction guidance on '
+        'the given frame).')
+  if mode != 'i2v' and first_frame:
+    raise ValueError(f"this run's method {name!r} generates videos from a first frame: use "
+                     f'mode=i2v (with an input image or the dataset), not mode={mode}.')
 
 
 def _check_checkpoint(workdir: str, step: Optional[int]) -> None:
@@ -336,6 +391,8 @@ def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional
     raise ValueError(f'num_frames={out} must be >= 1.')
   if mode == 'unconditional':
     return _Plan(out_frames=out, clip_frames=out)
+  if mode == 'i2v':
+    return _Plan(out_frames=out, clip_frames=out, known=1, cond_size=size, dataset_frames=1)
   if mode == 'predict':
     k = 1 if context_frames is None else context_frames
     if not 0 < k < out:
@@ -410,7 +467,8 @@ def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
   if select.start < 0 or select.stride < 1:
     raise ValueError(f'input_start={select.start} must be >= 0 and input_stride='
                      f'{select.stride} >= 1.')
-  video = read_input(input_path)  # [N', T', H', W', C']
+  # [N', T', H', W', C']; i2v: images as one-frame videos.
+  video = read_image_input(input_path) if mode == 'i2v' else read_input(input_path)
   s = plan.cond_size
   if not select.strict:
     # extend keeps every given frame, leaving at least one to generate.
@@ -470,7 +528,7 @@ def _conform_input(video: np.ndarray, path: str, size: int, channels: int,
 
 def _known_frames_meaning(mode: str) -> str:
   """What the known frames of ``mode`` are, for error messages."""
-  return {'predict': 'context_frames',
+  return {'predict': 'context_frames', 'i2v': 'one image',
           'interpolate': 'keyframes for num_frames at this stride',
           'superres': 'num_frames low-resolution frames'}[mode]
 
@@ -600,7 +658,7 @@ def _single_clip_sampler(config, mode: str, plan: _Plan, conditioning: str,
 
   Args:
     config: the run's config.
-    mode: 'unconditional', 'predict', 'interpolate' or 'superres'.
+    mode: 'unconditional', 'i2v', 'predict', 'interpolate' or 'superres'.
     plan: the run's frame layout.
     conditioning: 'reconstruction' or 'replacement' (predict, interpolate).
     sampler_kwargs: passed to samplers.sample.
@@ -614,7 +672,7 @@ def _single_clip_sampler(config, mode: str, plan: _Plan, conditioning: str,
 
   def run(model_fn, rng, cond, w_r):
     frames_kwargs = dict(method=conditioning, w_r=w_r, **sampler_kwargs)
-    if mode == 'unconditional':
+    if mode in ('unconditional', 'i2v'):  # i2v: the first frame is inside model_fn.
       shape = (num_samples, plan.out_frames, size, size, channels)
       return samplers.sample(model_fn, rng, shape, **sampler_kwargs)
     if mode == 'predict':

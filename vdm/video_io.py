@@ -82,3 +82,34 @@ def read_video(path: str) -> np.ndarray:
   if frames.ndim == 3:
     frames = frames[..., None]
   return frames[..., :3]
+
+
+
+def read_images(path: str) -> np.ndarray:
+  """Reads images (e.g. first frames) as [N, H, W, C], in the stored dtype.
+
+  A PNG/JPEG is one image (grey gets C = 1; an alpha channel is dropped). An
+  npz holds 'images' ([N, H, W, C] or [H, W, C]) or 'videos' (their first
+  frames: [N, T, H, W, C] or [T, H, W, C]); otherwise its first array is read
+  as images ([N, H, W, C] or [H, W, C]) or videos ([N, T, H, W, C]).
+
+  Returns:
+    An array [N, H, W, C], or the stored array unchanged when its rank fits
+    none of these (the caller reports its shape).
+  """
+  if path.endswith('.npz'):
+    with np.load(path) as data:
+      key = next((k for k in ('images', 'videos') if k in data), data.files[0])
+      array = np.asarray(data[key])
+    if key == 'videos' and array.ndim == 4:
+      array = array[None]  # One video [T, H, W, C].
+    if array.ndim == 5:
+      return array[:, 0]
+    return array[None] if array.ndim == 3 else array
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  image = np.asarray(iio.imread(path))
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] in (2, 4):
+    image = image[..., :-1]  # Alpha.
+  return image[None]

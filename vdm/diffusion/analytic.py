@@ -190,6 +190,16 @@ class GaussianData:
     trace = np.trace(np.asarray(self.noise_cov, np.float64))
     return float((trace - sigma2 * np.sum(gram / (alpha2 * vals + sigma2))) / len(vals))
 
+  def _conditional_gain(self, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gain [D_b, D_a], cov [D_b, D_b]): E[x^b | x^a] = m_b + gain (x^a - m_a)."""
+    known = np.asarray(known, bool)
+    v, l = np.asarray(self.eigvecs, np.float64), np.asarray(self.eigvals, np.float64)
+    s = (v * l) @ v.T  # In numpy: also usable while tracing a caller.
+    a, b = known, ~known
+    s_aa, s_ba, s_bb = s[np.ix_(a, a)], s[np.ix_(b, a)], s[np.ix_(b, b)]
+    gain = s_ba @ np.linalg.inv(s_aa)
+    return gain, s_bb - gain @ s_ba.T
+
   def conditional(self, known: np.ndarray, x_known: np.ndarray):
     """The exact law of the unknown coordinates given the known ones.
 
@@ -202,9 +212,47 @@ class GaussianData:
     """
     known = np.asarray(known, bool)
     m = np.asarray(self.mean, np.float64)
-    s = np.asarray(self.cov, np.float64)
-    a, b = known, ~known
-    s_aa, s_ba, s_bb = s[np.ix_(a, a)], s[np.ix_(b, a)], s[np.ix_(b, b)]
-    gain = s_ba @ np.linalg.inv(s_aa)
-    mean = m[b] + gain @ (np.asarray(x_known, np.float64) - m[a])
-    return mean, s_bb - gain @ s_ba.T
+    gain, cov = self._conditional_gain(known)
+    mean = m[~known] + gain @ (np.asarray(x_known, np.float64) - m[known])
+    return mean, cov
+
+  def conditional_eps_prediction(self, z: jax.Array, logsnr: jax.Array, known: np.ndarray,
+                                 x_known: jax.Array) -> jax.Array:
+    """E[eps | z_t, x^a]: the exact denoiser when the coordinates x^a are given clean.
+
+    The known coordinates' noise is determined, (z^a - alpha x^a) / sigma;
+    the others' is the exact denoiser of p(x^b | x^a) = N(m_b + G (x^a - m_a),
+    S_b|a) at z^b (their noise is independent of x^a and of eps^a).
+
+    Args:
+      z: z_t [B, *shape].
+      logsnr: lambda_t [B].
+      known: [D] bool numpy mask of the given coordinates (static).
+      x_known: [B, D_a] their clean values, per example.
+
+    Returns:
+      [B, *shape].
+    """
+    known = np.asarray(known, bool)
+    b = z.shape[0]
+    gain, cov = self._conditional_gain(known)
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    eigvals = jnp.asarray(np.maximum(eigvals, 0), jnp.float32)
+    eigvecs = jnp.asarray(eigvecs, jnp.float32)
+    alpha, sigma = schedules.alpha_sigma(jnp.asarray(logsnr, jnp.float32).reshape(b, 1))
+    m = np.asarray(self.mean, np.float64)
+    mean_b = (jnp.asarray(m[~known], jnp.float32) +
+              (x_known - jnp.asarray(m[known], jnp.float32)) @ jnp.asarray(gain.T, jnp.float32))
+    flat = z.reshape(b, -1)
+    r = flat[:, ~known] - alpha * mean_b  # [B, D_b]
+    eps_b = ((r @ eigvecs) * (sigma / (alpha**2 * eigvals + sigma**2))) @ eigvecs.T
+    eps_a = (flat[:, known] - alpha * x_known) / sigma
+    eps = jnp.zeros_like(flat).at[:, known].set(eps_a).at[:, ~known].set(eps_b)
+    return eps.reshape(z.shape)
+
+  def expected_conditional_eps_loss(self, logsnr: float, known: np.ndarray) -> float:
+    """E ||eps - E[eps | z_t, x^a]||^2 / D at one log-SNR (0 on the known coordinates)."""
+    _, cov = self._conditional_gain(known)
+    alpha2 = float(jax.nn.sigmoid(logsnr))
+    l = np.maximum(np.linalg.eigvalsh(cov), 0.0)
+    return float(np.sum(alpha2 * l / (alpha2 * l + 1.0 - alpha2)) / self.mean.shape[0])

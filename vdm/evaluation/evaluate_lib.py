@@ -21,6 +21,13 @@ every figure:
     the rest of the clip is sampled with reconstruction guidance
     (`vdm.sampling.predict_frames`); FVD is taken over all T frames (the k
     given ones included), as in the BAIR 1 -> 15 frame protocol.
+  - 'i2v': for methods conditioned on a first frame (TRIP): each sample is
+    generated from the first frame of one of the N real clips (frame 1
+    generated too); FVD over all T frames.
+  In 'predict' and 'i2v' modes the first-frame fidelity is reported too
+  (`vdm.evaluation.fidelity`): PSNR and SSIM of generated frame 1 against
+  the given image, the mean PSNR of the later frames to it, and the same
+  later-frames figure of the real clips (what the data itself scores).
 * Features: `vdm.evaluation.i3d` (Kinetics-400 I3D, the reference FVD
   protocol; see `i3d.FVD_PROTOCOL`). FVD = Frechet distance, KVD = unbiased
   cubic-polynomial-kernel MMD^2, both on the 400-d logits.
@@ -53,10 +60,11 @@ from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sampling
 from vdm import video_io
+from vdm.evaluation import fidelity
 from vdm.evaluation import i3d
 from vdm.evaluation import metrics
 
-MODES = ('unconditional', 'predict', 'long')
+MODES = ('unconditional', 'predict', 'long', 'i2v')
 # Versions the choice of real clips; part of the cache key, so a change in how
 # clips are selected can never reuse stale features.
 REAL_SELECTION = 'evenly-spaced-v1'
@@ -103,6 +111,8 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
         f'{i3d.MIN_FRAMES} or more to evaluate FVD.')
   if mode not in MODES:
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
+  from vdm import sample_lib  # pylint: disable=g-import-not-at-top
+  sample_lib.check_first_frame_mode(config, mode)
   if mode == 'predict' and not 0 < context_frames < t:
     raise ValueError(f'context_frames={context_frames} must be in (0, '
                      f'config.data.num_frames={t}) for mode=predict.')
@@ -334,6 +344,7 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
                        labels: Optional[np.ndarray] = None,
                        contexts: Optional[np.ndarray] = None,
                        num_frames: Optional[int] = None,
+                       first_frames: Optional[np.ndarray] = None,
                        on_videos: Optional[Callable[[int, np.ndarray], None]] = None
                        ) -> np.ndarray:
   """Samples N videos batch by batch and returns their I3D features.
@@ -354,6 +365,8 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
       None for unconditional sampling.
     num_frames: long videos of this many frames, clip by clip with the driver
       config.sampling.long_method names ('long' mode); None: one clip.
+    first_frames: uint8 [N, H, W, C] images the videos start from ('i2v'
+      mode: passed to the denoiser as conditioning['first_frame']), or None.
     on_videos: optional callback(first_index, uint8 videos) per batch (e.g.
       to keep a few samples).
 
@@ -372,8 +385,10 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     rows = min(bs, num - lo)
     key = jax.random.fold_in(rng, b)
     lab = _pad_rows(None if labels is None else np.asarray(labels[lo:lo + rows]), bs)
+    cond = None if first_frames is None else {'first_frame': _pad_rows(
+        video_io.to_model_range(first_frames[lo:lo + rows]), bs)}
     fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
-                          guidance_weight=c.sampling.guidance_weight)
+                          conditioning=cond, guidance_weight=c.sampling.guidance_weight)
     if num_frames is not None:
       videos = long_video.generate(fn, key, num_frames, sampling_config=c.sampling,
                                    clip_frames=t, clip_shape=(bs, size, size, c.data.channels),
@@ -469,15 +484,22 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   conditional = bool(run.method.num_classes())
   real, labels = real_features(config, split, num, batch_size=batch_size,
                                cache_dir=cache_dir, with_labels=conditional)
-  contexts = None
-  if mode == 'predict':
+  contexts = first = None
+  scores = []
+  if mode in ('predict', 'i2v'):
     s = split_size(config, split)
+    frames = context_frames if mode == 'predict' else 1
     contexts = _real_pass(config, split, select_indices(s, num), batch_size,
-                          num_frames=context_frames, features=False,
+                          num_frames=frames, features=False,
                           keep_videos=True, what='context frames')['videos']
-  fake = generated_features(run, num, batch_size=batch_size, seed=seed,
-                            labels=labels, contexts=contexts,
-                            num_frames=num_frames if mode == 'long' else None)
+    first = contexts[:, 0]  # [N, H, W, C]
+  fake = generated_features(
+      run, num, batch_size=batch_size, seed=seed, labels=labels,
+      contexts=contexts if mode == 'predict' else None,
+      num_frames=num_frames if mode == 'long' else None,
+      first_frames=first if mode == 'i2v' else None,
+      on_videos=None if first is None else lambda lo, v: scores.append(
+          fidelity.first_frame_scores(first[lo:lo + len(v)], v)))
   sc = config.sampling
   result = {
       **_distances(real, fake),
@@ -504,8 +526,42 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
     if sc.long_method == 'vidrd':
       result.update(vidrd_overlap=int(sc.vidrd_overlap), vidrd_noise_a=float(sc.vidrd_noise_a),
                     vidrd_beta=float(sc.vidrd_beta), vidrd_order=str(sc.vidrd_order))
+  if mode == 'i2v':
+    result['fvd_frames'] = 'all frames, generated frame 1 included'
+  if first is not None:
+    result.update(_first_frame_fidelity(config, split, num, batch_size, scores))
   result['seconds'] = round(time.time() - start, 1)
   return result
+
+
+def _first_frame_fidelity(config, split: str, num: int, batch_size: int,
+                          scores: list) -> dict:
+  """Means of the per-video fidelity scores, and the real clips' own figure.
+
+  Args:
+    config: the run's config.
+    split: real split.
+    num: N.
+    batch_size: reading batch size.
+    scores: fidelity.first_frame_scores of every generated batch.
+
+  Returns:
+    {'first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',
+     'real_later_frames_psnr', 'fidelity_protocol'}.
+  """
+  means = {k: float(np.mean(np.concatenate([s[k] for s in scores]))) for k in scores[0]}
+  real = _real_pass(config, split, select_indices(split_size(config, split), num),
+                    batch_size, features=False, keep_videos=True,
+                    what='real clips for fidelity')['videos']  # [N, T, H, W, C]
+  real_scores = fidelity.first_frame_scores(real[:, 0], real)
+  if 'later_frames_psnr' in real_scores:
+    means['real_later_frames_psnr'] = float(np.mean(real_scores['later_frames_psnr']))
+  means['fidelity_protocol'] = (
+      f'uint8 frames against the given image (frame 1 of the real clip); PSNR capped at '
+      f'{fidelity.PSNR_CAP:g} dB (identical); SSIM with an 11x11 Gaussian window of std '
+      f'{fidelity.SSIM_SIGMA} (smaller on frames under 11 px); later frames: mean PSNR of '
+      'frames 2..T')
+  return means
 
 
 def real_vs_real(config, *, num: int, split: str, batch_size: int,
@@ -576,8 +632,9 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   """Evaluates a checkpoint (or the real split against itself); prints JSON.
 
   Prints progress on stderr, then the result as ONE JSON line on stdout, and
-  writes it to workdir/eval/<step>.json ('predict' mode:
-  <step>_predict<k>.json; 'long': <step>_long<F>_<long_method>.json; real vs real: real_vs_real_<split>_<N>.json, only
+  writes it to workdir/eval/<step>.json ('predict' mode: <step>_predict<k>.json;
+  'long': <step>_long<F>_<long_method>.json; 'i2v': <step>_i2v.json; real vs
+  real: real_vs_real_<split>_<N>.json, only
   when a workdir is given).
 
   Args:
@@ -586,8 +643,8 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
       workdir/config.json (no training run needed); not allowed otherwise.
     num_samples: N; config.eval.num_samples when None.
     split: real split; config.data.eval_split when None.
-    mode: 'unconditional', 'predict' or 'long' (videos of num_frames frames,
-      clip by clip, FVD against real clips of that length).
+    mode: 'unconditional', 'predict', 'long' (videos of num_frames frames,
+      clip by clip, FVD against real clips of that length) or 'i2v'.
     context_frames: k given frames in 'predict' mode.
     checkpoint_step: the checkpoint; the newest when None.
     batch_size: sampling / I3D batch; config.eval.batch_size when None.
@@ -636,10 +693,17 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
                        context_frames=context_frames, batch_size=bs, seed=seed,
                        cache_dir=cache_dir, num_frames=num_frames)
   result['workdir'] = workdir
-  name = {'unconditional': f'{step}.json', 'predict': f'{step}_predict{context_frames}.json',
-          'long': f'{step}_long{num_frames}_{run.config.sampling.long_method}.json'}[mode]
+  name = _result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method)
   _emit(result, os.path.join(workdir, 'eval', name))
   return result
+
+
+def _result_name(step: int, mode: str, context_frames: int = 1,
+                 num_frames: Optional[int] = None, long_method: str = '') -> str:
+  """workdir/eval/ file name of a result."""
+  return {'unconditional': f'{step}.json', 'i2v': f'{step}_i2v.json',
+          'predict': f'{step}_predict{context_frames}.json',
+          'long': f'{step}_long{num_frames}_{long_method}.json'}[mode]
 
 
 class PeriodicEvaluation:
@@ -647,7 +711,8 @@ class PeriodicEvaluation:
 
   ``train.py`` passes it to ``train_lib.train(hooks=...)``; training itself
   knows nothing of evaluation. It uses config.eval.num_samples,
-  config.eval.batch_size, the eval split, unconditional mode and seed 0, so
+  config.eval.batch_size, the eval split, seed 0 and unconditional mode ('i2v'
+  for methods conditioned on a first frame), so
   the figure equals what `python evaluate.py --workdir=...
   --checkpoint_step=<step>` reports for the same checkpoint. Every process
   calls it (sampling is one jitted program); process 0 writes
@@ -663,7 +728,10 @@ class PeriodicEvaluation:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, writer=None):
-    check_config(config)
+    from vdm import methods  # pylint: disable=g-import-not-at-top
+    # A method conditioned on a first frame is evaluated in i2v mode.
+    self.mode = 'i2v' if methods.get_method(config).conditions_on_first_frame else 'unconditional'
+    check_config(config, self.mode)
     self.config, self.workdir = config, workdir
     self.every, self.last = int(config.eval.every_steps), int(config.training.num_steps)
     self._static = None  # (method, graphdef), built at the first evaluation.
@@ -681,10 +749,10 @@ class PeriodicEvaluation:
     run = run_lib.Run(self.config, method, graphdef, state.ema_params, step)
     split = str(self.config.data.get('eval_split', 'test'))
     result = _model_eval(run, num=int(self.config.eval.num_samples), split=split,
-                         mode='unconditional', context_frames=1,
+                         mode=self.mode, context_frames=1,
                          batch_size=int(self.config.eval.batch_size), seed=0, cache_dir=None)
     result['workdir'] = self.workdir
-    _emit(result, os.path.join(self.workdir, 'eval', f'{step}.json'))
+    _emit(result, os.path.join(self.workdir, 'eval', _result_name(step, self.mode, 1)))
     if jax.process_index() == 0:
       if self._writer is None:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top

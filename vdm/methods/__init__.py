@@ -20,6 +20,7 @@ from vdm.methods import base
 METHODS = {
     'vdm': 'vdm.methods.vdm',
     'videofusion': 'vdm.methods.videofusion',
+    'trip': 'vdm.methods.trip',
 }
 
 

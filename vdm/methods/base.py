@@ -28,14 +28,23 @@ class Method:
   """Base class of the methods in vdm/methods/ (see that package's docstring).
 
   Subclasses must define ``build``, ``loss`` and ``denoiser``; ``noise``,
-  ``noise_frame_covariance``, ``param_labels``, ``lr_multipliers``, ``validate`` and ``initial_params``
+  ``noise_frame_covariance``, ``param_labels``, ``lr_multipliers``, ``validate``,
+  ``initial_params`` and ``conditions_on_first_frame``
   have defaults.
   Instances are hashable by identity, so jitted functions can close over
   them or take them as static arguments.
 
+  Attributes:
+    conditions_on_first_frame: the denoiser needs conditioning['first_frame']
+      [N, H, W, C] (image-to-video): sampling and evaluation then run in
+      their 'i2v' mode only, and a method without it refuses that mode
+      before anything compiles.
+
   Args:
     config: the full run config.
   """
+
+  conditions_on_first_frame: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

@@ -134,3 +134,57 @@ class TemporalAttention(_SelfAttention):
     y = y.reshape(b, h, w, t, self.num_heads * self.head_dim)
     y = jnp.moveaxis(y, 3, 1)  # [B, T, H, W, N*D]
     return x + self.out(y).astype(x.dtype)
+
+
+class CrossAttention(nnx.Module):
+  """Multi-head attention of every query token over its own short context.
+
+  Each query position (any leading shape) attends over the L context tokens
+  stored beside it, not over other positions: TRIP's noise fusion lets each
+  pixel of each frame choose between its image noise prior and its residual
+  noise (L = 2). Keys and values may be different views of the context
+  (e.g. normalised features for the keys, raw values for the values).
+
+  Args:
+    query_dim: features of the queries.
+    key_dim: features of the key tokens.
+    value_dim: features of the value tokens.
+    out_dim: features of the output.
+    num_heads, head_dim: attention heads and features per head.
+    rngs: parameter initialisation keys.
+  """
+
+  def __init__(self, query_dim: int, key_dim: int, value_dim: int, out_dim: int,
+               num_heads: int, head_dim: int, *, rngs: nnx.Rngs):
+    inner = num_heads * head_dim
+    self.query = layers.Dense(query_dim, inner, rngs=rngs)
+    self.key = layers.Dense(key_dim, inner, rngs=rngs)
+    self.value = layers.Dense(value_dim, inner, rngs=rngs)
+    self.out = layers.Dense(inner, out_dim, rngs=rngs, logical_axes=('mlp', 'embed'))
+    self.num_heads = num_heads
+    self.head_dim = head_dim
+
+  def __call__(self, x: jax.Array, keys: jax.Array, values: jax.Array,
+               bias: Optional[jax.Array] = None) -> jax.Array:
+    """Attends.
+
+    Args:
+      x: queries [..., query_dim].
+      keys: [..., L, key_dim], the context of every query position.
+      values: [..., L, value_dim].
+      bias: optional additive logits [num_heads, L] (the same for every
+        position).
+
+    Returns:
+      [..., out_dim].
+    """
+    lead = x.shape[:-1]
+    n = math.prod(lead)
+    length = keys.shape[-2]
+    q = self.query(x).reshape(n, 1, self.num_heads, self.head_dim)
+    k = self.key(keys).reshape(n, length, self.num_heads, self.head_dim)
+    v = self.value(values).reshape(n, length, self.num_heads, self.head_dim)
+    if bias is not None:
+      bias = bias[None, :, None, :]  # [1, N, 1, L]
+    y = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [n, 1, N, D]
+    return self.out(y.reshape(lead + (self.num_heads * self.head_dim,)))

@@ -1,0 +1,139 @@
+"""TRIP image-to-video variants at equal training wall-clock time (README table).
+
+Trains each variant of configs/trip_digits.py for the same wall-clock budget
+(counted from the end of the first, compiling, step; the learning rate is
+constant after warm-up so that no run is cut off mid-decay), then evaluates
+it on the first frames of N test clips with the run's own evaluate.py code:
+
+  tnf       TRIP: prepended first frame, Temporal Noise Fusion
+  linear    TRIP with linear fusion (l^1 = 1 down to l^N = 0)
+  minus     TRIP^-: the U-Net alone on the prepended frame (fusion = none)
+  channels  TRIP_C: first frame concatenated as input channels (fusion = none)
+  recon     a plain unconditional model, reconstruction guidance on frame 1
+            (evaluate.py --mode=predict --context_frames=1)
+
+  python benchmarks/trip_i2v.py --variants=tnf,linear,minus,channels,recon \\
+      --budget_s=300 --num_samples=64 --steps=16 --root=runs/trip_i2v
+
+Prints one JSON line per variant and a Markdown table at the end; writes
+benchmarks/results/trip_i2v.json (merged with earlier variants of the same
+root). Every run's workdir keeps its checkpoints, config and eval JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from configs import trip_digits  # pylint: disable=g-import-not-at-top
+from vdm import train_lib
+from vdm.evaluation import evaluate_lib
+
+VARIANTS = {
+    'tnf': ('trip', {'trip.fusion': 'tnf'}),
+    'linear': ('trip', {'trip.fusion': 'linear'}),
+    'minus': ('trip', {'trip.fusion': 'none'}),
+    'channels': ('trip', {'trip.fusion': 'none', 'trip.condition': 'channels'}),
+    'recon': ('vdm', {}),
+}
+NAMES = {'tnf': 'TRIP (TNF)', 'linear': 'TRIP, linear fusion', 'minus': 'TRIP^- (U-Net alone)',
+         'channels': 'TRIP_C (channel concat)', 'recon': 'reconstruction guidance, uncond. model'}
+
+
+class _Deadline(Exception):
+  """Raised by the deadline hook once the budget is spent (after a checkpoint)."""
+
+
+def deadline_hook(budget_s: float, record: dict):
+  """A train_lib hook: saves and stops once budget_s have passed since step 1."""
+
+  def hook(step, state, checkpointer):
+    now = time.time()
+    if 'start' not in record:
+      record['start'], record['first_step'] = now, step
+      return
+    record['steps'], record['seconds'] = step, now - record['start']
+    if now - record['start'] >= budget_s:
+      checkpointer.save(step, state)
+      raise _Deadline()
+  return hook
+
+
+def config_of(variant: str, max_steps: int):
+  method, overrides = VARIANTS[variant]
+  config = trip_digits.get_config(method)
+  for dotted, value in overrides.items():
+    section, key = dotted.split('.')
+    config[section][key] = value
+  config.optimizer.decay = 'none'
+  config.training.num_steps = max_steps
+  config.training.checkpoint_every = max_steps  # The deadline hook saves the last state.
+  return config
+
+
+def run_variant(variant: str, args) -> dict:
+  workdir = os.path.join(args.root, variant)
+  config = config_of(variant, args.max_steps)
+  record = {}
+  if not os.path.exists(os.path.join(workdir, 'checkpoints')):
+    try:
+      train_lib.train(config, workdir, hooks=[deadline_hook(args.budget_s, record)])
+    except _Deadline:
+      pass
+  mode = 'predict' if variant == 'recon' else 'i2v'
+  result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples, mode=mode,
+                                 context_frames=1, steps=args.steps,
+                                 batch_size=args.batch_size)
+  keep = ('fvd', 'kvd', 'first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',
+          'real_later_frames_psnr', 'step', 'num_samples', 'sampling_steps', 'mode')
+  row = {k: result[k] for k in keep if k in result}
+  row.update(variant=variant, train_seconds=round(record.get('seconds', float('nan')), 1),
+             budget_s=args.budget_s, workdir=workdir, eval_seconds=result['seconds'])
+  print(json.dumps(row, sort_keys=True), flush=True)
+  return row
+
+
+def table(rows) -> str:
+  lines = ['| variant | steps in budget | FVD | frame-1 PSNR (dB) | frame-1 SSIM | '
+           'later frames PSNR (dB) |', '|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {NAMES[r['variant']]} | {r['step']} | {r['fvd']:.0f} | "
+                 f"{r['first_frame_psnr']:.1f} | {r['first_frame_ssim']:.3f} | "
+                 f"{r['later_frames_psnr']:.1f} |")
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--budget_s', type=float, default=300.0)
+  parser.add_argument('--max_steps', type=int, default=5000)
+  parser.add_argument('--num_samples', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=16)
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--root', default=os.path.join(ROOT, 'runs', 'trip_i2v'))
+  args = parser.parse_args()
+  out = os.path.join(ROOT, 'benchmarks', 'results', 'trip_i2v.json')
+  rows = {}
+  if os.path.exists(out):
+    with open(out) as f:
+      rows = {r['variant']: r for r in json.load(f) if r.get('workdir', '').startswith(args.root)}
+  for variant in args.variants.split(','):
+    rows[variant] = run_variant(variant, args)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump(list(rows.values()), f, indent=2, sort_keys=True)
+  ordered = [rows[v] for v in VARIANTS if v in rows]
+  print(table(ordered))
+  print(f'Wrote {out}')
+
+
+if __name__ == '__main__':
+  main()
