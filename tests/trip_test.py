@@ -505,9 +505,10 @@ def test_i2v_requests_fail_before_anything_compiles(tmp_path):
   iio.imwrite(tmp_path / 'colour.png', colour)
   np.savez(tmp_path / 'flat.npz', images=np.zeros((S * S,), np.uint8))
   cases = [
-      (dict(mode='i2v', input_path=str(tmp_path / 'big.png')),
+      # Converted like training clips unless strict_input.
+      (dict(mode='i2v', input_path=str(tmp_path / 'big.png'), strict_input=True),
        rf'has 16x16 frames; i2v expects {S}x{S}'),
-      (dict(mode='i2v', input_path=str(tmp_path / 'colour.png')),
+      (dict(mode='i2v', input_path=str(tmp_path / 'colour.png'), strict_input=True),
        r'3-channel colour frames; the model expects 1 channel'),
       (dict(mode='i2v', input_path=str(tmp_path / 'flat.npz')), r'expected images \[N, H, W, C\]'),
       (dict(mode='i2v', input_path=str(tmp_path / 'none.png')), r'does not exist'),
@@ -517,6 +518,11 @@ def test_i2v_requests_fail_before_anything_compiles(tmp_path):
   for kwargs, match in cases:
     with pytest.raises((ValueError, FileNotFoundError), match=match):
       sample_lib.sample(workdir, str(tmp_path / 'out'), num_samples=2, **kwargs)
+  # Without strict_input the same image is converted and sampling goes on to
+  # look for the checkpoint (there is none here): no input check refused it.
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    sample_lib.sample(workdir, str(tmp_path / 'out'), num_samples=2, mode='i2v',
+                      input_path=str(tmp_path / 'big.png'))
   plain = tiny_trip_config()
   del plain['trip']
   plain.method = 'vdm'
