@@ -39,6 +39,8 @@ from vdm.diffusion import samplers  # pylint: disable=g-import-not-at-top,wrong-
 from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NAME = 'sampler_quality'
+# The digit classifier's figures (single-digit moving digits only).
+DIGIT_KEYS = ('digit_accuracy', 'digit_consistency', 'digit_accuracy_ceiling')
 
 
 def steps_for(sampler: str, evaluations: int) -> int:
@@ -86,10 +88,26 @@ def plot(record: dict, path: str) -> bool:
   except ImportError:
     print('matplotlib is not installed: no plot (pip install matplotlib).', file=sys.stderr)
     return False
-  fig, ax = plt.subplots(figsize=(6, 4))
+  with_digits = all('digit_accuracy' in p for p in record['points'])
+  fig, axes = plt.subplots(1, 2 if with_digits else 1, figsize=(11 if with_digits else 6, 4),
+                           squeeze=False)
+  ax = axes[0, 0]
   for label in dict.fromkeys(p['label'] for p in record['points']):
     pts = sorted((p['evaluations'], p['fvd']) for p in record['points'] if p['label'] == label)
     ax.plot(*zip(*pts), marker='o', label=label)
+    if with_digits:
+      acc = sorted((p['evaluations'], 100 * p['digit_accuracy'])
+                   for p in record['points'] if p['label'] == label)
+      axes[0, 1].plot(*zip(*acc), marker='o', label=label)
+  if with_digits:
+    a = axes[0, 1]
+    a.axhline(100 * record['points'][0]['digit_accuracy_ceiling'], color='grey', linestyle='--',
+              label='real frames')
+    a.set_xscale('log', base=2)
+    a.set_xlabel('denoiser evaluations per video')
+    a.set_ylabel('conditional digit accuracy (%)')
+    a.grid(True, which='both', alpha=0.3)
+    a.legend()
   if record.get('floor') is not None:
     ax.axhline(record['floor'], color='grey', linestyle='--',
                label=f"real vs real ({record['floor']:.0f})")
@@ -127,6 +145,15 @@ def report(record: dict) -> str:
           f" ({p['evaluations']})" if p['evaluations'] != e else ''))
     rows.append(row)
   text = common.table(rows)
+  if all('digit_accuracy' in p for p in record['points']):
+    rows = [['sampler'] + [f'{e} evals' for e in budgets]]
+    for label in labels:
+      rows.append([label] + ['-' if cells.get((label, e)) is None else
+                             f"{100 * cells[(label, e)]['digit_accuracy']:.1f}%"
+                             for e in budgets])
+    text += ('\n\nDigit accuracy (ceiling, real frames: '
+             f"{100 * record['points'][0]['digit_accuracy_ceiling']:.1f}%):\n\n"
+             + common.table(rows))
   if record.get('best'):
     rows = [['sampler', 'best at evals', 'steps', 'FVD', 's / video']]
     for b in record['best']:
@@ -197,6 +224,7 @@ def main(argv=None):
           'label': spec, 'sampler': sampler, 'time_grid': grid, 'steps': steps,
           'evaluations': evaluations_of(sampler, steps), 'fvd': result['fvd'],
           'kvd': result['kvd'], 'eval_s': time.time() - start,
+          **{k: result[k] for k in DIGIT_KEYS if k in result},
           'load_average': common.load_average()})
       common.write_result(record, NAME)
       print(f'{spec} x {steps} steps: FVD {result["fvd"]:.1f} '

@@ -16,6 +16,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.data.dataset = 'bair_robot_pushing_small'
+  config.data.random_flip = True  # Left-right flips of clips: more scenes from the same data.
   config.data.video_key = 'image_main'
   config.data.label_key = ''
   config.data.num_frames = 16

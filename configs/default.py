@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- data: what videos the model sees -------------------------------------
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'moving_digits/32'  # TFDS name; moving_digits is built offline.
+  data.dataset = 'moving_digits/single_32'  # TFDS name; moving_digits (one digit per video: single_32) is built offline.
   data.data_dir = 'data/tfds'        # TFDS data_dir holding prepared datasets.
   data.train_split = 'train'         # Split to train on.
   data.eval_split = 'test'           # Split for evaluation and conditioning frames.
@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.image_size = 32               # Frame height and width after resize/crop.
   data.channels = 1                  # 1 (grayscale) or 3 (RGB) channels fed to the model.
   data.num_images = 2                # K: independent images appended per video (joint training).
-  data.random_flip = True            # Random left-right flips of clips and images.
+  data.random_flip = False           # Random left-right flips of clips and images (never for digits: a flipped 2 is no digit).
   data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
   data.seed = 0                      # Seed of the data order and augmentation.
@@ -98,12 +98,12 @@ def get_config() -> ml_collections.ConfigDict:
   training.keep_checkpoints = 3      # Checkpoints kept on disk.
   training.async_checkpoints = True  # Write checkpoints in the background.
   training.sample_every = 1000       # Steps between sample videos written to workdir/samples (0 = only at end).
-  training.num_samples = 8           # Videos per periodic sample (0 = no samples).
+  training.num_samples = 10          # Videos per periodic sample, labels 0, 1, 2, ... (0 = no samples).
 
   # --- sampling ------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.sampler = 'ddim'          # 'ancestral', 'ddim', 'pc' (predictor-corrector), 'dpm++2m' or 'dpm++3m' (DPM-Solver++ multistep).
-  sampling.num_steps = 64            # Denoising steps (model evaluations; 'pc' adds its corrections).
+  sampling.sampler = 'ancestral'     # 'ancestral', 'ddim', 'pc' (predictor-corrector), 'dpm++2m' or 'dpm++3m' (DPM-Solver++ multistep).
+  sampling.num_steps = 32            # Denoising steps (model evaluations; 'pc' adds its corrections).
   sampling.time_grid = 'auto'        # 'uniform_t', 'uniform_logsnr' or 'auto': uniform_t for ancestral/ddim/pc, uniform_logsnr (lambda in [-8.8, 12.4]) for dpm++.
   sampling.gamma = 0.1               # Ancestral variance interpolation (paper: UCF 0.1, BAIR 0).
   sampling.pc_delta = 0.1            # Langevin step size of the corrector.

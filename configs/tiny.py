@@ -12,6 +12,10 @@ from configs import default
 def get_config(method: str = 'vdm'):
   """The tiny config of ``method`` ('vdm' or 'trip')."""
   config = default.get_config()
+  # Tests build small copies of the 1-3 digit dataset (moving_digits.prepare
+  # with num_train=32 and so on) and pass its data_dir.
+  config.data.dataset = 'moving_digits/32'
+  config.data.random_flip = True
   config.data.num_frames = 4
   config.data.num_images = 2
   config.data.image_size = 8

@@ -16,6 +16,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.data.dataset = 'ucf101'
+  config.data.random_flip = True  # Left-right flips: UCF101 actions are mirror-symmetric.
   config.data.num_frames = 16
   config.data.frameskip = 1
   config.data.image_size = 64

@@ -49,8 +49,9 @@ def _config(data_dir, **data):
 def run(tmp_path_factory):
   """(config, workdir, final train state) of a 2-step tiny run."""
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  moving_digits.prepare(data_dir, 32, num_train=32, num_test=16, verbose=False)
-  config = _config(data_dir)
+  # One digit per video, so the digit classifier scores the samples too.
+  moving_digits.prepare(data_dir, 'single_32', num_train=32, num_test=16, verbose=False)
+  config = _config(data_dir, dataset='moving_digits/single_32')
   workdir = str(tmp_path_factory.mktemp('run'))
   state = train_lib.train(config, workdir)
   return config, workdir, state
@@ -104,8 +105,13 @@ def test_evaluate_end_to_end(run, capsys, monkeypatch):
   assert (line['frames'], line['resolution'], line['frameskip']) == (10, 8, 1)
   assert line['replacement'] == 'without'
   assert line['protocol_version'] == i3d.FVD_PROTOCOL['version']
-  assert line['dataset'] == 'moving_digits/32'
+  assert line['dataset'] == 'moving_digits/single_32'
   assert line['sample_labels'] == 'labels of the real clips'  # tiny is class-conditional.
+  # The digit classifier, fitted on the 32 train clips, scored every frame.
+  for key in ('digit_accuracy', 'digit_consistency', 'digit_accuracy_ceiling',
+              'digit_consistency_ceiling'):
+    assert 0.0 <= line[key] <= 1.0, key
+  assert line['digit_accuracy'] * N * 10 == pytest.approx(round(line['digit_accuracy'] * N * 10))
   path = os.path.join(workdir, 'eval', '2.json')
   with open(path) as f:
     assert json.load(f) == line

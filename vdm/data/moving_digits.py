@@ -1,6 +1,6 @@
 """Moving digits: a small, real, offline video dataset bundled with the code.
 
-Videos of one to three handwritten digits bouncing inside a square frame, in
+Videos of handwritten digits bouncing inside a square frame, in
 the spirit of Moving MNIST, but made from scikit-learn's bundled copy of the
 UCI handwritten digits (1,797 real 8x8 scans, values 0..16), so that it can be
 built on a machine without internet access.
@@ -11,7 +11,10 @@ Two layers:
   not import TensorFlow or TFDS, so machines without them (the accelerator
   machines) can still produce exactly the same videos in memory.
 * `get_builder_cls()` / `prepare(...)`: a TFDS `GeneratorBasedBuilder` named
-  `moving_digits` (configs `moving_digits/32` and `moving_digits/64`) that
+  `moving_digits` (configs `moving_digits/32` and `moving_digits/64`: one to
+  three digits per video, the label being the first one's class;
+  `moving_digits/single_32` and `moving_digits/single_64`: exactly one digit,
+  so the label is the class of every frame's only digit) that
   writes the generator's output in the array_record format, so the input
   pipeline can read it with random access through `tfds.data_source`. TFDS is
   imported only inside these functions.
@@ -43,6 +46,9 @@ DEFAULT_NUM_TRAIN = 4000
 DEFAULT_NUM_TEST = 512
 RESOLUTIONS = (32, 64)
 VERSION = '1.0.0'
+# TFDS config name -> (resolution, most digits per video).
+CONFIGS = {'32': (32, MAX_DIGITS), '64': (64, MAX_DIGITS),
+           'single_32': (32, 1), 'single_64': (64, 1)}
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
 
@@ -126,11 +132,11 @@ def _fold(p: np.ndarray, limit: float) -> np.ndarray:
 
 def _make_video(rng: np.random.Generator, pool: np.ndarray,
                 digits_img: np.ndarray, classes: np.ndarray, num_frames: int,
-                image_size: int):
+                image_size: int, max_digits: int):
   """One video: returns (uint8 [T, H, W], int32 [3] classes, int32 [3] sources)."""
   size = digits_img.shape[-1]
   limit = float(image_size - size)
-  n = int(rng.integers(1, MAX_DIGITS + 1))
+  n = int(rng.integers(1, max_digits + 1))
   src = rng.choice(pool, size=n, replace=False)
   start = rng.uniform(0.0, limit, size=(n, 2))  # [n, (y, x)]
   # Each digit gets its own speed and direction; the speed scales with the
@@ -157,13 +163,13 @@ def _make_video(rng: np.random.Generator, pool: np.ndarray,
 
 
 def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
-             image_size: int = 32, seed: int = 0, start: int = 0
-             ) -> Dict[str, np.ndarray]:
+             image_size: int = 32, seed: int = 0, start: int = 0,
+             max_digits: int = MAX_DIGITS) -> Dict[str, np.ndarray]:
   """Generates moving digits videos with plain numpy.
 
-  Video `i` depends only on (split, seed, i, num_frames, image_size), so any
-  range of videos can be generated on its own (`start`) and matches the same
-  rows of a larger call.
+  Video `i` depends only on (split, seed, i, num_frames, image_size,
+  max_digits), so any range of videos can be generated on its own (`start`)
+  and matches the same rows of a larger call.
 
   Args:
     split: 'train' or 'test' (they use disjoint source scans).
@@ -172,12 +178,13 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
     image_size: frame side H = W (>= 8).
     seed: non-negative integer seed.
     start: index of the first video.
+    max_digits: each video has 1..max_digits digits (uniformly); 1: exactly one.
 
   Returns:
     dict with
       video: uint8 [N, T, H, W, 1], values 0..255.
       label: int32 [N], class (0..9) of the first digit.
-      digits: int32 [N, 3], classes of the 1-3 digits, padded with -1.
+      digits: int32 [N, 3], classes of the digits, padded with -1.
       sources: int32 [N, 3], indices into `sklearn.datasets.load_digits()` of
         the scans used, padded with -1 (for checks; not in the TFDS dataset).
   """
@@ -187,6 +194,8 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
     raise ValueError(f'moving_digits image_size must be >= 8, got {image_size}')
   if seed < 0 or start < 0 or num_videos < 0:
     raise ValueError('seed, start and num_videos must be non-negative')
+  if not 1 <= max_digits <= MAX_DIGITS:
+    raise ValueError(f'moving_digits max_digits must be 1..{MAX_DIGITS}, got {max_digits}')
   digits_img, classes = _upsampled_digits(digit_size(image_size))
   pool = source_indices(split)
   video = np.zeros((num_videos, num_frames, image_size, image_size, 1), np.uint8)
@@ -198,7 +207,7 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
     # apart even for the same seed.
     rng = np.random.default_rng([_SPLIT_CODES[split], seed, start + j])
     frames, digits[j], sources[j] = _make_video(
-        rng, pool, digits_img, classes, num_frames, image_size)
+        rng, pool, digits_img, classes, num_frames, image_size, max_digits)
     video[j, ..., 0] = frames
   return dict(video=video, label=digits[:, 0].copy(), digits=digits,
               sources=sources)
@@ -239,20 +248,23 @@ def get_builder_cls():
   from etils import epath  # pylint: disable=g-import-not-at-top
 
   class MovingDigitsConfig(tfds.core.BuilderConfig):
-    """A resolution of moving digits ('moving_digits/32', '.../64')."""
+    """A variant of moving digits: its resolution and digits per video."""
 
-    def __init__(self, *, resolution: int, **kwargs):
-      super().__init__(name=str(resolution),
-                       description=f'{resolution}x{resolution} frames.',
+    def __init__(self, *, name: str, **kwargs):
+      resolution, max_digits = CONFIGS[name]
+      digits = ('one digit' if max_digits == 1 else f'1 to {max_digits} digits') + ' per video'
+      super().__init__(name=name,
+                       description=f'{resolution}x{resolution} frames, {digits}.',
                        **kwargs)
       self.resolution = resolution
+      self.max_digits = max_digits
 
   class MovingDigits(tfds.core.GeneratorBasedBuilder):
     """Handwritten digits (scikit-learn's UCI scans) bouncing in a frame."""
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): 'First release.'}
-    BUILDER_CONFIGS = [MovingDigitsConfig(resolution=r) for r in RESOLUTIONS]
+    BUILDER_CONFIGS = [MovingDigitsConfig(name=n) for n in CONFIGS]
     DEFAULT_CONFIG_NAME = '32'
 
     def __init__(self, *, num_train: int = DEFAULT_NUM_TRAIN,
@@ -281,14 +293,14 @@ def get_builder_cls():
       shape = (self._num_frames, res, res, 1)
       return self.dataset_info_from_configs(
           description=(
-              'One to three real handwritten digits (scikit-learn UCI 8x8 '
-              'scans, smoothly upsampled) bouncing off the walls with their '
-              'own velocities, composited with max. Train and test use '
-              'disjoint scans.'),
+              'Real handwritten digits (scikit-learn UCI 8x8 scans, smoothly '
+              'upsampled) bouncing off the walls with their own velocities, '
+              'composited with max; ' + self.builder_config.description +
+              ' Train and test use disjoint scans.'),
           features=tfds.features.FeaturesDict({
               'video': tfds.features.Tensor(
                   shape=shape, dtype=np.uint8, encoding='zlib'),
-              'label': tfds.features.ClassLabel(num_classes=10),
+              'label': tfds.features.ClassLabel(num_classes=10),  # The first digit's.
               'digits': tfds.features.Tensor(
                   shape=(MAX_DIGITS,), dtype=np.int32),
           }),
@@ -306,12 +318,12 @@ def get_builder_cls():
       }
 
     def _generate_examples(self, split, num_videos):
-      res = self.builder_config.resolution
+      res, max_digits = self.builder_config.resolution, self.builder_config.max_digits
       chunk = 256  # Bounds memory at 64 px (a chunk is ~21 MB there).
       for start in range(0, num_videos, chunk):
         n = min(chunk, num_videos - start)
         out = generate(split, n, self._num_frames, res, self._seed,
-                       start=start)
+                       start=start, max_digits=max_digits)
         for j in range(n):
           yield start + j, {
               'video': out['video'][j],
@@ -323,30 +335,41 @@ def get_builder_cls():
   return MovingDigits
 
 
-def parse_name(name: str) -> int:
-  """Resolution of a 'moving_digits[/RES][:VERSION]' dataset name.
+def parse_name(name: str) -> str:
+  """The config of a 'moving_digits[/CONFIG][:VERSION]' dataset name.
 
   Args:
-    name: e.g. 'moving_digits', 'moving_digits/64', 'moving_digits/32:1.0.0'.
+    name: e.g. 'moving_digits', 'moving_digits/64', 'moving_digits/single_32:1.0.0'.
 
   Returns:
-    The resolution (32 when no config is named).
+    The config name, a key of CONFIGS ('32' when none is named).
   """
   base = name.split(':')[0]
   parts = base.split('/')
   if parts[0] != 'moving_digits' or len(parts) > 2:
     raise ValueError(f'Not a moving_digits dataset name: {name!r}')
   if len(parts) == 1 or not parts[1]:
-    return 32
-  try:
-    return int(parts[1])
-  except ValueError:
+    return '32'
+  if parts[1] not in CONFIGS:
     raise ValueError(
-        f'moving_digits config must be a resolution such as '
-        f"'moving_digits/32' or 'moving_digits/64', got {name!r}") from None
+        f'moving_digits has no config {parts[1]!r} (in {name!r}); its configs are '
+        + ', '.join(f"'moving_digits/{c}'" for c in CONFIGS) + '.')
+  return parts[1]
 
 
-def prepare(data_dir: Optional[str], resolution: int = 32, *,
+def single_digit(name: str) -> bool:
+  """Whether a dataset name is moving digits with one digit per video.
+
+  Only then is a video's label the class of every frame's only digit, which
+  the digit classifier (vdm.evaluation.digits) can check.
+  """
+  try:
+    return CONFIGS[parse_name(name)][1] == 1
+  except ValueError:
+    return False
+
+
+def prepare(data_dir: Optional[str], config: Any = '32', *,
             num_train: Optional[int] = None, num_test: Optional[int] = None,
             num_frames: Optional[int] = None, seed: int = 0,
             verbose: bool = True) -> Any:
@@ -363,7 +386,8 @@ def prepare(data_dir: Optional[str], resolution: int = 32, *,
   Args:
     data_dir: TFDS data directory (created if missing); None or '' means the
       TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-    resolution: frame side, one of RESOLUTIONS ('moving_digits/<res>').
+    config: a key of CONFIGS ('moving_digits/<config>'), or a resolution (an
+      int of RESOLUTIONS: the 1-3 digit config of that size).
     num_train: train videos (default 4000).
     num_test: test videos (default 512).
     num_frames: frames per video (default 20).
@@ -377,16 +401,16 @@ def prepare(data_dir: Optional[str], resolution: int = 32, *,
     `tfds.data_source('moving_digits/<res>', data_dir=data_dir)`.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if resolution not in RESOLUTIONS:
-    raise ValueError(f'moving_digits resolution must be one of {RESOLUTIONS}, '
-                     f'got {resolution}')
+  config = str(config)
+  if config not in CONFIGS:
+    raise ValueError(f'moving_digits config must be one of {sorted(CONFIGS)} (or a '
+                     f'resolution of {RESOLUTIONS}), got {config!r}')
   # Resolve the directory ourselves (as TFDS does) so that an existing build
   # is found before constructing a builder: a build in another file format
   # (e.g. tfrecord) can then still be read.
   data_dir = os.path.abspath(os.path.expanduser(
       data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')))
-  version_dir = os.path.join(data_dir, 'moving_digits', str(resolution),
-                             VERSION)
+  version_dir = os.path.join(data_dir, 'moving_digits', config, VERSION)
   if os.path.exists(os.path.join(version_dir, 'dataset_info.json')):
     # Read the build back from its own dataset_info.json, whose features and
     # split sizes describe what is on disk (the class defaults may not).
@@ -400,13 +424,13 @@ def prepare(data_dir: Optional[str], resolution: int = 32, *,
            if v is not None and v != have[k]]
     if bad:
       raise ValueError(
-          f'moving_digits/{resolution} in {version_dir} was built with '
+          f'moving_digits/{config} in {version_dir} was built with '
           f'other sizes ({"; ".join(bad)}). Delete that directory or use '
           'another data_dir.')
     return ro
   os.makedirs(data_dir, exist_ok=True)
   builder = get_builder_cls()(
-      config=str(resolution), data_dir=data_dir,
+      config=config, data_dir=data_dir,
       file_format=tfds.core.FileFormat.ARRAY_RECORD,
       num_train=DEFAULT_NUM_TRAIN if num_train is None else num_train,
       num_test=DEFAULT_NUM_TEST if num_test is None else num_test,
@@ -423,7 +447,7 @@ def prepare(data_dir: Optional[str], resolution: int = 32, *,
       raise
     return tfds.builder_from_directory(version_dir)
   if verbose:
-    print(f'Built moving_digits/{resolution} ({builder.info.splits.total_num_examples} '
+    print(f'Built moving_digits/{config} ({builder.info.splits.total_num_examples} '
           f'videos) in {time.time() - t0:.1f}s at {builder.data_dir}',
           flush=True)
   return builder

@@ -292,24 +292,25 @@ def _keep_encoded_decoder(tfds):
 
 
 @functools.lru_cache(maxsize=4)
-def _generated_arrays(resolution: int, split: str):
+def _generated_arrays(config: str, split: str):
   print(f'tensorflow_datasets is not installed: generating moving_digits/'
-        f'{resolution} {split} in memory (the same videos as a default TFDS '
+        f'{config} {split} in memory (the same videos as a default TFDS '
         'build).', flush=True)
+  resolution, max_digits = moving_digits.CONFIGS[config]
   n = (moving_digits.DEFAULT_NUM_TRAIN if split == 'train'
        else moving_digits.DEFAULT_NUM_TEST)
   out = moving_digits.generate(split, n, moving_digits.DEFAULT_NUM_FRAMES,
-                               resolution, seed=0)
+                               resolution, seed=0, max_digits=max_digits)
   return {k: out[k] for k in ('video', 'label', 'digits')}
 
 
 def _open_generated(spec: _Spec, split: str) -> _Dataset:
   """moving_digits without TFDS: the numpy generator, in memory."""
-  res = moving_digits.parse_name(spec.dataset)
+  name = moving_digits.parse_name(spec.dataset)
   if split not in ('train', 'test'):
     raise ValueError(f"Dataset {spec.dataset!r} has no split {split!r}; its "
                      "splits are ['test', 'train'].")
-  arrays = _generated_arrays(res, split)
+  arrays = _generated_arrays(name, split)
   keys = sorted(arrays)
   if spec.video_key not in arrays:
     raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '

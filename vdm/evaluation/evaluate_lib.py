@@ -28,6 +28,10 @@ every figure:
   (`vdm.evaluation.fidelity`): PSNR and SSIM of generated frame 1 against
   the given image, the mean PSNR of the later frames to it, and the same
   later-frames figure of the real clips (what the data itself scores).
+  On single-digit moving digits (`moving_digits/single_*`), class-conditional
+  samples are also scored by a digit classifier (`vdm.evaluation.digits`):
+  the fraction of frames showing the sampled label, the fraction of videos
+  showing one class throughout, and both figures of real test clips.
 * Features: `vdm.evaluation.i3d` (Kinetics-400 I3D, the reference FVD
   protocol; see `i3d.FVD_PROTOCOL`). FVD = Frechet distance, KVD = unbiased
   cubic-polynomial-kernel MMD^2, both on the 400-d logits.
@@ -60,11 +64,15 @@ from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sampling
 from vdm import video_io
+from vdm.data import moving_digits
+from vdm.evaluation import digits
 from vdm.evaluation import fidelity
 from vdm.evaluation import i3d
 from vdm.evaluation import metrics
 
 MODES = ('unconditional', 'predict', 'long', 'i2v')
+# Results written as TensorBoard scalars by PeriodicEvaluation (when present).
+SCALARS = ('fvd', 'kvd', 'digit_accuracy', 'digit_consistency')
 # Versions the choice of real clips; part of the cache key, so a change in how
 # clips are selected can never reuse stale features.
 REAL_SELECTION = 'evenly-spaced-v1'
@@ -485,7 +493,8 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   real, labels = real_features(config, split, num, batch_size=batch_size,
                                cache_dir=cache_dir, with_labels=conditional)
   contexts = first = None
-  scores = []
+  scores, predicted = [], []
+  score_digits = conditional and digits.applies(config)
   if mode in ('predict', 'i2v'):
     s = split_size(config, split)
     frames = context_frames if mode == 'predict' else 1
@@ -493,13 +502,18 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
                           num_frames=frames, features=False,
                           keep_videos=True, what='context frames')['videos']
     first = contexts[:, 0]  # [N, H, W, C]
+
+  def on_videos(lo: int, videos: np.ndarray) -> None:
+    if first is not None:
+      scores.append(fidelity.first_frame_scores(first[lo:lo + len(videos)], videos))
+    if score_digits:
+      predicted.append(digit_classifier(config, split).predict(videos))
+
   fake = generated_features(
       run, num, batch_size=batch_size, seed=seed, labels=labels,
       contexts=contexts if mode == 'predict' else None,
       num_frames=num_frames if mode == 'long' else None,
-      first_frames=first if mode == 'i2v' else None,
-      on_videos=None if first is None else lambda lo, v: scores.append(
-          fidelity.first_frame_scores(first[lo:lo + len(v)], v)))
+      first_frames=first if mode == 'i2v' else None, on_videos=on_videos)
   sc = config.sampling
   result = {
       **_distances(real, fake),
@@ -530,8 +544,62 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
     result['fvd_frames'] = 'all frames, generated frame 1 included'
   if first is not None:
     result.update(_first_frame_fidelity(config, split, num, batch_size, scores))
+  if score_digits:
+    result.update(_digit_scores(config, split, np.concatenate(predicted), labels))
   result['seconds'] = round(time.time() - start, 1)
   return result
+
+
+_DIGIT_CLASSIFIERS = {}
+
+
+def digit_classifier(config, split: str) -> digits.DigitClassifier:
+  """The digit classifier for a run's data, fitted once per process.
+
+  Fitted on real clips of config.data.train_split (up to digits.TRAIN_VIDEOS,
+  spread over the split; digits.FRAMES_PER_TRAIN_VIDEO random frames of each)
+  and scored on up to digits.CEILING_VIDEOS clips of ``split``, all read like
+  training clips, so it sees frames exactly as the model was trained on them.
+
+  Args:
+    config: a run config for which digits.applies is true.
+    split: the evaluation split (the ceiling's clips).
+
+  Returns:
+    A digits.DigitClassifier.
+  """
+  d = config.data
+  key = (str(d.dataset), str(d.data_dir), int(d.image_size), int(d.num_frames),
+         int(d.frameskip), str(d.train_split), split)
+  if key not in _DIGIT_CLASSIFIERS:
+    def read(split_name, most):
+      n = min(most, split_size(config, split_name))
+      out = _real_pass(config, split_name, select_indices(split_size(config, split_name), n),
+                       batch_size=64, features=False, keep_videos=True,
+                       what=f'{split_name} clips for the digit classifier')
+      return out['videos'], out['labels']
+
+    train_videos, train_labels = read(str(d.train_split), digits.TRAIN_VIDEOS)
+    pick = np.random.default_rng(0).integers(
+        0, train_videos.shape[1], (len(train_videos), digits.FRAMES_PER_TRAIN_VIDEO))
+    train_videos = train_videos[np.arange(len(train_videos))[:, None], pick]  # [V, F, H, W, 1]
+    test_videos, test_labels = read(split, digits.CEILING_VIDEOS)
+    _DIGIT_CLASSIFIERS[key] = digits.fit(train_videos, train_labels, test_videos, test_labels,
+                                         moving_digits.digit_size(int(d.image_size)))
+  return _DIGIT_CLASSIFIERS[key]
+
+
+def _digit_scores(config, split: str, predicted: np.ndarray, labels: np.ndarray) -> dict:
+  """The digit classifier's figures of the samples, with the real clips' ceiling."""
+  clf = digit_classifier(config, split)
+  return {**digits.scores(predicted, labels),
+          'digit_accuracy_ceiling': clf.ceiling_accuracy,
+          'digit_consistency_ceiling': clf.ceiling_consistency,
+          'digit_protocol': (
+              'SVC on centred digit windows, fitted on real train frames; accuracy: '
+              'generated frames classified as the sampled label (chance 0.1); '
+              'consistency: videos whose frames all get one class; ceilings: real '
+              f'{split} clips (up to {digits.CEILING_VIDEOS}, every frame)')}
 
 
 def _first_frame_fidelity(config, split: str, num: int, batch_size: int,
@@ -757,5 +825,5 @@ class PeriodicEvaluation:
       if self._writer is None:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
         self._writer = metric_writers.create_default_writer(self.workdir)
-      self._writer.write_scalars(step, {'fvd': result['fvd'], 'kvd': result['kvd']})
+      self._writer.write_scalars(step, {k: result[k] for k in SCALARS if k in result})
     return result

@@ -1,0 +1,165 @@
+"""Quality per CPU minute: train recipe candidates as a user would, score each.
+
+  python benchmarks/recipe.py --candidates=default,v,bs8 --num_samples=64
+  python benchmarks/recipe.py --plot_only      # docs/recipe.png from the last JSON
+
+Each candidate is a set of command-line overrides of configs/default.py
+(CANDIDATES below). For each, `python train.py --config=configs/default.py
+--workdir=runs/recipe/<name> <overrides>` runs in a fresh process (wall-clock
+timed, compile and the final sample GIF included, exactly what `make train`
+costs), then `python evaluate.py --workdir=... --num_samples=N` scores its
+final EMA weights: digit accuracy and consistency (vdm.evaluation.digits),
+FVD and KVD, with the config's own sampler. With --checkpoints, every kept
+checkpoint is scored too (its training time read from the checkpoint's
+modification time), which gives a quality-against-time curve.
+
+Writes benchmarks/results/recipe.json (appended per point, so an interrupted
+sweep keeps what it measured) and, with matplotlib (not a requirement of the
+package), the plot.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NAME = 'recipe'
+RESULTS = os.path.join(common.RESULTS_DIR, f'{NAME}.json')
+
+# name -> overrides of configs/default.py, the candidates of the sweep.
+S16 = {'data.image_size': 16, 'model.attention_resolutions': (4,)}
+CANDIDATES = {
+    'default': {},
+    's32_bs4': {'data.image_size': 32, 'model.attention_resolutions': (8,),
+                'training.batch_size': 4, 'training.num_steps': 300},
+    's16_bs8': {**S16, 'training.batch_size': 8, 'training.num_steps': 700},
+    's16_bs8_v': {**S16, 'training.batch_size': 8, 'training.num_steps': 700,
+                  'diffusion.parameterization': 'v', 'diffusion.loss_type': 'v_mse'},
+    's16_bs16': {**S16, 'training.batch_size': 16, 'training.num_steps': 350},
+    's16_bs8_lr2e-3': {**S16, 'training.batch_size': 8, 'training.num_steps': 700,
+                       'optimizer.learning_rate': 2e-3},
+}
+
+
+def _flag(key: str, value) -> str:
+  if isinstance(value, tuple):
+    value = '(' + ','.join(str(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return f'--config.{key}={value}'
+
+
+def _load() -> dict:
+  if os.path.exists(RESULTS):
+    with open(RESULTS) as f:
+      return json.load(f)
+  return {'benchmark': NAME, **common.machine_info(), 'points': []}
+
+
+def _save(record: dict) -> None:
+  os.makedirs(common.RESULTS_DIR, exist_ok=True)
+  with open(RESULTS, 'w') as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+
+
+def _evaluate(workdir: str, num_samples: int, step=None) -> dict:
+  cmd = [sys.executable, os.path.join(common.ROOT, 'evaluate.py'), f'--workdir={workdir}',
+         f'--num_samples={num_samples}']
+  if step is not None:
+    cmd.append(f'--checkpoint_step={step}')
+  out = subprocess.run(cmd, cwd=common.ROOT, check=True, capture_output=True, text=True).stdout
+  return json.loads([l for l in out.splitlines() if l.startswith('{')][-1])
+
+
+def run_candidate(name: str, args) -> list:
+  """Trains one candidate and scores it; returns its points."""
+  workdir = os.path.join(common.ROOT, 'runs', 'recipe', name)
+  overrides = dict(CANDIDATES[name])
+  if args.checkpoints:
+    overrides.setdefault('training.checkpoint_every', args.checkpoints)
+    overrides.setdefault('training.keep_checkpoints', 100)
+  cmd = [sys.executable, os.path.join(common.ROOT, 'train.py'),
+         '--config=' + os.path.join(common.ROOT, 'configs', 'default.py'),
+         f'--workdir={workdir}', '--start_over'] + [_flag(k, v) for k, v in overrides.items()]
+  load_start = os.getloadavg()
+  start = time.time()
+  print('$ ' + ' '.join(cmd[1:]), flush=True)
+  subprocess.run(cmd, cwd=common.ROOT, check=True, stdout=subprocess.DEVNULL)
+  train_s = time.time() - start
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  if not args.checkpoints:
+    steps = steps[-1:]
+  points = []
+  for step in steps:
+    at = os.path.getmtime(os.path.join(ckpt_dir, str(step))) - start
+    result = _evaluate(workdir, args.num_samples, step)
+    points.append({
+        'candidate': name, 'overrides': {k: str(v) for k, v in overrides.items()},
+        'step': step, 'train_s_at_step': round(at, 1), 'train_s_total': round(train_s, 1),
+        'load_average_train_start': load_start, 'load_average_eval_end': os.getloadavg(),
+        **{k: result[k] for k in result if k.startswith(('digit_', 'fvd', 'kvd'))},
+        'num_samples': result['num_samples'], 'sampler': result['sampler'],
+        'sampling_steps': result['sampling_steps']})
+    print(json.dumps(points[-1]), flush=True)
+  return points
+
+
+def plot(record: dict, path: str) -> None:
+  """Digit accuracy and FVD against training wall-clock, one line per candidate."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('matplotlib is not installed: no plot (pip install matplotlib).')
+    return
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  names = sorted({p['candidate'] for p in record['points']})
+  for name in names:
+    pts = sorted((p for p in record['points'] if p['candidate'] == name),
+                 key=lambda p: p['train_s_at_step'])
+    t = [p['train_s_at_step'] / 60 for p in pts]
+    axes[0].plot(t, [100 * p.get('digit_accuracy', float('nan')) for p in pts], 'o-', label=name)
+    axes[1].plot(t, [p['fvd'] for p in pts], 'o-', label=name)
+  ceiling = [p['digit_accuracy_ceiling'] for p in record['points'] if 'digit_accuracy_ceiling' in p]
+  if ceiling:
+    axes[0].axhline(100 * ceiling[0], color='k', ls='--', lw=1, label='real frames')
+  axes[0].axhline(10, color='grey', ls=':', lw=1, label='chance')
+  axes[0].set(xlabel='training wall-clock (min, 2 CPU cores)', ylabel='conditional accuracy (%)')
+  axes[1].set(xlabel='training wall-clock (min, 2 CPU cores)', ylabel='FVD', yscale='log')
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f'Recipe candidates on moving digits ({record.get("date", "")}, '
+               f'N = {record["points"][0]["num_samples"]})')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  print(f'Wrote {path}')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--candidates', default='default', help='Comma-separated CANDIDATES.')
+  parser.add_argument('--num_samples', type=int, default=64, help='N of each evaluation.')
+  parser.add_argument('--checkpoints', type=int, default=0,
+                      help='Also score a checkpoint every this many steps (0: final only).')
+  parser.add_argument('--plot', default=os.path.join(common.ROOT, 'docs', 'recipe.png'))
+  parser.add_argument('--plot_only', action='store_true')
+  args = parser.parse_args()
+  record = _load()
+  if not args.plot_only:
+    for name in filter(None, args.candidates.split(',')):
+      if name not in CANDIDATES:
+        raise SystemExit(f'unknown candidate {name!r}; choose from {sorted(CANDIDATES)}')
+      record['points'] = [p for p in record['points'] if p['candidate'] != name]
+      record['points'] += run_candidate(name, args)
+      _save(record)
+  plot(record, args.plot)
+
+
+if __name__ == '__main__':
+  main()
