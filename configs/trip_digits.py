@@ -1,8 +1,8 @@
 """TRIP image-to-video on the bundled moving digits, CPU-sized like default.py.
 
 Each clip's first frame conditions the generation of the whole clip (frame 1
-included); config.trip.fusion picks the variant (README "Image-to-video with
-TRIP" has the measured table):
+included); config.trip.fusion picks the variant (README, "TRIP
+image-to-video"):
 
   python train.py --config=configs/trip_digits.py --workdir=runs/trip_tnf
   python train.py --config=configs/trip_digits.py --workdir=runs/trip_linear \\
@@ -20,10 +20,11 @@ then
   python sample.py --workdir=runs/trip_tnf --mode=i2v --input=IMAGE.png --output_dir=out/i2v
   python evaluate.py --workdir=runs/trip_tnf --mode=i2v --num_samples=64 --steps=16
 
-Hardware: 2 CPU cores (shared), 220 steps in about 5 minutes of training.
-Expected result (README table, N = 64, 16 DDIM steps): FVD between about 900 and 1400
-against a real-vs-real floor of 105; generated frame 1 within a few dB of the given
-image. Fine-tuning from a trained plain run, the paper's way:
+Hardware: 2 CPU cores, 220 steps (about 5 minutes of training on an idle
+machine). Expected result: not yet measured for this config (README, "TRIP
+image-to-video": benchmarks/trip_i2v.py runs the five-way comparison);
+generated frame 1 should stay close to the given image (first-frame PSNR and
+SSIM in evaluate.py's line). Fine-tuning from a trained plain run, the paper's way:
 --config.trip.init_from=runs/trip_vdm --config.optimizer.learning_rate=2e-4
 --config.trip.unet_lr_multiplier=0.01.
 """

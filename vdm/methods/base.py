@@ -163,6 +163,26 @@ class Method:
     """
     return params
 
+  def cond_channels_input(self, conditioning: Optional[Mapping[str, Any]]) -> Any:
+    """The 'cond' input channels of ``conditioning``; required when the model has them.
+
+    Args:
+      conditioning: the mapping given to ``denoiser`` (None: nothing given).
+
+    Returns:
+      [N, T, H, W, cond_channels] or None for a model without them.
+
+    Raises:
+      ValueError: config.model.cond_channels > 0 and 'cond' is missing.
+    """
+    cond = (conditioning or {}).get('cond')
+    channels = int(self.config.model.cond_channels)
+    if channels and cond is None:
+      raise ValueError(
+          f'this model was trained with config.model.cond_channels={channels}: sampling '
+          "needs the conditioning channels ('cond' [N, T, H, W, cond_channels]).")
+    return cond
+
   def num_classes(self) -> int:
     """Class labels the denoiser takes (0: unconditional)."""
     return int(self.config.model.num_classes)

@@ -51,12 +51,7 @@ class Method(base.Method):
 
   def denoiser(self, networks: unet3d.UNet3D,
                conditioning: Optional[Mapping[str, jax.Array]] = None):
-    cond = (conditioning or {}).get('cond')
-    if self.model_config.cond_channels and cond is None:
-      raise ValueError(
-          f'this model was trained with config.model.cond_channels='
-          f'{self.model_config.cond_channels}: sampling needs the conditioning channels '
-          "('cond' [N, T, H, W, cond_channels]).")
+    cond = self.cond_channels_input(conditioning)
 
     def fn(z, logsnr, label):
       return networks(z, logsnr, label=label, cond=cond)

@@ -247,12 +247,7 @@ class Method(base.Method):
 
   def denoiser(self, networks: Networks,
                conditioning: Optional[Mapping[str, jax.Array]] = None):
-    cond = (conditioning or {}).get('cond')
-    if self.base_config.cond_channels and cond is None:
-      raise ValueError(
-          f'this model was trained with config.model.cond_channels='
-          f'{self.base_config.cond_channels}: sampling needs the conditioning channels '
-          "('cond' [N, T, H, W, cond_channels]).")
+    cond = self.cond_channels_input(conditioning)
 
     def fn(z, logsnr, label):
       self.check_num_frames(z.shape[1])
