@@ -13,3 +13,16 @@ import jax  # noqa: E402
 # Test models are tiny: compile time dominates, and XLA's heavy passes buy
 # nothing at these sizes.
 jax.config.update('jax_disable_most_optimizations', True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_restore(monkeypatch):
+  """Makes reaching the checkpoint restore (and so any compile) a failure."""
+  from vdm import run_lib  # pylint: disable=g-import-not-at-top
+
+  def fail(*args, **kwargs):
+    raise AssertionError('restore_run reached: the error came too late.')
+  monkeypatch.setattr(run_lib, 'restore_run', fail)

@@ -203,14 +203,6 @@ def save_npz(path, video):
   return str(path)
 
 
-@pytest.fixture
-def no_restore(monkeypatch):
-  """Makes reaching the checkpoint restore (and so any compile) a failure."""
-  def fail(*args, **kwargs):
-    raise AssertionError('restore_run reached: the error came too late.')
-  monkeypatch.setattr(run_lib, 'restore_run', fail)
-
-
 @pytest.mark.usefixtures('no_restore')
 @pytest.mark.parametrize('mode, kwargs, match', [
     ('dream', {}, r"mode='dream' is unknown"),

@@ -489,13 +489,6 @@ def config_only_workdir(path, config):
   return str(path)
 
 
-@pytest.fixture
-def no_restore(monkeypatch):
-  def fail(*args, **kwargs):
-    raise AssertionError('restore_run reached: the error came too late.')
-  monkeypatch.setattr(run_lib, 'restore_run', fail)
-
-
 @pytest.mark.usefixtures('no_restore')
 def test_i2v_requests_fail_before_anything_compiles(tmp_path):
   workdir = config_only_workdir(tmp_path / 'trip', tiny_trip_config())
