@@ -33,6 +33,7 @@ def get_config():
   config.model.norm_groups = 32
   config.model.dtype = 'bfloat16'
   config.diffusion.parameterization = 'v'
+  config.diffusion.loss_type = 'eps_mse'
   config.diffusion.cond_drop_prob = 0.0
   config.optimizer.learning_rate = 3e-4
   config.optimizer.warmup_steps = 1000
@@ -46,6 +47,7 @@ def get_config():
   config.sampling.sampler = 'pc'
   config.sampling.num_steps = 256
   config.sampling.gamma = 0.0
+  config.sampling.guidance_weight = 0.0  # Unconditional: no labels to guide by.
   config.sampling.w_r = 50.0
   config.eval.num_samples = 256
   return config

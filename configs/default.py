@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_split = 'test'           # Split for evaluation and conditioning frames.
   data.num_frames = 10               # T: video frames per training clip (FVD's I3D needs >= 9).
   data.frameskip = 1                 # Step between consecutive sampled frames.
-  data.image_size = 32               # Frame height and width after resize/crop.
+  data.image_size = 16               # Frame height and width after resize/crop (digits: 7 px, the scans' own 8x8 detail).
   data.channels = 1                  # 1 (grayscale) or 3 (RGB) channels fed to the model.
   data.num_images = 2                # K: independent images appended per video (joint training).
   data.random_flip = False           # Random left-right flips of clips and images (never for digits: a flipped 2 is no digit).
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.base_channels = 32           # Channels of the first level.
   model.channel_mult = (1, 2, 2)     # Per-level multipliers; levels = len.
   model.num_res_blocks = 1           # Residual blocks per level (down path).
-  model.attention_resolutions = (8,)     # Frame sizes with spatial+temporal attention.
+  model.attention_resolutions = (4,)     # Frame sizes with spatial+temporal attention.
   model.head_dim = 32                # Features per attention head.
   model.num_heads = 0                # Heads per block; 0 = channels // head_dim.
   model.emb_dim = 0                  # Conditioning embedding width; 0 = 4 * base_channels.
@@ -69,8 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_start = 1e-4        # Linear-beta schedule: first beta.
   diffusion.beta_end = 2e-2          # Linear-beta schedule: last beta.
   diffusion.beta_num_steps = 1000    # Linear-beta schedule: number of discrete betas.
-  diffusion.parameterization = 'eps' # Network predicts 'eps', 'v' or 'x'.
-  diffusion.loss_type = 'eps_mse'    # 'eps_mse' (paper) or 'v_mse'.
+  diffusion.parameterization = 'v'   # Network predicts 'eps', 'v' or 'x'.
+  diffusion.loss_type = 'v_mse'      # 'eps_mse' (paper) or 'v_mse'.
   diffusion.cond_drop_prob = 0.1     # P(label -> null) in training, for classifier-free guidance.
   diffusion.low_discrepancy = True   # Stratify t over the batch (lower-variance loss).
 
@@ -89,8 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- training loop -----------------------------------------------------------
   config.training = training = ml_collections.ConfigDict()
-  training.batch_size = 4            # Global batch size (videos), split over all devices.
-  training.num_steps = 300           # Total optimizer steps.
+  training.batch_size = 8            # Global batch size (videos), split over all devices.
+  training.num_steps = 600           # Total optimizer steps.
   training.grad_accum_steps = 1      # Micro-batches per step (batch_size must divide).
   training.seed = 0                  # Seed of initialisation, noise and dropout.
   training.log_every = 10            # Steps between metric writes and progress lines.
@@ -108,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.gamma = 0.1               # Ancestral variance interpolation (paper: UCF 0.1, BAIR 0).
   sampling.pc_delta = 0.1            # Langevin step size of the corrector.
   sampling.clip_x = True             # Clip x_hat to [-1, 1] at every step.
-  sampling.guidance_weight = 0.0     # Classifier-free w: eps = (1 + w) eps_c - w eps_u.
+  sampling.guidance_weight = 1.0     # Classifier-free w: eps = (1 + w) eps_c - w eps_u (0: the conditional model alone).
   sampling.w_r = 2.0                 # Reconstruction guidance weight for conditional modes.
   sampling.long_method = 'reconstruction'  # sample.py extend: 'reconstruction', 'vidrd' or 'independent' clips.
   sampling.vidrd_overlap = 4         # VidRD: M frames of each clip tied to the previous clip.

@@ -34,6 +34,7 @@ def get_config():
   config.model.norm_groups = 32
   config.model.dtype = 'bfloat16'
   config.diffusion.parameterization = 'eps'
+  config.diffusion.loss_type = 'eps_mse'
   config.optimizer.learning_rate = 3e-4
   config.optimizer.warmup_steps = 1000
   config.optimizer.decay = 'none'
@@ -47,6 +48,7 @@ def get_config():
   config.sampling.sampler = 'ancestral'
   config.sampling.num_steps = 256
   config.sampling.gamma = 0.1
+  config.sampling.guidance_weight = 0.0  # The class-conditional model alone; raise it for guided samples.
   config.eval.num_samples = 2048
   config.eval.every_steps = 50_000
   return config

@@ -28,8 +28,8 @@ def test_scores_count_frames_and_videos():
   assert out['digit_consistency'] == pytest.approx(2 / 3)  # A wrong but constant video counts.
 
 
-def test_crops_follow_the_digit():
-  """The same digit at two places gives the same window (up to the frame's border)."""
+def test_crops_follow_the_digit_on_any_background():
+  """The same digit at two places, on black or on faint static, gives the same window."""
   video = moving_digits.generate('train', 1, 10, SIZE, max_digits=1)['video'][0]  # [T, H, W, 1]
   ys, xs = np.nonzero(video[0, ..., 0])
   patch = video[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1]  # The digit's bounding box.
@@ -40,6 +40,9 @@ def test_crops_follow_the_digit():
   a, b = digits.centred_crops(np.stack([frame, moved]), 14)
   np.testing.assert_allclose(a, b)
   assert a.max() == pytest.approx(1.0, abs=1e-5)  # Contrast normalised.
+  # A uniform background level (the median) is removed before the centroid.
+  grey = np.minimum(moved.astype(np.int32) + 30, 255).astype(np.uint8)
+  np.testing.assert_allclose(digits.centred_crops(grey[None], 14)[0], b, atol=0.03)
 
 
 def test_classifier_reads_real_digits_and_only_them(classifier):
@@ -62,7 +65,9 @@ def test_classifier_reads_real_digits_and_only_them(classifier):
 def test_applies_only_to_single_digit_class_conditional_runs():
   from configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
-  assert not digits.applies(c)  # 'moving_digits/32': the label is only the first digit.
+  assert digits.applies(c)  # The default: one digit per video.
+  c.data.dataset = 'moving_digits/32'
+  assert not digits.applies(c)  # The label is only the first of 1-3 digits.
   c.data.dataset = 'moving_digits/single_32'
   assert digits.applies(c)
   c.model.num_classes = 0

@@ -50,6 +50,10 @@ def centred_crops(frames: np.ndarray, size: int) -> np.ndarray:
   """
   x = np.asarray(frames, np.float32).reshape(frames.shape[:3]) / 255.0  # [M, H, W]
   m, h, w = x.shape
+  # A digit covers a fifth of the frame at most: the median is the background
+  # (0 in real frames; faint static in samples), which would pull the
+  # centroid towards the middle and fill the window.
+  x = np.maximum(x - np.median(x.reshape(m, -1), axis=1)[:, None, None], 0.0)
   mass = x.sum((1, 2)) + 1e-6
   cy = (x.sum(2) * np.arange(h)).sum(1) / mass  # [M]
   cx = (x.sum(1) * np.arange(w)).sum(1) / mass
