@@ -31,18 +31,20 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 NAME = 'recipe'
 RESULTS = os.path.join(common.RESULTS_DIR, f'{NAME}.json')
 
-# name -> overrides of configs/default.py, the candidates of the sweep.
-S16 = {'data.image_size': 16, 'model.attention_resolutions': (4,)}
+# name -> overrides of configs/default.py, the candidates of the sweep (the
+# winner became configs/default.py: v-prediction, 16x16, batch 8, guidance 1).
+EPS = {'diffusion.parameterization': 'eps', 'diffusion.loss_type': 'eps_mse'}
 CANDIDATES = {
     'default': {},
-    's32_bs4': {'data.image_size': 32, 'model.attention_resolutions': (8,),
-                'training.batch_size': 4, 'training.num_steps': 300},
-    's16_bs8': {**S16, 'training.batch_size': 8, 'training.num_steps': 700},
-    's16_bs8_v': {**S16, 'training.batch_size': 8, 'training.num_steps': 700,
-                  'diffusion.parameterization': 'v', 'diffusion.loss_type': 'v_mse'},
-    's16_bs16': {**S16, 'training.batch_size': 16, 'training.num_steps': 350},
-    's16_bs8_lr2e-3': {**S16, 'training.batch_size': 8, 'training.num_steps': 700,
-                       'optimizer.learning_rate': 2e-3},
+    # Measured (BENCHMARKS.md, "Time to quality"): 700 steps, unguided samples.
+    's16_bs8_eps': {**EPS, 'training.num_steps': 700, 'sampling.guidance_weight': 0.0},
+    's16_bs8_v': {'training.num_steps': 700, 'sampling.guidance_weight': 0.0},
+    # Not measured yet: the old resolution and batch at the old step count.
+    's32_bs4_eps': {**EPS, 'data.image_size': 32, 'model.attention_resolutions': (8,),
+                    'training.batch_size': 4, 'training.num_steps': 300,
+                    'sampling.guidance_weight': 0.0},
+    's16_bs16': {'training.batch_size': 16, 'training.num_steps': 300},
+    'lr_2e-3': {'optimizer.learning_rate': 2e-3},
 }
 
 
