@@ -106,8 +106,9 @@ def test_key_missing_from_an_old_run_compares_with_its_default():
 def test_record_config_keeps_every_config(tmp_path):
   from vdm import run_dir
   config = _default()
+  first_steps = config.training.num_steps
   run_dir.record_config(config, str(tmp_path), 0)
-  config.training.num_steps = 10
+  config.training.num_steps = first_steps + 10
   # Another config from the same step (an attempt that died before its first
   # checkpoint) does not overwrite the first one.
   assert run_dir.record_config(config, str(tmp_path), 0).endswith('config.0.1.json')
@@ -116,6 +117,6 @@ def test_record_config_keeps_every_config(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['config.0.1.json', 'config.0.json', 'config.8.json',
                                           'config.json']
   with open(tmp_path / 'config.0.json') as f:
-    assert json.load(f)['training']['num_steps'] == 300
+    assert json.load(f)['training']['num_steps'] == first_steps
   with open(tmp_path / 'config.json') as f:
-    assert json.load(f)['training']['num_steps'] == 10
+    assert json.load(f)['training']['num_steps'] == first_steps + 10

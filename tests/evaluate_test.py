@@ -191,7 +191,9 @@ def test_periodic_evaluation_hook_matches_cli_and_writes_scalars(run, capsys):
   hook = evaluate_lib.PeriodicEvaluation(config, workdir, writer=writer)
   assert hook(1, state, None) is None  # Not an evaluation step.
   result = hook(2, state, None)
-  assert writer.scalars == [(2, {'fvd': result['fvd'], 'kvd': result['kvd']})]
+  # FVD, KVD and (single-digit data) the digit figures, as TensorBoard scalars.
+  assert writer.scalars == [(2, {k: result[k] for k in (
+      'fvd', 'kvd', 'digit_accuracy', 'digit_consistency')})]
   with open(os.path.join(workdir, 'eval', '2.json')) as f:
     cli = json.load(f)
   # Same weights, seed, N and batch size as evaluate(): the same samples.
