@@ -84,7 +84,6 @@ def read_video(path: str) -> np.ndarray:
   return frames[..., :3]
 
 
-
 def read_images(path: str) -> np.ndarray:
   """Reads images (e.g. first frames) as [N, H, W, C], in the stored dtype.
 

@@ -492,15 +492,16 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   conditional = bool(run.method.num_classes())
   real, labels = real_features(config, split, num, batch_size=batch_size,
                                cache_dir=cache_dir, with_labels=conditional)
-  contexts = first = None
+  contexts = first = real_clips = None
   scores, predicted = [], []
   score_digits = conditional and digits.applies(config)
   if mode in ('predict', 'i2v'):
-    s = split_size(config, split)
-    frames = context_frames if mode == 'predict' else 1
-    contexts = _real_pass(config, split, select_indices(s, num), batch_size,
-                          num_frames=frames, features=False,
-                          keep_videos=True, what='context frames')['videos']
+    # The whole clips, read once: their first frames condition the samples and
+    # all their frames give the real side of the first-frame fidelity.
+    real_clips = _real_pass(config, split, select_indices(split_size(config, split), num),
+                            batch_size, features=False, keep_videos=True,
+                            what='real clips to condition on')['videos']  # [N, T, H, W, C]
+    contexts = real_clips[:, :context_frames if mode == 'predict' else 1]
     first = contexts[:, 0]  # [N, H, W, C]
 
   def on_videos(lo: int, videos: np.ndarray) -> None:
@@ -543,7 +544,7 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   if mode == 'i2v':
     result['fvd_frames'] = 'all frames, generated frame 1 included'
   if first is not None:
-    result.update(_first_frame_fidelity(config, split, num, batch_size, scores))
+    result.update(_first_frame_fidelity(real_clips, scores))
   if score_digits:
     result.update(_digit_scores(config, split, np.concatenate(predicted), labels))
   result['seconds'] = round(time.time() - start, 1)
@@ -573,8 +574,8 @@ def digit_classifier(config, split: str) -> digits.DigitClassifier:
          int(d.frameskip), str(d.train_split), split)
   if key not in _DIGIT_CLASSIFIERS:
     def read(split_name, most):
-      n = min(most, split_size(config, split_name))
-      out = _real_pass(config, split_name, select_indices(split_size(config, split_name), n),
+      size = split_size(config, split_name)
+      out = _real_pass(config, split_name, select_indices(size, min(most, size)),
                        batch_size=64, features=False, keep_videos=True,
                        what=f'{split_name} clips for the digit classifier')
       return out['videos'], out['labels']
@@ -602,15 +603,11 @@ def _digit_scores(config, split: str, predicted: np.ndarray, labels: np.ndarray)
               f'{split} clips (up to {digits.CEILING_VIDEOS}, every frame)')}
 
 
-def _first_frame_fidelity(config, split: str, num: int, batch_size: int,
-                          scores: list) -> dict:
+def _first_frame_fidelity(real: np.ndarray, scores: list) -> dict:
   """Means of the per-video fidelity scores, and the real clips' own figure.
 
   Args:
-    config: the run's config.
-    split: real split.
-    num: N.
-    batch_size: reading batch size.
+    real: uint8 [N, T, H, W, C], the real clips whose first frames were given.
     scores: fidelity.first_frame_scores of every generated batch.
 
   Returns:
@@ -618,9 +615,6 @@ def _first_frame_fidelity(config, split: str, num: int, batch_size: int,
      'real_later_frames_psnr', 'fidelity_protocol'}.
   """
   means = {k: float(np.mean(np.concatenate([s[k] for s in scores]))) for k in scores[0]}
-  real = _real_pass(config, split, select_indices(split_size(config, split), num),
-                    batch_size, features=False, keep_videos=True,
-                    what='real clips for fidelity')['videos']  # [N, T, H, W, C]
   real_scores = fidelity.first_frame_scores(real[:, 0], real)
   if 'later_frames_psnr' in real_scores:
     means['real_later_frames_psnr'] = float(np.mean(real_scores['later_frames_psnr']))
