@@ -67,6 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.dtype = 'float32'            # Compute dtype: float32 or bfloat16 (params stay float32).
   model.attn_dtype = ''              # Attention dtype; '' = model.dtype.
   model.remat = False                # Recompute block activations in backward (saves GPU/TPU memory; not on XLA:CPU).
+  model.temporal_conv = False        # Zero-initialised kernel-3 time convolution in every residual block (VidRD).
+
+  # --- latent: where the diffusion runs (vdm/latent.py) ----------------------
+  config.latent = latent = ml_collections.ConfigDict()
+  latent.autoencoder = ''            # Workdir of an autoencoder run to diffuse in its latents ('' = pixels).
 
   # --- diffusion: the forward process and the loss --------------------------
   config.diffusion = diffusion = ml_collections.ConfigDict()

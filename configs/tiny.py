@@ -2,6 +2,7 @@
 
   python train.py --config=configs/tiny.py --workdir=/tmp/tiny
   python train.py --config=configs/tiny.py:trip --workdir=/tmp/tiny_trip   # TRIP i2v
+  python train.py --config=configs/tiny.py:autoencoder --workdir=/tmp/tiny_ae
 
 Hardware: any CPU. Expected result: finite losses; samples are noise-like.
 """
@@ -10,7 +11,8 @@ from configs import default
 
 
 def get_config(method: str = 'vdm'):
-  """The tiny config of ``method`` ('vdm' or 'trip')."""
+  """The tiny config of ``method``: 'vdm', 'trip', 'autoencoder' (the image
+  stage) or 'autoencoder_temporal' (VidRD's temporal-aware decoder stage)."""
   config = default.get_config()
   # Tests build small copies of the 1-3 digit dataset (moving_digits.prepare
   # with num_train=32 and so on) and pass its data_dir.
@@ -52,6 +54,20 @@ def get_config(method: str = 'vdm'):
     config.model.num_classes = 0
     config.diffusion.cond_drop_prob = 0.0
     config.training.num_samples = 0
+  elif method in ('autoencoder', 'autoencoder_temporal'):
+    from vdm.methods import autoencoder  # pylint: disable=g-import-not-at-top
+    config.method = 'autoencoder'
+    config.autoencoder = autoencoder.default_config()
+    config.autoencoder.update(latent_channels=2, base_channels=8, channel_mult=(1, 2),
+                              norm_groups=4, disc_channels=8, disc_layers=1)
+    config.data.image_size = 16  # 16x16 frames -> 8x8x2 latents.
+    config.data.label_key = ''
+    config.model.num_classes = 0
+    config.training.num_samples = 0
+    if method == 'autoencoder_temporal':
+      config.data.num_images = 0
+      config.autoencoder.update(temporal_decoder=True, train='temporal')
   elif method != 'vdm':
-    raise ValueError(f'configs/tiny.py:{method}: choose vdm or trip.')
+    raise ValueError(f'configs/tiny.py:{method}: choose vdm, trip, autoencoder or '
+                     'autoencoder_temporal.')
   return config

@@ -11,11 +11,13 @@ from vdm import config_lib
 
 
 @pytest.mark.parametrize('name', ['default', 'tiny', 'ucf101_64', 'bair_64', 'videofusion_digits',
-                                  'videofusion_tiny', 'trip_digits'])
+                                  'videofusion_tiny', 'trip_digits',
+                                  'autoencoder_digits'])
 def test_shipped_configs_validate(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  model_cfg = config_lib.validate_config(config)
-  assert model_cfg.image_size == config.data.image_size
+  method = config_lib.validate_config(config)
+  assert type(method).__module__ == f'vdm.methods.{config.get("method", "vdm")}'
+  assert method.config is config
 
 
 def test_tiny_trip_config_validates():

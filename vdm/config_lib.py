@@ -16,7 +16,6 @@ from vdm import methods
 from vdm.diffusion import gaussian
 from vdm.diffusion import samplers
 from vdm.diffusion import schedules
-from vdm.models import unet3d
 
 OPTIMIZERS = ('adam', 'adamw')
 DECAYS = ('none', 'cosine')
@@ -62,20 +61,21 @@ def _check_sections_against_default(config) -> None:
                          f'{sorted(reference[section].keys())}.')
 
 
-def validate_config(config) -> unet3d.UNetConfig:
+def validate_config(config):
   """Validates every section of a training/sampling config.
 
   Args:
     config: a full ConfigDict (see configs/default.py).
 
   Returns:
-    The UNetConfig the model will be built from.
+    The method object (vdm/methods) of the config; building it checks the
+    config of its networks (e.g. config.model for the U-Net).
 
   Raises:
     ValueError: naming the first inconsistent key and how to fix it.
   """
   _check_sections_against_default(config)
-  model_cfg = unet3d.UNetConfig.from_config(config)
+  method = methods.get_method(config)
   d = config.diffusion
   schedules.logsnr_fn_from_config(d)
   gaussian.check_parameterization(d.parameterization)
@@ -121,5 +121,5 @@ def validate_config(config) -> unet3d.UNetConfig:
   for key in ('guidance_weight', 'w_r'):
     if s[key] < 0:
       raise ValueError(f'config.sampling.{key}={s[key]} must be >= 0.')
-  methods.get_method(config).validate()
-  return model_cfg
+  method.validate()
+  return method

@@ -21,6 +21,7 @@ import optax
 
 from vdm import checkpoints
 from vdm import host_memory
+from vdm import latent
 from vdm import run_lib
 from vdm import preemption
 from vdm import run_dir
@@ -47,6 +48,8 @@ class Trainer(train_state.StateLayout):
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     super().__init__(config, mesh)
+    # Pixels, or the frozen autoencoder whose latents this run diffuses in.
+    self.space = latent.space(config, self.mesh)
     divisor = sharding.batch_size_divisor(self.mesh) * config.training.grad_accum_steps
     if config.training.batch_size % divisor:
       raise ValueError(
@@ -81,6 +84,10 @@ class Trainer(train_state.StateLayout):
 
   def _train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
+    if self.space.is_latent:
+      # Encoded on the mesh inside the step: the input pipeline stays the
+      # pixel one, and the frozen encoder gets no gradient.
+      batch = dict(batch, video=self.space.encode(batch['video']))
     accum = self.config.training.grad_accum_steps
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     if accum == 1:
@@ -138,16 +145,17 @@ class Trainer(train_state.StateLayout):
       float32 [N, T, H, W, C] in [-1, 1].
     """
     c = self.config
-    shape = (num_samples, num_frames or c.data.num_frames, c.data.image_size,
-             c.data.image_size, c.data.channels)
+    size, channels = self.method.frame_shape
+    shape = (num_samples, num_frames or c.data.num_frames, size, size, channels)
     num_classes = self.method.num_classes()
     if num_classes and labels is None:
       labels = jnp.arange(num_samples) % num_classes
     fn = run_lib.model_fn(self.method, self.graphdef, params,
                           labels=labels if num_classes else None,
                           guidance_weight=c.sampling.guidance_weight)
-    return run_lib.sample(fn, rng, shape, run_lib.sampler_options(c, self.method,
-                                                                  progress=progress))
+    videos = run_lib.sample(fn, rng, shape, run_lib.sampler_options(c, self.method,
+                                                                    progress=progress))
+    return latent.decode_videos(self.space, videos)
 
 
 def _count_params(params) -> int:

@@ -21,6 +21,7 @@ METHODS = {
     'vdm': 'vdm.methods.vdm',
     'videofusion': 'vdm.methods.videofusion',
     'trip': 'vdm.methods.trip',
+    'autoencoder': 'vdm.methods.autoencoder',  # Latent space of latent diffusion; no sampler.
 }
 
 

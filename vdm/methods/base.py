@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import latent
 from vdm.diffusion import samplers
 from vdm.diffusion import schedules
 
@@ -50,6 +52,8 @@ class Method:
     self.config = config
     self.logsnr_fn = schedules.logsnr_fn_from_config(config.diffusion)
     self.parameterization = config.diffusion.parameterization
+    # (size, channels) of the frames the networks see: pixels, or latents.
+    self.frame_shape = latent.frame_shape(config)
 
   # --- Required -------------------------------------------------------------
 
@@ -186,3 +190,47 @@ class Method:
   def num_classes(self) -> int:
     """Class labels the denoiser takes (0: unconditional)."""
     return int(self.config.model.num_classes)
+
+
+def param_path(path) -> str:
+  """'conv_in/kernel' from a pytree path into an nnx.State.
+
+  The State's dict keys name modules and parameters; the attribute entry at
+  the end is the Variable's ``.value``.
+  """
+  return '/'.join(str(e.key) for e in path if isinstance(e, jax.tree_util.DictKey))
+
+
+def copy_matching_params(params: Any, source: Any, what: str) -> tuple[int, Any]:
+  """Copies every parameter of ``source`` into the same path of ``params``.
+
+  Paths that only ``params`` has keep their values (new layers); a path that
+  only ``source`` has, or a shape that differs, is an error: the two networks
+  were meant to agree there.
+
+  Args:
+    params: nnx.State of the run being initialised.
+    source: nnx.State of a trained run's parameters.
+    what: names the source in error messages (e.g. the config key).
+
+  Returns:
+    (number of arrays copied, the new params tree).
+
+  Raises:
+    ValueError: naming the first parameters that do not fit.
+  """
+  flat = {param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  ours = {param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  missing = sorted(set(flat) - set(ours))
+  wrong = sorted(k for k in set(flat) & set(ours) if flat[k].shape != ours[k].shape)
+  if missing or wrong:
+    raise ValueError(f'{what}: its parameters do not fit this network: '
+                     + (f'not here: {missing[:5]}; ' if missing else '')
+                     + (f'different shapes: {[(k, flat[k].shape, ours[k].shape) for k in wrong[:5]]}; '
+                        if wrong else '')
+                     + 'its network config must match this run\'s.')
+
+  def load(path, value):
+    key = param_path(path)
+    return jnp.asarray(jax.device_get(flat[key]), value.dtype) if key in flat else value
+  return len(flat), jax.tree_util.tree_map_with_path(load, params)

@@ -125,14 +125,14 @@ class Method(base.Method):
   def __init__(self, config):
     super().__init__(config)
     self.trip = config.trip
-    unet_config = unet3d.UNetConfig.from_config(config)
+    unet_config = unet3d.UNetConfig.from_config(config, self.frame_shape)
     if self.trip.condition == 'channels':
       unet_config = dataclasses.replace(
-          unet_config, cond_channels=unet_config.cond_channels + config.data.channels)
+          unet_config, cond_channels=unet_config.cond_channels + unet_config.channels)
     self.unet_config = unet_config
     m = config.model
     self.tnf_config = tnf.TNFConfig(
-        channels=config.data.channels, features=self.trip.tnf_features,
+        channels=unet_config.channels, features=self.trip.tnf_features,
         num_heads=self.trip.tnf_heads, head_dim=self.trip.tnf_head_dim,
         emb_dim=self.trip.tnf_emb_dim, norm_groups=self.trip.tnf_norm_groups,
         rel_pos_buckets=m.rel_pos_buckets, rel_pos_max_distance=m.rel_pos_max_distance)
@@ -294,13 +294,13 @@ class Method(base.Method):
     if plain.config.get('method', 'vdm') != 'vdm':
       raise ValueError(f'config.trip.init_from={source!r} is a {plain.config.method!r} run; '
                        "it must be a plain 'vdm' run (one U-Net).")
-    flat = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(plain.params)[0]}
+    flat = {base.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(plain.params)[0]}
     used = set()
 
     def load(path, value):
       if path[0].key != 'unet':
         return value
-      key = _path_key(path[1:])
+      key = base.param_path(path[1:])
       if key not in flat:
         raise ValueError(f'config.trip.init_from={source!r} has no U-Net parameter {key}: '
                          'its config.model must match this run\'s.')
@@ -321,11 +321,3 @@ class Method(base.Method):
           + (f'; not used there: {unused}.' if unused else '.'), flush=True)
     return params
 
-
-def _path_key(path) -> str:
-  """'conv_in/kernel' from a pytree path into an nnx.State.
-
-  The State's dict keys name modules and parameters; the attribute entry at
-  the end is the Variable's ``.value``.
-  """
-  return '/'.join(str(e.key) for e in path if isinstance(e, jax.tree_util.DictKey))

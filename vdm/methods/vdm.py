@@ -23,7 +23,7 @@ class Method(base.Method):
 
   def __init__(self, config):
     super().__init__(config)
-    self.model_config = unet3d.UNetConfig.from_config(config)
+    self.model_config = unet3d.UNetConfig.from_config(config, self.frame_shape)
 
   def build(self, rngs: nnx.Rngs) -> unet3d.UNet3D:
     return unet3d.UNet3D(self.model_config, rngs=rngs)

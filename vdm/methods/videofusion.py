@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import latent
 from vdm.diffusion import decomposed
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -106,8 +107,8 @@ def residual_unet_config(config: ml_collections.ConfigDict) -> unet3d.UNetConfig
                attention_resolutions=tuple(vf.residual_attention_resolutions),
                frame_index_embed=config.data.num_frames if vf.residual_frame_index else 0)
   try:
-    return unet3d.UNetConfig(channels=config.data.channels, image_size=config.data.image_size,
-                             **model)
+    size, channels = latent.frame_shape(config)
+    return unet3d.UNetConfig(channels=channels, image_size=size, **model)
   except ValueError as e:
     raise ValueError(
         'VideoFusion residual generator (config.model with config.videofusion.'
@@ -122,7 +123,7 @@ class Method(base.Method):
   def __init__(self, config):
     super().__init__(config)
     self.vf = config.videofusion
-    self.base_config = unet3d.UNetConfig.from_config(config)
+    self.base_config = unet3d.UNetConfig.from_config(config, self.frame_shape)
     self.residual_config = residual_unet_config(config)
 
   # --- The noise law ----------------------------------------------------------
@@ -285,7 +286,8 @@ class Method(base.Method):
       raise ValueError(f'config.videofusion.base_init_workdir={workdir!r} is a {method!r} run; '
                        "the base is initialised from a plain ('vdm') run.")
     ours = dataclasses.asdict(self.base_config)
-    theirs = dataclasses.asdict(unet3d.UNetConfig.from_config(plain.config))
+    theirs = dataclasses.asdict(unet3d.UNetConfig.from_config(
+        plain.config, latent.frame_shape(plain.config)))
     differ = sorted(f for f in ours if f not in _NOT_IN_PARAMS and ours[f] != theirs[f])
     if differ:
       raise ValueError(

@@ -223,3 +223,64 @@ def upsample_nearest(x: jax.Array) -> jax.Array:
   """Doubles H and W of [B, T, H, W, C] by repetition (frames unchanged)."""
   x = jnp.repeat(x, 2, axis=2)
   return jnp.repeat(x, 2, axis=3)
+
+
+def _neighbour_mask(is_image: Optional[jax.Array], num_frames: int, offset: int) -> jax.Array:
+  """[T] bool: frame t may take frame t + offset as a neighbour.
+
+  Both must exist and be video frames: an appended image has no neighbours,
+  and no video frame reaches across into an image.
+  """
+  t = jnp.arange(num_frames)
+  inside = (t + offset >= 0) & (t + offset < num_frames)
+  if is_image is None:
+    return inside
+  video = ~jnp.asarray(is_image, bool)
+  return inside & video & jnp.roll(video, -offset)
+
+
+class TemporalConv(nnx.Module):
+  """A kernel-3 convolution over time of video [B, T, H, W, C], zero-padded.
+
+  Each output frame mixes itself with its previous and next frame; with an
+  ``is_image`` mask, appended independent images and the video frames next to
+  them do not mix (the joint image-video contract of vdm/models/attention.py).
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs,
+               init_scale: float = 1.0, dtype=jnp.float32):
+    init = zeros_init if init_scale == 0 else variance_scaling(init_scale)
+    self.kernel = param(rngs, init, (3, in_channels, out_channels), (None, 'embed', 'mlp'))
+    self.bias = param(rngs, zeros_init, (out_channels,), ('mlp',))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, is_image: Optional[jax.Array] = None) -> jax.Array:
+    x = x.astype(self.dtype)
+    t = x.shape[1]
+    zero = jnp.zeros_like(x[:, :1])
+    prev = jnp.concatenate([zero, x[:, :-1]], axis=1)  # [B, T, H, W, C]: frame t - 1
+    nxt = jnp.concatenate([x[:, 1:], zero], axis=1)    # frame t + 1
+    shape = (1, t, 1, 1, 1)
+    prev = jnp.where(_neighbour_mask(is_image, t, -1).reshape(shape), prev, 0)
+    nxt = jnp.where(_neighbour_mask(is_image, t, 1).reshape(shape), nxt, 0)
+    taps = jnp.concatenate([prev, x, nxt], axis=-1)    # [B, T, H, W, 3C]
+    kernel = self.kernel[...].astype(self.dtype)
+    y = jnp.dot(taps, kernel.reshape(-1, kernel.shape[-1]))
+    return y + self.bias[...].astype(self.dtype)
+
+
+class TemporalConvBlock(nnx.Module):
+  """x + TemporalConv(SiLU(GroupNorm(x))) with the convolution zero-initialised.
+
+  Inserted into a trained spatial network (VidRD's temporal-aware decoder, the
+  U-Net's ``temporal_conv`` option) it is the identity at initialisation, so
+  the network starts exactly as it was and learns only what time adds.
+  """
+
+  def __init__(self, channels: int, num_groups: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.norm = GroupNorm(channels, num_groups, rngs=rngs, dtype=dtype)
+    self.conv = TemporalConv(channels, channels, rngs=rngs, init_scale=0.0, dtype=dtype)
+
+  def __call__(self, x: jax.Array, is_image: Optional[jax.Array] = None) -> jax.Array:
+    h = self.conv(jax.nn.silu(self.norm(x)), is_image)
+    return x.astype(h.dtype) + h

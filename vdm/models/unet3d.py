@@ -56,6 +56,9 @@ class UNetConfig:
     dtype: compute dtype name ('float32' or 'bfloat16'); parameters stay float32.
     attn_dtype: dtype of the attention inputs; '' means ``dtype``.
     remat: recompute each block's activations in the backward pass.
+    temporal_conv: add a zero-initialised kernel-3 convolution over time
+      after the first (spatial) convolution of every residual block (VidRD's
+      U-Net); False: frames mix only through temporal attention.
   """
   channels: int = 3
   image_size: int = 64
@@ -76,6 +79,7 @@ class UNetConfig:
   dtype: str = 'float32'
   attn_dtype: str = ''
   remat: bool = False
+  temporal_conv: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'channel_mult', tuple(self.channel_mult))
@@ -83,15 +87,23 @@ class UNetConfig:
     self.validate()
 
   @classmethod
-  def from_config(cls, config) -> 'UNetConfig':
-    """Builds the U-Net config from a full config (``data`` and ``model`` sections)."""
+  def from_config(cls, config, frame_shape: Optional[tuple[int, int]] = None) -> 'UNetConfig':
+    """Builds the U-Net config from a full config (``data`` and ``model`` sections).
+
+    Args:
+      config: a full ConfigDict.
+      frame_shape: (size, channels) of the frames the net sees; None means
+        config.data's (pixels). A latent run passes its latents'
+        (vdm.latent.frame_shape).
+    """
     fields = {f.name for f in dataclasses.fields(cls)} - {'channels', 'image_size'}
     model = dict(config.model)
     unknown = sorted(set(model) - fields)
     if unknown:
       raise ValueError(f'config.model has unknown keys {unknown}; '
                        f'known keys: {sorted(fields)}.')
-    return cls(channels=config.data.channels, image_size=config.data.image_size, **model)
+    size, channels = frame_shape or (config.data.image_size, config.data.channels)
+    return cls(channels=channels, image_size=size, **model)
 
   @property
   def resolutions(self) -> tuple[int, ...]:
@@ -157,10 +169,16 @@ class ResBlock(nnx.Module):
     self.conv2 = layers.SpatialConv(out_ch, out_ch, rngs=rngs, init_scale=0.0, dtype=dtype)
     self.skip = (layers.SpatialConv(in_ch, out_ch, rngs=rngs, kernel_size=1, dtype=dtype)
                  if in_ch != out_ch else None)
+    # Identity at initialisation: a run gaining it starts as the attention-only net.
+    self.temporal = (layers.TemporalConvBlock(out_ch, cfg.norm_groups, rngs=rngs, dtype=dtype)
+                     if cfg.temporal_conv else None)
     self.dropout_rate = cfg.dropout
 
-  def __call__(self, x: jax.Array, emb: jax.Array, rng: Optional[jax.Array]) -> jax.Array:
+  def __call__(self, x: jax.Array, emb: jax.Array, rng: Optional[jax.Array],
+               is_image: Optional[jax.Array] = None) -> jax.Array:
     h = self.conv1(jax.nn.silu(self.norm1(x)))  # [B, T, H, W, out]
+    if self.temporal is not None:
+      h = self.temporal(h, is_image)
     # emb: [B, 1, E] (one condition per video) or [B, T, E] (per frame).
     scale, shift = jnp.split(self.film(jax.nn.silu(emb)), 2, axis=-1)  # [B, T', out] each
     h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
@@ -197,7 +215,7 @@ class Level(nnx.Module):
     self.remat = cfg.remat
 
   def _forward(self, x, emb, rng, is_image):
-    x = self.res(x, emb, rng)
+    x = self.res(x, emb, rng, is_image)
     return x if self.attn is None else self.attn(x, is_image)
 
   def __call__(self, x, emb, rng, is_image):

@@ -1,0 +1,47 @@
+"""The latent autoencoder of latent diffusion on the bundled moving digits.
+
+Two stages (README, "Latent diffusion"): the image autoencoder on frames, then
+VidRD's temporal-aware decoder (the encoder frozen, only the new temporal
+layers trained, on videos):
+
+  python train.py --config=configs/autoencoder_digits.py --workdir=runs/ae_image
+  python train.py --config=configs/autoencoder_digits.py:temporal --workdir=runs/ae_temporal \\
+      --config.autoencoder.init_from=runs/ae_image
+
+A diffusion run then trains on its latents (configs/latent_digits.py):
+
+  python train.py --config=configs/latent_digits.py --workdir=runs/latent \\
+      --config.latent.autoencoder=runs/ae_temporal
+
+Hardware: 2 CPU cores. 32x32 grey frames -> 8x8x4 latents. Expected result:
+not yet measured (BENCHMARKS.md, "Latent autoencoder", will hold the
+reconstruction PSNR per frame and the frame-difference error before and
+after the temporal stage).
+"""
+
+from configs import default
+from vdm.methods import autoencoder
+
+
+def get_config(stage: str = 'image'):
+  """The config of ``stage``: 'image' (first) or 'temporal' (VidRD's decoder)."""
+  if stage not in ('image', 'temporal'):
+    raise ValueError(f'configs/autoencoder_digits.py:{stage}: choose image or temporal.')
+  config = default.get_config()
+  config.method = 'autoencoder'
+  config.autoencoder = autoencoder.default_config()
+  config.data.image_size = 32
+  config.data.label_key = ''
+  config.model.num_classes = 0
+  config.training.num_samples = 0
+  config.training.num_steps = 1000
+  config.training.checkpoint_every = 250
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.warmup_steps = 50
+  if stage == 'temporal':
+    # Videos only: the temporal layers learn how neighbouring frames agree.
+    config.data.num_images = 0
+    config.autoencoder.temporal_decoder = True
+    config.autoencoder.train = 'temporal'
+    config.training.num_steps = 500
+  return config

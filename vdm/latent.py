@@ -1,0 +1,219 @@
+"""The space a diffusion run lives in: pixels, or a trained autoencoder's latents.
+
+Latent video diffusion (PAPERS.md section 3): with ``config.latent.autoencoder``
+naming the workdir of an autoencoder run (``config.method = 'autoencoder'``,
+vdm/methods/autoencoder.py), every frame is encoded to the posterior mean
+of its latent, times a scale factor that gives the latents unit variance,
+and the diffusion model (any method, any sampler) works on those. Training
+encodes each batch inside the train step; sampling encodes the known frames
+of a conditional mode and decodes what it drew; evaluation scores the
+decoded videos with the same FVD protocol as a pixel run.
+
+``space(config)`` is the one entry: a ``PixelSpace`` (the identity) or a
+``LatentSpace``, so callers never branch on which.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+SCALE_FILE = 'latent_scale.json'
+# Frames of the autoencoder's training split the scale factor is measured on.
+SCALE_FRAMES = 2048
+
+
+def autoencoder_workdir(config: ml_collections.ConfigDict) -> str:
+  """config.latent.autoencoder, or '' for a pixel-space run (or an old config)."""
+  return str(config.get('latent', {}).get('autoencoder', '') or '')
+
+
+def _autoencoder_config(workdir: str):
+  from vdm import run_lib  # pylint: disable=g-import-not-at-top  (run_lib imports methods)
+  config = run_lib.load_config(workdir)
+  if config.get('method', 'vdm') != 'autoencoder':
+    raise ValueError(f'config.latent.autoencoder={workdir!r} is a '
+                     f'{config.get("method", "vdm")!r} run; it must name the workdir of an '
+                     "autoencoder run (config.method = 'autoencoder').")
+  return config
+
+
+def frame_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(size, channels) of the frames the diffusion model sees.
+
+  Pixels: (config.data.image_size, config.data.channels). Latents: the
+  autoencoder's latent size and channels, read from its config.json (its data
+  must be this run's frame size and channels).
+
+  Raises:
+    ValueError: the autoencoder's frames differ from config.data's.
+    FileNotFoundError: no autoencoder run at config.latent.autoencoder.
+  """
+  workdir = autoencoder_workdir(config)
+  if not workdir:
+    return int(config.data.image_size), int(config.data.channels)
+  from vdm.methods import autoencoder  # pylint: disable=g-import-not-at-top
+  ae_config = autoencoder.autoencoder_config(_autoencoder_config(workdir))
+  ours = (int(config.data.image_size), int(config.data.channels))
+  if (ae_config.image_size, ae_config.channels) != ours:
+    raise ValueError(f'config.latent.autoencoder={workdir!r} encodes {ae_config.image_size}x'
+                     f'{ae_config.image_size} frames of {ae_config.channels} channel(s); this '
+                     f'run has config.data.image_size={ours[0]}, channels={ours[1]}. Set them '
+                     "to the autoencoder's.")
+  return ae_config.latent_size, ae_config.latent_channels
+
+
+class PixelSpace:
+  """The identity: a pixel-space run."""
+
+  is_latent = False
+
+  def encode(self, video: jax.Array) -> jax.Array:
+    return video
+
+  def decode(self, latents: jax.Array, is_image: Optional[jax.Array] = None) -> jax.Array:
+    del is_image
+    return latents
+
+
+class LatentSpace:
+  """A trained autoencoder's latent space (its EMA weights, newest checkpoint).
+
+  ``encode`` and ``decode`` are pure functions of arrays (the weights are
+  closed over), so they run inside a jitted train step or sampler as well
+  as on their own.
+
+  Args:
+    workdir: the autoencoder run.
+    mesh: device mesh to place its weights on (the diffusion run's).
+
+  Attributes:
+    workdir, step (its checkpoint), scale (latents = scale * posterior mean),
+    ae_config (its AutoencoderConfig).
+  """
+
+  is_latent = True
+
+  def __init__(self, workdir: str, mesh=None):
+    from vdm import run_lib  # pylint: disable=g-import-not-at-top
+    from vdm.methods import autoencoder  # pylint: disable=g-import-not-at-top
+    _autoencoder_config(workdir)
+    run = run_lib.restore_run(workdir, mesh=mesh)
+    self.workdir, self.step, self.config = workdir, run.step, run.config
+    self.ae_config = autoencoder.autoencoder_config(run.config)
+    self._graphdef, self._params = run.graphdef, run.params
+    self.scale = 1.0
+    self.scale = self._measured_scale()
+
+  def _model(self):
+    return nnx.merge(self._graphdef, self._params)
+
+  def encode(self, video: jax.Array) -> jax.Array:
+    """Scaled posterior means [B, T, h, w, latent] of video [B, T, H, W, C] in [-1, 1]."""
+    mean, _ = self._model().encode(jnp.asarray(video, jnp.float32))
+    return jax.lax.stop_gradient(mean * self.scale)
+
+  def decode(self, latents: jax.Array, is_image: Optional[jax.Array] = None) -> jax.Array:
+    """Video [B, T, H, W, C] (about [-1, 1]) of scaled latents [B, T, h, w, latent]."""
+    return self._model().decode(jnp.asarray(latents, jnp.float32) / self.scale, is_image)
+
+  def _measured_scale(self) -> float:
+    """1 / std of the posterior means over SCALE_FRAMES training frames.
+
+    Measured once per autoencoder checkpoint and kept in its workdir, so
+    every diffusion run on that checkpoint (and every process of one) uses
+    the same number. The frames are the first clips of the autoencoder's
+    train split in stored order, read whole on every process.
+    """
+    path = os.path.join(self.workdir, SCALE_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        record = json.load(f)
+      if record.get('step') == self.step:
+        return float(record['scale'])
+    from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+    c = self.config
+    clips = -(-SCALE_FRAMES // c.data.num_frames)
+    clips = min(clips, int(pipeline.dataset_info(c)['num_train_examples']))
+    batches = pipeline.make_eval_iterator(c, c.data.train_split, num_examples=clips,
+                                          batch_size=min(64, clips), process_index=0,
+                                          process_count=1)
+    encode = jax.jit(self.encode)
+    total, total_sq, count = 0.0, 0.0, 0
+    for batch in batches:
+      video = batch['video'][batch['mask']].astype(np.float32) / 127.5 - 1.0
+      latents = np.asarray(encode(video), np.float64)
+      total, total_sq, count = total + latents.sum(), total_sq + (latents**2).sum(), count + latents.size
+    std = float(np.sqrt(max(total_sq / count - (total / count)**2, 1e-12)))
+    scale = 1.0 / std
+    if jax.process_index() == 0:
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump({'step': self.step, 'scale': scale, 'latent_std': std,
+                   'frames': count // int(np.prod(latents.shape[2:]))}, f, indent=2)
+      os.replace(tmp, path)
+    print(f'Latent space of {self.workdir} (step {self.step}): posterior std {std:.4f} over '
+          f'{clips} training clips; scale factor {scale:.4f}.', flush=True)
+    return scale
+
+
+@functools.lru_cache(maxsize=4)
+def _latent_space(workdir: str, mesh) -> LatentSpace:
+  return LatentSpace(workdir, mesh)
+
+
+def space(config: ml_collections.ConfigDict, mesh=None):
+  """The space of a run: PixelSpace, or the LatentSpace of config.latent.autoencoder.
+
+  Args:
+    config: the diffusion run's config.
+    mesh: the mesh its weights go on (the run's); None for the default one.
+
+  Returns:
+    An object with ``encode(video)``, ``decode(latents, is_image=None)`` and
+    ``is_latent``.
+  """
+  workdir = autoencoder_workdir(config)
+  return _latent_space(os.path.abspath(workdir), mesh) if workdir else PixelSpace()
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(space_obj, name: str):
+  return jax.jit(getattr(space_obj, name))
+
+
+def _in_chunks(space_obj, name: str, videos, batch_size: int) -> np.ndarray:
+  fn = _jitted(space_obj, name)
+  videos = np.asarray(videos, np.float32)
+  return np.concatenate([np.asarray(fn(videos[i:i + batch_size]))
+                         for i in range(0, len(videos), batch_size)])
+
+
+def encode_videos(space_obj, videos, batch_size: int = 16) -> np.ndarray:
+  """``space_obj.encode`` of float videos [N, T, H, W, C] in [-1, 1], jitted, in chunks.
+
+  Returns:
+    float32 [N, T, h, w, c] (the input itself for a PixelSpace).
+  """
+  if not space_obj.is_latent:
+    return np.asarray(videos, np.float32)
+  return _in_chunks(space_obj, 'encode', videos, batch_size)
+
+
+def decode_videos(space_obj, latents, batch_size: int = 16) -> np.ndarray:
+  """``space_obj.decode`` of [N, T, h, w, c] latents, jitted, in chunks, clipped to [-1, 1].
+
+  Returns:
+    float32 [N, T, H, W, C] (the input itself for a PixelSpace).
+  """
+  if not space_obj.is_latent:
+    return np.asarray(latents, np.float32)
+  return np.clip(_in_chunks(space_obj, 'decode', latents, batch_size), -1.0, 1.0)
