@@ -40,6 +40,7 @@ from vdm.methods import trip
 from vdm.models import tnf
 
 sys.path.insert(0, os.path.dirname(__file__))
+import cli  # pylint: disable=g-import-not-at-top
 from samplers_test import stationary_gaussian  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,24 +105,11 @@ def cli_run(tmp_path_factory):
   data_dir = str(base / 'tfds')
   moving_digits.prepare(data_dir, 32, num_train=32, num_test=8, verbose=False)
   workdir = str(base / 'run')
-  proc = _cli('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=1')
+  proc = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=1')
   yield data_dir, workdir, proc
   if proc.poll() is None:
     proc.kill()
     proc.communicate()
-
-
-def _cli(script, *flags):
-  # The same XLA options as this process (conftest), and one device.
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', XLA_FLAGS='')
-  return subprocess.Popen([sys.executable, script, *flags], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc, timeout=600):
-  out, err = proc.communicate(timeout=timeout)
-  assert proc.returncode == 0, err[-3000:]
-  return out, err
 
 
 # --- The image noise prior and the linear fusion ------------------------------
@@ -557,27 +545,27 @@ def test_psnr_and_ssim():
 
 def test_train_resume_sample_i2v_and_evaluate_through_the_command_line(cli_run, tmp_path):
   data_dir, workdir, proc = cli_run
-  out, _ = _finish(proc)
+  out, _ = cli.finish(proc)
   assert 'Done: 1 steps' in out
-  resumed = _cli('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=2')
-  out, _ = _finish(resumed)
+  resumed = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=2')
+  out, _ = cli.finish(resumed)
   assert 'Resumed from step 1' in out and 'Done: 2 steps' in out
   # A grey image saved as RGB, as image files often are.
   image = np.random.default_rng(4).integers(0, 256, (S, S), np.uint8)
   iio.imwrite(tmp_path / 'first.png', np.repeat(image[..., None], 3, axis=-1))
   out_dir = tmp_path / 'i2v'
-  sample = _cli('sample.py', f'--workdir={workdir}', '--mode=i2v',
+  sample = cli.start('sample.py', f'--workdir={workdir}', '--mode=i2v',
                 f'--input={tmp_path / "first.png"}', '--num_samples=2', '--steps=2',
                 f'--output_dir={out_dir}')
-  evaluate = _cli('evaluate.py', f'--workdir={workdir}', '--mode=i2v', '--num_samples=2',
+  evaluate = cli.start('evaluate.py', f'--workdir={workdir}', '--mode=i2v', '--num_samples=2',
                   '--batch_size=2', '--steps=2')
-  out, _ = _finish(sample)
+  out, _ = cli.finish(sample)
   assert str(out_dir / 'samples.gif') in out
   with np.load(out_dir / 'samples.npz') as saved:
     assert saved['videos'].shape == (2, T, S, S, 1) and saved['videos'].dtype == np.uint8
     np.testing.assert_array_equal(saved['conditioning'][:, 0, ..., 0], [image, image])
   assert iio.imread(out_dir / 'samples.gif', index=None).shape[0] == T
-  out, _ = _finish(evaluate)
+  out, _ = cli.finish(evaluate)
   (line,) = [l for l in out.splitlines() if l.startswith('{')]
   result = json.loads(line)
   assert result['mode'] == 'i2v' and result['step'] == 2 and result['method'] == 'trip'

@@ -39,6 +39,7 @@ from vdm.methods import vdm as vdm_method
 from vdm.methods import videofusion
 
 sys.path.insert(0, os.path.dirname(__file__))
+import cli  # pylint: disable=g-import-not-at-top
 from guidance_test import KNOWN_FIRST_TWO, conditional_errors, known_coordinates  # pylint: disable=g-import-not-at-top
 from samplers_test import DATA, LOGSNR_FN, exact_model, moment_z_scores  # pylint: disable=g-import-not-at-top
 
@@ -507,18 +508,6 @@ def test_every_default_key_is_commented():
 
 # --------------------------------------------------------------------------- end to end
 
-def _cli(*args, **popen):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', PYTHONPATH=REPO)
-  return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
-
-
-def _finish(proc, timeout=600):
-  out, err = proc.communicate(timeout=timeout)
-  assert proc.returncode == 0, err[-3000:]
-  return out, err
-
-
 E2E_OVERRIDES = {  # Small enough to compile quickly; 10 frames for the I3D.
     'data.num_frames': 10, 'model.base_channels': 8, 'model.channel_mult': (1, 2),
     'model.attention_resolutions': (), 'model.head_dim': 8,
@@ -564,18 +553,18 @@ def test_command_line_train_resume_sample_evaluate(plain_run, tmp_path):
       "--config.sharding.mesh=(('data', 1), ('fsdp', 1))", '--config.training.num_steps=2',
       '--config.training.num_samples=0', '--config.training.async_checkpoints=False',
       f'--config.videofusion.base_init_workdir={plain_dir}', '--config.videofusion.base_lr_mult=0']
-  out, _ = _finish(_cli('train.py', '--config=configs/videofusion_tiny.py',
+  out, _ = cli.finish(cli.start('train.py', '--config=configs/videofusion_tiny.py',
                         f'--workdir={workdir}', *flags))
   assert 'base generator initialised from the EMA weights of step 0' in out
   assert 'Done: 2 steps' in out
   resumed = str(tmp_path / 'resumed')
   shutil.copytree(workdir, resumed)
   procs = [
-      _cli('train.py', '--config=configs/videofusion_tiny.py', f'--workdir={resumed}',
+      cli.start('train.py', '--config=configs/videofusion_tiny.py', f'--workdir={resumed}',
            *[f for f in flags if 'num_steps' not in f], '--config.training.num_steps=3'),
-      _cli('sample.py', f'--workdir={workdir}', '--mode=unconditional', '--num_samples=2',
+      cli.start('sample.py', f'--workdir={workdir}', '--mode=unconditional', '--num_samples=2',
            '--steps=2', '--guidance_weight=1.0', f'--output_dir={tmp_path / "samples"}'),
-      _cli('evaluate.py', f'--workdir={workdir}', '--num_samples=4', '--batch_size=4',
+      cli.start('evaluate.py', f'--workdir={workdir}', '--num_samples=4', '--batch_size=4',
            '--steps=2'),
   ]
   # Meanwhile: the frozen base still holds the plain run's weights exactly.
@@ -583,7 +572,7 @@ def test_command_line_train_resume_sample_evaluate(plain_run, tmp_path):
   assert run.step == 2 and run.config.method == 'videofusion'
   for got, want in zip(jax.tree.leaves(run.params['base']), jax.tree.leaves(plain_params)):
     np.testing.assert_array_equal(got, want)
-  (train_out, _), (_, sample_err), (eval_out, _) = (_finish(p) for p in procs)
+  (train_out, _), (_, sample_err), (eval_out, _) = (cli.finish(p) for p in procs)
   assert 'Resumed from step 2' in train_out and 'Done: 3 steps' in train_out
   assert 'sampling step 2/2' in sample_err
   with np.load(tmp_path / 'samples' / 'samples.npz') as saved:

@@ -112,6 +112,10 @@ class LatentSpace:
     self._graphdef, self._params = run.graphdef, run.params
     self.scale = 1.0
     self.scale = self._measured_scale()
+    size = self.ae_config.latent_size
+    print(f'Latent space: {workdir} (step {self.step}), {self.ae_config.image_size}^2 x '
+          f'{self.ae_config.channels} frames -> {size}^2 x {self.ae_config.latent_channels} '
+          f'latents, scale factor {self.scale:.4f}.', flush=True)
 
   def _model(self):
     return nnx.merge(self._graphdef, self._params)
@@ -160,8 +164,8 @@ class LatentSpace:
         json.dump({'step': self.step, 'scale': scale, 'latent_std': std,
                    'frames': count // int(np.prod(latents.shape[2:]))}, f, indent=2)
       os.replace(tmp, path)
-    print(f'Latent space of {self.workdir} (step {self.step}): posterior std {std:.4f} over '
-          f'{clips} training clips; scale factor {scale:.4f}.', flush=True)
+    print(f'Measured the latent scale of {self.workdir}: posterior std {std:.4f} over '
+          f'{clips} training clips.', flush=True)
     return scale
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from vdm import checkpoints
 from vdm import config_lib
+from vdm import latent
 from vdm import long_video
 from vdm import run_lib
 from vdm import sampling
@@ -188,7 +189,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
                'sampling.vidrd_order': vidrd_order}
   config = run_lib.apply_overrides(run_lib.load_config(workdir), overrides)
   config_lib.validate_config(config)
-  check_first_frame_mode(config, mode)
+  check_mode(config, mode)
   _check_options(config, guidance_weight, label, conditioning, mode)
   plan = _plan(config, mode, num_frames, context_frames, stride, lowres_factor)
   if mode == 'extend' and config.sampling.long_method != 'reconstruction' and input_path:
@@ -198,9 +199,11 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
                                         _InputFrames(input_start, input_stride, strict_input))
   labels = _labels(config, label, num_samples, dataset_labels)
   extra = _extra_conditioning(config, cond_path, num_samples, plan.clip_frames)
-  if mode == 'i2v':
-    extra = dict(extra or {}, first_frame=video_io.to_model_range(known[:, 0]))
   _check_checkpoint(workdir, checkpoint_step)
+  space = latent.space(config)  # Pixels, or the autoencoder (restored here).
+  if mode == 'i2v':
+    first = video_io.to_model_range(known[:, :1])  # [N, 1, H, W, C]
+    extra = dict(extra or {}, first_frame=latent.encode_videos(space, first)[:, 0])
 
   run = run_lib.restore_run(workdir, checkpoint_step, overrides)
   print(f'Loaded the EMA weights of step {run.step} from {workdir}; sampling {num_samples} x '
@@ -211,10 +214,13 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
                               guidance_weight=config.sampling.guidance_weight)
   sampler_kwargs = run_lib.sampler_options(config, run.method, progress=progress)
   rng = jax.random.PRNGKey(seed)
+  # Known frames condition the sampler in the space it samples in.
   cond = None if known is None else video_io.to_model_range(known)
+  if cond is not None and mode != 'superres':
+    cond = latent.encode_videos(space, cond)
   w_r = float(config.sampling.w_r)
-  clip_shape = (num_samples, config.data.image_size, config.data.image_size,
-                config.data.channels)
+  size, channels = run.method.frame_shape
+  clip_shape = (num_samples, size, size, channels)
   if mode == 'extend':
     videos = long_video.generate(
         model_fn, rng, plan.out_frames, sampling_config=config.sampling,
@@ -225,7 +231,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     sampler = _single_clip_sampler(config, mode, plan, conditioning, sampler_kwargs,
                                    num_samples)
     videos = np.asarray(sampler(model_fn, rng, cond, w_r))
-  videos = video_io.to_uint8(videos)  # [N, T, H, W, C]
+  videos = video_io.to_uint8(latent.decode_videos(space, videos))  # [N, T, H, W, C]
   paths = _write(output_dir, videos, known, labels, config.data.image_size, fps)
   print('Wrote ' + ', '.join(paths.values()), flush=True)
   return SampleResult(videos, known, labels, run.step, paths)
@@ -277,8 +283,11 @@ def read_image_input(path: str) -> np.ndarray:
   return images[:, None]
 
 
-def check_first_frame_mode(config, mode: str) -> None:
-  """i2v needs a method whose denoiser takes a first frame; other modes one that does not.
+def check_mode(config, mode: str) -> None:
+  """Whether the run can sample in ``mode`` at all.
+
+  i2v needs a method whose denoiser takes a first frame, the other modes one
+  that does not; superres needs a pixel-space run.
 
   Args:
     config: the run's config.
@@ -299,6 +308,10 @@ def check_first_frame_mode(config, mode: str) -> None:
   if mode != 'i2v' and first_frame:
     raise ValueError(f"this run's method {name!r} generates videos from a first frame: use "
                      f'mode=i2v (with an input image or the dataset), not mode={mode}.')
+  if mode == 'superres' and latent.autoencoder_workdir(config):
+    raise ValueError('mode=superres guides towards a low-resolution pixel video, which a '
+                     'latent run (config.latent.autoencoder set) has no latents of; train the '
+                     'super-resolution model in pixel space.')
 
 
 def _check_checkpoint(workdir: str, step: Optional[int]) -> None:
@@ -668,7 +681,7 @@ def _single_clip_sampler(config, mode: str, plan: _Plan, conditioning: str,
     run(model_fn, rng, cond, w_r) -> float32 [N, T, H, W, C], where cond is
     float [N, n, s, s, C] in [-1, 1] (None for unconditional).
   """
-  size, channels = config.data.image_size, config.data.channels
+  size, channels = latent.frame_shape(config)
 
   def run(model_fn, rng, cond, w_r):
     frames_kwargs = dict(method=conditioning, w_r=w_r, **sampler_kwargs)

@@ -59,6 +59,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import latent
 from vdm import long_video
 from vdm import progress as progress_lib
 from vdm import run_lib
@@ -120,7 +121,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
   if mode not in MODES:
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
   from vdm import sample_lib  # pylint: disable=g-import-not-at-top
-  sample_lib.check_first_frame_mode(config, mode)
+  sample_lib.check_mode(config, mode)
   if mode == 'predict' and not 0 < context_frames < t:
     raise ValueError(f'context_frames={context_frames} must be in (0, '
                      f'config.data.num_frames={t}) for mode=predict.')
@@ -382,7 +383,9 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     float64 [N, 400] I3D features.
   """
   c = run.config
-  t, size = c.data.num_frames, c.data.image_size
+  t = c.data.num_frames
+  size, channels = run.method.frame_shape  # Of latents in a latent run, decoded below.
+  space = latent.space(c)
   options = run_lib.sampler_options(c, run.method)
   rng = jax.random.PRNGKey(seed)
   bs = max(1, min(batch_size, num))
@@ -393,21 +396,22 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     rows = min(bs, num - lo)
     key = jax.random.fold_in(rng, b)
     lab = _pad_rows(None if labels is None else np.asarray(labels[lo:lo + rows]), bs)
-    cond = None if first_frames is None else {'first_frame': _pad_rows(
-        video_io.to_model_range(first_frames[lo:lo + rows]), bs)}
+    cond = None if first_frames is None else {'first_frame': latent.encode_videos(
+        space, _pad_rows(video_io.to_model_range(first_frames[lo:lo + rows]), bs)[:, None])[:, 0]}
     fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
                           conditioning=cond, guidance_weight=c.sampling.guidance_weight)
     if num_frames is not None:
       videos = long_video.generate(fn, key, num_frames, sampling_config=c.sampling,
-                                   clip_frames=t, clip_shape=(bs, size, size, c.data.channels),
+                                   clip_frames=t, clip_shape=(bs, size, size, channels),
                                    context_frames=max(1, t // 2), **options)
     elif contexts is None:
-      videos = run_lib.sample(fn, key, (bs, t, size, size, c.data.channels), options)
+      videos = run_lib.sample(fn, key, (bs, t, size, size, channels), options)
     else:
-      ctx = _pad_rows(video_io.to_model_range(contexts[lo:lo + rows]), bs)
+      ctx = latent.encode_videos(space, _pad_rows(video_io.to_model_range(
+          contexts[lo:lo + rows]), bs))
       videos = np.asarray(_predict(fn, key, jnp.asarray(ctx), jnp.float32(c.sampling.w_r),
                                    num_frames=t, options=tuple(sorted(options.items()))))
-    videos_u8 = video_io.to_uint8(videos[:rows])  # [rows, T, H, W, C]
+    videos_u8 = video_io.to_uint8(latent.decode_videos(space, videos)[:rows])  # [rows, T, H, W, C]
     if on_videos is not None:
       on_videos(lo, videos_u8)
     feats.append(i3d.extract_features(_pad_rows(videos_u8, bs), batch_size=bs)[:rows])

@@ -225,26 +225,36 @@ def upsample_nearest(x: jax.Array) -> jax.Array:
   return jnp.repeat(x, 2, axis=3)
 
 
-def _neighbour_mask(is_image: Optional[jax.Array], num_frames: int, offset: int) -> jax.Array:
-  """[T] bool: frame t may take frame t + offset as a neighbour.
+def temporal_neighbours(is_image: Optional[jax.Array], num_frames: int
+                        ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Each frame's previous and next video frame, as indices and validity masks.
 
-  Both must exist and be video frames: an appended image has no neighbours,
-  and no video frame reaches across into an image.
+  Neighbours count video frames only (as relative positions do in
+  vdm/models/attention.py): an image frame has none, and a video frame's
+  neighbours skip any image frames between, so interleaving images leaves the
+  video frames' computation unchanged.
+
+  Returns:
+    (prev [T] int32, has_prev [T] bool, next [T] int32, has_next [T] bool).
   """
-  t = jnp.arange(num_frames)
-  inside = (t + offset >= 0) & (t + offset < num_frames)
-  if is_image is None:
-    return inside
-  video = ~jnp.asarray(is_image, bool)
-  return inside & video & jnp.roll(video, -offset)
+  video = (jnp.ones((num_frames,), bool) if is_image is None
+           else ~jnp.asarray(is_image, bool))
+  position = jnp.cumsum(video) - 1                      # [T]: index among video frames
+  order = jnp.argsort(~video, stable=True)              # video frames first, in order
+  num_video = jnp.sum(video)
+  has_prev = video & (position >= 1)
+  has_next = video & (position + 1 < num_video)
+  prev = order[jnp.clip(position - 1, 0, num_frames - 1)]
+  nxt = order[jnp.clip(position + 1, 0, num_frames - 1)]
+  return prev, has_prev, nxt, has_next
 
 
 class TemporalConv(nnx.Module):
   """A kernel-3 convolution over time of video [B, T, H, W, C], zero-padded.
 
-  Each output frame mixes itself with its previous and next frame; with an
-  ``is_image`` mask, appended independent images and the video frames next to
-  them do not mix (the joint image-video contract of vdm/models/attention.py).
+  Each output frame mixes itself with its previous and next video frame;
+  appended independent images (``is_image``) mix with nothing (the joint
+  image-video contract of vdm/models/attention.py).
   """
 
   def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs,
@@ -256,18 +266,14 @@ class TemporalConv(nnx.Module):
 
   def __call__(self, x: jax.Array, is_image: Optional[jax.Array] = None) -> jax.Array:
     x = x.astype(self.dtype)
-    t = x.shape[1]
-    zero = jnp.zeros_like(x[:, :1])
-    prev = jnp.concatenate([zero, x[:, :-1]], axis=1)  # [B, T, H, W, C]: frame t - 1
-    nxt = jnp.concatenate([x[:, 1:], zero], axis=1)    # frame t + 1
-    shape = (1, t, 1, 1, 1)
-    prev = jnp.where(_neighbour_mask(is_image, t, -1).reshape(shape), prev, 0)
-    nxt = jnp.where(_neighbour_mask(is_image, t, 1).reshape(shape), nxt, 0)
+    prev_i, has_prev, next_i, has_next = temporal_neighbours(is_image, x.shape[1])
+    shape = (1, -1, 1, 1, 1)
+    prev = jnp.where(has_prev.reshape(shape), jnp.take(x, prev_i, axis=1), 0)  # [B, T, H, W, C]
+    nxt = jnp.where(has_next.reshape(shape), jnp.take(x, next_i, axis=1), 0)
     taps = jnp.concatenate([prev, x, nxt], axis=-1)    # [B, T, H, W, 3C]
     kernel = self.kernel[...].astype(self.dtype)
     y = jnp.dot(taps, kernel.reshape(-1, kernel.shape[-1]))
     return y + self.bias[...].astype(self.dtype)
-
 
 class TemporalConvBlock(nnx.Module):
   """x + TemporalConv(SiLU(GroupNorm(x))) with the convolution zero-initialised.
