@@ -631,3 +631,26 @@ def run_main(args, kind: str) -> dict:
     print(f'(written to {os.path.relpath(path, os.getcwd())})')
   print(json.dumps(record, sort_keys=True), flush=True)
   return record
+
+
+class Deadline(Exception):
+  """Raised by ``deadline_hook`` once the budget is spent (after a checkpoint)."""
+
+
+def deadline_hook(budget_s: float, record: dict):
+  """A train_lib hook for runs at equal wall-clock: saves and stops after budget_s.
+
+  The clock starts at the end of the first step, so compilation is not
+  counted; ``record`` gets 'steps' and 'seconds' (trained, after step 1).
+  """
+
+  def hook(step, state, checkpointer):
+    now = time.time()
+    if 'start' not in record:
+      record['start'], record['first_step'] = now, step
+      return
+    record['steps'], record['seconds'] = step, now - record['start']
+    if now - record['start'] >= budget_s:
+      checkpointer.save(step, state)
+      raise Deadline()
+  return hook

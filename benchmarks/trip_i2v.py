@@ -26,13 +26,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from configs import trip_digits  # pylint: disable=g-import-not-at-top
+import common  # pylint: disable=g-import-not-at-top
+from configs import trip_digits
 from vdm import train_lib
 from vdm.evaluation import evaluate_lib
 
@@ -45,25 +45,6 @@ VARIANTS = {
 }
 NAMES = {'tnf': 'TRIP (TNF)', 'linear': 'TRIP, linear fusion', 'minus': 'TRIP^- (U-Net alone)',
          'channels': 'TRIP_C (channel concat)', 'recon': 'reconstruction guidance, uncond. model'}
-
-
-class _Deadline(Exception):
-  """Raised by the deadline hook once the budget is spent (after a checkpoint)."""
-
-
-def deadline_hook(budget_s: float, record: dict):
-  """A train_lib hook: saves and stops once budget_s have passed since step 1."""
-
-  def hook(step, state, checkpointer):
-    now = time.time()
-    if 'start' not in record:
-      record['start'], record['first_step'] = now, step
-      return
-    record['steps'], record['seconds'] = step, now - record['start']
-    if now - record['start'] >= budget_s:
-      checkpointer.save(step, state)
-      raise _Deadline()
-  return hook
 
 
 def config_of(variant: str, max_steps: int):
@@ -84,8 +65,8 @@ def run_variant(variant: str, args) -> dict:
   record = {}
   if not os.path.exists(os.path.join(workdir, 'checkpoints')):
     try:
-      train_lib.train(config, workdir, hooks=[deadline_hook(args.budget_s, record)])
-    except _Deadline:
+      train_lib.train(config, workdir, hooks=[common.deadline_hook(args.budget_s, record)])
+    except common.Deadline:
       pass
   mode = 'predict' if variant == 'recon' else 'i2v'
   result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples, mode=mode,

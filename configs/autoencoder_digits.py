@@ -34,8 +34,9 @@ def get_config(stage: str = 'image'):
   config.data.label_key = ''
   config.model.num_classes = 0
   config.training.num_samples = 0
-  config.training.num_steps = 1000
-  config.training.checkpoint_every = 250
+  config.autoencoder.base_channels = 16  # 32x32x1 -> 8x8x4 at 16/32/32 channels: CPU-sized.
+  config.training.num_steps = 400
+  config.training.checkpoint_every = 100
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 50
   if stage == 'temporal':
@@ -43,5 +44,5 @@ def get_config(stage: str = 'image'):
     config.data.num_images = 0
     config.autoencoder.temporal_decoder = True
     config.autoencoder.train = 'temporal'
-    config.training.num_steps = 500
+    config.training.num_steps = 200
   return config

@@ -336,3 +336,8 @@ def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run)
   assert result['step'] == 2 and np.isfinite(result['fvd'])
   with pytest.raises(ValueError, match='superres .* a latent run'):
     sample_lib.sample(ldm, str(tmp_path / 'sr'), mode='superres', num_samples=2)
+  # A diffusion run is no autoencoder to start from.
+  method = autoencoder_method.Method(tiny_ae_config(init_from=ldm))
+  with pytest.raises(ValueError, match="is a run of method 'vdm'; it must be a run of method "
+                                       "'autoencoder'"):
+    method.initial_params(None)

@@ -168,11 +168,7 @@ class Method(base.Method):
     source = self.ae.init_from
     if not source:
       return params
-    from vdm import run_lib  # pylint: disable=g-import-not-at-top  (run_lib imports methods)
-    run = run_lib.restore_run(source)
-    if run.config.get('method', 'vdm') != 'autoencoder':
-      raise ValueError(f'config.autoencoder.init_from={source!r} is a '
-                       f'{run.config.get("method", "vdm")!r} run, not an autoencoder run.')
+    run = base.restore_pretrained('config.autoencoder.init_from', source, 'autoencoder')
     loaded, params = base.copy_matching_params(params, run.params, f'config.autoencoder.'
                                                f'init_from={source!r}')
     print(f'Autoencoder: {loaded} parameter arrays initialised from step {run.step} of '

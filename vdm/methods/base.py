@@ -192,6 +192,31 @@ class Method:
     return int(self.config.model.num_classes)
 
 
+def restore_pretrained(key: str, workdir: str, method: str):
+  """The EMA weights of the run a config key names, checked to be a ``method`` run.
+
+  Args:
+    key: the config key that named it (for error messages), e.g.
+      'config.trip.init_from'.
+    workdir: that run's --workdir.
+    method: the config.method it must have been trained with.
+
+  Returns:
+    Its vdm.run_lib.Run (newest checkpoint).
+
+  Raises:
+    ValueError: it is a run of another method.
+    FileNotFoundError: no run or no checkpoint there.
+  """
+  from vdm import run_lib  # pylint: disable=g-import-not-at-top  (run_lib imports methods)
+  run = run_lib.restore_run(workdir)
+  theirs = run.config.get('method', 'vdm')
+  if theirs != method:
+    raise ValueError(f'{key}={workdir!r} is a run of method {theirs!r}; it must be a run of '
+                     f'method {method!r}.')
+  return run
+
+
 def param_path(path) -> str:
   """'conv_in/kernel' from a pytree path into an nnx.State.
 

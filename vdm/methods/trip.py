@@ -289,11 +289,7 @@ class Method(base.Method):
     source = self.trip.init_from
     if not source:
       return params
-    from vdm import run_lib  # pylint: disable=g-import-not-at-top
-    plain = run_lib.restore_run(source)
-    if plain.config.get('method', 'vdm') != 'vdm':
-      raise ValueError(f'config.trip.init_from={source!r} is a {plain.config.method!r} run; '
-                       "it must be a plain 'vdm' run (one U-Net).")
+    plain = base.restore_pretrained('config.trip.init_from', source, 'vdm')
     flat = {base.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(plain.params)[0]}
     used = set()
 

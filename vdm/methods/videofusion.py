@@ -279,12 +279,7 @@ class Method(base.Method):
     workdir = self.vf.base_init_workdir
     if not workdir:
       return params
-    from vdm import run_lib  # pylint: disable=g-import-not-at-top  (run_lib imports methods)
-    plain = run_lib.restore_run(workdir)
-    method = plain.config.get('method', 'vdm')
-    if method != 'vdm':
-      raise ValueError(f'config.videofusion.base_init_workdir={workdir!r} is a {method!r} run; '
-                       "the base is initialised from a plain ('vdm') run.")
+    plain = base.restore_pretrained('config.videofusion.base_init_workdir', workdir, 'vdm')
     ours = dataclasses.asdict(self.base_config)
     theirs = dataclasses.asdict(unet3d.UNetConfig.from_config(
         plain.config, latent.frame_shape(plain.config)))

@@ -1,0 +1,107 @@
+"""A latent diffusion model against the pixel model at equal training wall-clock time.
+
+Both are configs/default.py at 32x32 frames (single digits, class-conditional,
+v-prediction, guidance w = 1): `pixel` diffuses the 32x32x1 frames, `latent`
+the 8x8x4 latents of a trained autoencoder run (--autoencoder, e.g. VidRD's
+temporal-aware stage of configs/autoencoder_digits.py). Each trains for the
+same wall-clock budget (from the end of its compiling first step, constant
+learning rate after warm-up), then evaluate.py's code scores N class-
+conditional samples of it: FVD/KVD against real test clips and the digit
+classifier's accuracy and consistency.
+
+  python benchmarks/latent_vs_pixel.py --autoencoder=runs/ae_temporal --budget_s=300 \\
+      --num_samples=64 --root=runs/latent_vs_pixel
+
+Prints one JSON line per side and a Markdown table (with seconds per
+training step); writes benchmarks/results/latent_vs_pixel.json, and ten
+videos per side (labels 0-9) to <root>/<side>/look/samples.{gif,npz}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default  # pylint: disable=wrong-import-position
+from vdm import sample_lib  # pylint: disable=wrong-import-position
+from vdm import train_lib  # pylint: disable=wrong-import-position
+from vdm.evaluation import evaluate_lib  # pylint: disable=wrong-import-position
+
+
+def config_of(side: str, autoencoder: str, max_steps: int):
+  config = default.get_config()
+  config.data.image_size = 32
+  if side == 'pixel':
+    config.model.attention_resolutions = (8,)  # The same 8x8 and 4x4 levels as the latent U-Net.
+  else:
+    config.latent.autoencoder = autoencoder
+  config.optimizer.decay = 'none'
+  config.training.num_steps = max_steps
+  config.training.checkpoint_every = max_steps  # The deadline hook saves the last state.
+  config.training.num_samples = 0
+  return config
+
+
+def run_side(side: str, args) -> dict:
+  workdir = os.path.join(args.root, side)
+  record = {}
+  if not os.path.exists(os.path.join(workdir, 'checkpoints')):
+    try:
+      train_lib.train(config_of(side, args.autoencoder, args.max_steps), workdir,
+                      hooks=[common.deadline_hook(args.budget_s, record)])
+    except common.Deadline:
+      pass
+  start = time.time()
+  result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples, steps=args.steps,
+                                 batch_size=args.batch_size)
+  keep = ('fvd', 'kvd', 'digit_accuracy', 'digit_accuracy_ceiling', 'digit_consistency',
+          'digit_consistency_ceiling', 'step', 'num_samples', 'sampling_steps')
+  row = {k: result[k] for k in keep if k in result}
+  # Ten videos, labels 0..9, to look at (samples.gif / samples.npz).
+  sample_start = time.time()
+  sample_lib.sample(workdir, os.path.join(workdir, 'look'), mode='unconditional',
+                    num_samples=10, progress=False)
+  row['sample_10_seconds'] = round(time.time() - sample_start, 1)
+  steps = record.get('steps', row.get('step', 0)) - record.get('first_step', 1)
+  row.update(side=side, workdir=workdir, budget_s=args.budget_s,
+             train_s_per_step=record['seconds'] / max(steps, 1) if 'seconds' in record else None,
+             eval_seconds=round(time.time() - start, 1), load=os.getloadavg())
+  print(json.dumps(row, sort_keys=True), flush=True)
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--autoencoder', required=True)
+  parser.add_argument('--sides', default='latent,pixel')
+  parser.add_argument('--budget_s', type=float, default=300.0)
+  parser.add_argument('--max_steps', type=int, default=5000)
+  parser.add_argument('--num_samples', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=32)
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--root', default=os.path.join(ROOT, 'runs', 'latent_vs_pixel'))
+  args = parser.parse_args()
+  rows = [run_side(side, args) for side in args.sides.split(',')]
+  print('| model | steps in budget | s / train step | FVD | digit accuracy | consistency |')
+  print('|---|---|---|---|---|---|')
+  for r in rows:
+    print(f"| {r['side']} | {r['step']} | {r['train_s_per_step'] or float('nan'):.2f} | "
+          f"{r['fvd']:.0f} | {r.get('digit_accuracy', float('nan')):.3f} | "
+          f"{r.get('digit_consistency', float('nan')):.3f} |")
+  out = os.path.join(ROOT, 'benchmarks', 'results', 'latent_vs_pixel.json')
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, 'w') as f:
+    json.dump(rows, f, indent=2, sort_keys=True)
+  print(f'Wrote {out}')
+
+
+if __name__ == '__main__':
+  main()
