@@ -11,7 +11,8 @@ N clips of the test split are encoded to their posterior means and decoded
                   decoder adds raises it even where each frame looks fine);
 
 are printed as a Markdown table and written to
-benchmarks/results/autoencoder_quality.json:
+benchmarks/results/autoencoder_quality.json; four clips and their
+reconstructions (rows alternating) go to <workdir>/reconstructions.npz:
 
   python benchmarks/autoencoder_quality.py runs/ae_image runs/ae_temporal --num_clips=128
 """
@@ -56,7 +57,11 @@ def evaluate(workdir: str, num_clips: int, batch_size: int = 16) -> dict:
         video)))
     real.append(video)
     recon.append(video_io.to_uint8(decoded))
-  scores = reconstruction_scores(np.concatenate(real), np.concatenate(recon))
+  real, recon = np.concatenate(real), np.concatenate(recon)
+  scores = reconstruction_scores(real, recon)
+  # Four clips to look at: rows real, reconstruction, real, ...
+  pairs = np.stack([real[:4], recon[:4]], axis=1).reshape((-1,) + real.shape[1:])
+  np.savez_compressed(os.path.join(workdir, 'reconstructions.npz'), videos=pairs)
   scores.update(workdir=workdir, step=space.step, num_clips=num_clips,
                 temporal_decoder=bool(config.autoencoder.temporal_decoder),
                 latent_shape=[space.ae_config.latent_size] * 2 + [space.ae_config.latent_channels],

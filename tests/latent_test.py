@@ -341,3 +341,27 @@ def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run)
   with pytest.raises(ValueError, match="is a run of method 'vdm'; it must be a run of method "
                                        "'autoencoder'"):
     method.initial_params(None)
+
+
+@pytest.mark.parametrize('name', ['videofusion', 'trip'])
+def test_follow_up_methods_train_and_sample_on_latents(tmp_path, cli_run, name):
+  """VideoFusion's noise law and TRIP's first frame work in latent space unchanged."""
+  data_dir, ae_dir = cli_run[0], cli_run[1]()
+  if name == 'videofusion':
+    from configs import videofusion_tiny  # pylint: disable=g-import-not-at-top
+    config, mode = videofusion_tiny.get_config(), 'unconditional'
+  else:
+    config, mode = tiny.get_config('trip'), 'i2v'
+  config.data.update(data_dir=data_dir, num_workers=0, image_size=16, num_frames=4)
+  config.latent.autoencoder = ae_dir
+  config.training.update(num_steps=1, num_samples=0, async_checkpoints=False)
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))
+  workdir = str(tmp_path / name)
+  state = train_lib.train(config, workdir)
+  # The networks see 8x8x2 latents: their input convolutions say so.
+  kernels = [np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]
+             if 'conv_in' in base.param_path(p) and base.param_path(p).endswith('kernel')]
+  assert kernels and all(k[2] in (2, 4) for k in kernels)  # TRIP_C would add the image's 2.
+  result = sample_lib.sample(workdir, str(tmp_path / 'out'), mode=mode, num_samples=2, steps=2,
+                             progress=False)
+  assert result.videos.shape == (2, 4, 16, 16, 1) and result.videos.dtype == np.uint8
