@@ -31,8 +31,8 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from vdm import latent  # pylint: disable=g-import-not-at-top
-from vdm.data import pipeline
 from vdm import video_io
+from vdm.data import pipeline
 
 
 def reconstruction_scores(real: np.ndarray, recon: np.ndarray) -> dict:

@@ -8,10 +8,11 @@ layers trained, on videos):
   python train.py --config=configs/autoencoder_digits.py:temporal --workdir=runs/ae_temporal \\
       --config.autoencoder.init_from=runs/ae_image
 
-A diffusion run then trains on its latents (configs/latent_digits.py):
+A diffusion run then trains on its latents (any config at the autoencoder's
+frame size; benchmarks/latent_vs_pixel.py compares it with the pixel model):
 
-  python train.py --config=configs/latent_digits.py --workdir=runs/latent \\
-      --config.latent.autoencoder=runs/ae_temporal
+  python train.py --config=configs/default.py --workdir=runs/latent \\
+      --config.data.image_size=32 --config.latent.autoencoder=runs/ae_temporal
 
 Hardware: 2 CPU cores; 32x32 grey frames -> 8x8x4 latents. The image stage
 (400 steps) took about 6 minutes, the temporal stage (200 steps) about 3,
