@@ -36,6 +36,7 @@ from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
 from vdm.evaluation import evaluate_lib
 from vdm.evaluation import fidelity
+from vdm.methods import base
 from vdm.methods import trip
 from vdm.models import tnf
 
@@ -441,7 +442,7 @@ def test_init_from_a_plain_run_through_the_state_layout(monkeypatch, channels_pa
   plain_method = methods.get_method(plain_config)
   # A "trained" plain U-Net: TRIP_C's U-Net without the image channels, shifted.
   def plain_leaf(path, v):
-    if trip._path_key(path) == 'conv_in/kernel':
+    if base.param_path(path) == 'conv_in/kernel':
       v = v[:, :, :1]
     return v + 0.5
   plain = jax.tree_util.tree_map_with_path(plain_leaf, channels_params['unet'])
