@@ -319,7 +319,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer.flush()
     getattr(batches, "close", lambda: None)()
   if is_main:
-    print(f'Done: {step} steps. Checkpoints: {ckpt.directory}; samples: '
-          f'{os.path.join(workdir, "samples")}; TensorBoard: tensorboard --logdir={workdir}',
-          flush=True)
+    samples = f'; samples: {os.path.join(workdir, "samples")}' if t.num_samples else ''
+    print(f'Done: {step} steps. Checkpoints: {ckpt.directory}{samples}; TensorBoard: '
+          f'tensorboard --logdir={workdir}', flush=True)
   return state
