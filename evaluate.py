@@ -12,6 +12,12 @@ to stderr; the result is ONE JSON line on stdout (FVD, KVD and the protocol: sam
 count, split, frames, resolution, selection without replacement, protocol
 version), also written to <workdir>/eval/<step>.json. The I3D features of the
 real clips are cached under <config.data.data_dir>/fvd_cache.
+
+Sampling and the I3D use every device of the run's mesh (config.sharding.mesh).
+On several hosts, launch one process per host with train.py's multi-host
+flags (--coordinator_address, --num_processes, --process_id): each samples its
+share, and process 0 prints and writes the one result, the same figure a
+single process gives for the same seed.
 """
 
 from absl import flags

@@ -10,6 +10,11 @@
 Writes OUTPUT_DIR/samples.npz (uint8 'videos' [N, T, H, W, C], plus the
 'conditioning' frames and 'labels' when used), samples.mp4 and samples.gif (a
 grid of all videos). See vdm/sample_lib.py for what each mode does.
+
+Sampling uses every device of the run's mesh (config.sharding.mesh) in
+batches of --batch_size; on several hosts, launch one process per host with
+train.py's multi-host flags (--coordinator_address, --num_processes,
+--process_id); process 0 writes the files.
 """
 
 from absl import flags
@@ -31,7 +36,11 @@ _MODE = flags.DEFINE_enum(
     'e.g. TRIP; frame 1 is generated too).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where samples.{npz,mp4,gif} go.',
                                   required=True)
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to draw (one batch).')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to draw.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'Videos per sampler call, split over the devices of the run\'s mesh '
+    '(rounded up to a multiple of its batch shards); default: all of --num_samples at once. '
+    'Video i is the same whatever the batch size and device count.')
 _NUM_FRAMES = flags.DEFINE_integer(
     'num_frames', None, 'Frames per video. Default: the training clip length T '
     '(config.data.num_frames); extend: 2 T. interpolate keeps the largest '
@@ -110,7 +119,8 @@ def main(argv):
       vidrd_order=_VIDRD_ORDER.value,
       context_frames=_CONTEXT_FRAMES.value,
       stride=_STRIDE.value, lowres_factor=_LOWRES_FACTOR.value,
-      checkpoint_step=_CHECKPOINT_STEP.value, seed=_SEED.value, fps=_FPS.value)
+      checkpoint_step=_CHECKPOINT_STEP.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
+      fps=_FPS.value)
 
 
 if __name__ == '__main__':

@@ -10,22 +10,19 @@ with status 75 (vdm.preemption.PREEMPTED_EXIT_CODE): rerun to resume.
 
 Multi-host: launch one process per host; JAX's runtime is started from the
 cluster environment (SLURM, TPU pods) or from --coordinator_address,
---num_processes and --process_id.
+--num_processes and --process_id (vdm/cli.py; sample.py and evaluate.py take
+the same flags).
 """
 
 from absl import flags
 from ml_collections import config_flags
 
 from vdm import cli
-from vdm import sharding
 from vdm import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/default.py', 'Path to a config file (get_config()).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory; rerun to resume.', required=True)
-_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-host).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-host).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
 _START_OVER = flags.DEFINE_bool(
     'start_over', False,
     'Train from scratch in an existing --workdir: first move its checkpoints/, config*.json, '
@@ -35,7 +32,6 @@ _START_OVER = flags.DEFINE_bool(
 
 def main(argv):
   del argv
-  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   hooks = []
   if config.eval.every_steps:

@@ -465,7 +465,7 @@ def sample_fn_and_args(config, trainer, params, seed: int = 0):
                         guidance_weight=c.sampling.guidance_weight)
   options = run_lib.sampler_options(c, trainer.method)
   args = (fn, jax.random.PRNGKey(seed), jnp.float32(options['gamma']),
-          jnp.float32(options['pc_delta']))
+          jnp.float32(options['pc_delta']), None)  # No sample ids: one batch.
   guided = bool(num_classes) and c.sampling.guidance_weight != 0
   return run_lib.jitted_sampler(shape, options), args, shape, guided
 

@@ -74,7 +74,7 @@ def time_per_video(workdir: str, sampler: str, steps: int, time_grid: str, seed:
                         guidance_weight=c.sampling.guidance_weight)
   options = run_lib.sampler_options(c, run.method)
   shape = (bs, c.data.num_frames, c.data.image_size, c.data.image_size, c.data.channels)
-  call = lambda: run_lib.sample(fn, jax.random.PRNGKey(seed), shape, options)
+  call = lambda: np.asarray(run_lib.sample(fn, jax.random.PRNGKey(seed), shape, options))
   times = common.time_calls(call, iters=1, warmup=1)
   return times[0] / bs
 

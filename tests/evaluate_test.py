@@ -10,6 +10,8 @@ runtime.
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ import pytest
 
 from configs import tiny
 from vdm import run_lib
+from vdm import sharding
 from vdm import train_lib
 from vdm.data import moving_digits
 from vdm.evaluation import evaluate_lib
@@ -130,10 +133,10 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   # videos, which keeps this test to the cost of the sampler.
   seen = []
 
-  def fake_features(videos, batch_size):
+  def fake_features(videos, mesh=None):
     seen.append(np.array(videos))
     return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
-  monkeypatch.setattr(evaluate_lib.i3d, 'extract_features', fake_features)
+  monkeypatch.setattr(evaluate_lib.i3d, 'batch_features', fake_features)
   # One sampling step: reconstruction guidance differentiates through the
   # network, which runs ~15x slower under jax_disable_most_optimizations.
   evaluate_lib.evaluate(workdir, num_samples=N, mode='predict', context_frames=2, w_r=1.0,
@@ -160,10 +163,10 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
   _, workdir, _ = run
   seen = []
 
-  def fake_features(videos, batch_size):
+  def fake_features(videos, mesh=None):
     seen.append(np.array(videos))
     return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
-  monkeypatch.setattr(evaluate_lib.i3d, 'extract_features', fake_features)
+  monkeypatch.setattr(evaluate_lib.i3d, 'batch_features', fake_features)
   evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
                         long_method='independent', steps=1)
   line = _json_line(capsys.readouterr().out)
@@ -242,3 +245,58 @@ def test_bad_predict_context_and_config_misuse(run):
     evaluate_lib.check_config(config, 'predict', 10)
   with pytest.raises(ValueError, match='only for --real_vs_real'):
     evaluate_lib.evaluate(workdir, config=config, num_samples=N)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _on_the_whole_mesh(workdir, path):
+  """A copy of the run whose config spans every device, as a run trained on
+  the whole mesh has (the fixture's was trained on one device)."""
+  shutil.copytree(workdir, path, ignore=shutil.ignore_patterns('eval'))
+  config = run_lib.load_config(path)
+  config.sharding.mesh = (('data', -1), ('fsdp', 1))
+  run_lib.save_config(config, path)
+  return path
+
+
+def test_fvd_on_eight_devices_and_on_two_hosts_is_the_one_device_figure(run, tmp_path, capsys):
+  # Sample i is drawn with the noise of index i wherever it runs, so the
+  # figure does not depend on the devices: 1 device, 8 (4 videos padded to one
+  # chunk of 8, the I3D split over them too), and two processes of 2 devices
+  # each as two hosts, each sampling its half. Only float rounding of
+  # differently batched kernels separates them.
+  _, workdir, _ = run
+  whole = _on_the_whole_mesh(workdir, str(tmp_path / 'whole'))
+  one_device = sharding.create_mesh((('data', -1), ('fsdp', 1)), jax.devices()[:1])
+  one = evaluate_lib.evaluate(whole, num_samples=N, mesh=one_device)
+  eight = evaluate_lib.evaluate(whole, num_samples=N)
+  capsys.readouterr()
+  print(f"\nFVD 1 device {one['fvd']!r}, 8 devices {eight['fvd']!r}")
+  assert eight['fvd'] == pytest.approx(one['fvd'], rel=1e-5)
+  assert eight['kvd'] == pytest.approx(one['kvd'], rel=1e-4, abs=1e-7)
+  assert eight['digit_accuracy'] == one['digit_accuracy']
+
+  hosts = _on_the_whole_mesh(workdir, str(tmp_path / 'hosts'))
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1', PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(REPO, 'evaluate.py'), f'--workdir={hosts}',
+       f'--num_samples={N}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=900) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'on 4 device(s) of 2 process(es)' in outputs[0][1]
+  line = _json_line(outputs[0][0])
+  assert not [l for l in outputs[1][0].splitlines() if l.startswith('{')]  # Process 1 is quiet.
+  assert os.listdir(os.path.join(hosts, 'eval')) == ['2.json']
+  print(f"FVD two hosts {line['fvd']!r}")
+  assert line['fvd'] == pytest.approx(one['fvd'], rel=1e-5)
+  assert line['kvd'] == pytest.approx(one['kvd'], rel=1e-4, abs=1e-7)
+  assert line['digit_accuracy'] == one['digit_accuracy']

@@ -128,8 +128,12 @@ def _load(path):
 def _assert_same_state(path_a, path_b):
   a, b = _load(path_a), _load(path_b)
   assert len(a) == len(b)
+  # Two hosts sum gradients in another order than one process, and Adam's
+  # division by sqrt(v) turns that rounding into up to ~1.3e-6 on near-zero
+  # weights; one missed or repeated step moves weights by about the learning
+  # rate (1e-3 after the tiny config's 2-step warm-up), hundreds of times atol.
   for x, y in zip(a, b):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=3e-6)
 
 
 @pytest.fixture(scope='module')

@@ -110,7 +110,6 @@ class LatentSpace:
     self.workdir, self.step, self.config = workdir, run.step, run.config
     self.ae_config = autoencoder.autoencoder_config(run.config)
     self._graphdef, self._params = run.graphdef, run.params
-    self.scale = 1.0
     self.scale = self._measured_scale()
     size = self.ae_config.latent_size
     print(f'Latent space: {workdir} (step {self.step}), {self.ae_config.image_size}^2 x '
@@ -120,10 +119,13 @@ class LatentSpace:
   def _model(self):
     return nnx.merge(self._graphdef, self._params)
 
+  def _posterior_means(self, video: jax.Array) -> jax.Array:
+    mean, _ = self._model().encode(jnp.asarray(video, jnp.float32))
+    return jax.lax.stop_gradient(mean)
+
   def encode(self, video: jax.Array) -> jax.Array:
     """Scaled posterior means [B, T, h, w, latent] of video [B, T, H, W, C] in [-1, 1]."""
-    mean, _ = self._model().encode(jnp.asarray(video, jnp.float32))
-    return jax.lax.stop_gradient(mean * self.scale)
+    return self._posterior_means(video) * self.scale
 
   def decode(self, latents: jax.Array, is_image: Optional[jax.Array] = None) -> jax.Array:
     """Video [B, T, H, W, C] (about [-1, 1]) of scaled latents [B, T, h, w, latent]."""
@@ -150,7 +152,7 @@ class LatentSpace:
     batches = pipeline.make_eval_iterator(c, c.data.train_split, num_examples=clips,
                                           batch_size=min(64, clips), process_index=0,
                                           process_count=1)
-    encode = jax.jit(self.encode)
+    encode = jax.jit(self._posterior_means)
     total, total_sq, count = 0.0, 0.0, 0
     for batch in batches:
       video = batch['video'][batch['mask']].astype(np.float32) / 127.5 - 1.0

@@ -56,6 +56,7 @@ import numpy as np
 
 from vdm import progress as progress_lib
 from vdm import sampling
+from vdm import sharding
 from vdm.diffusion import samplers
 from vdm.sampling import extend_video  # noqa: F401  (re-exported: one home for long-video drivers)
 
@@ -206,6 +207,7 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
                 overlap: int = 4, noise_a: float = 4.0, beta: float = 0.4,
                 order: str = 'reversed', num_steps: int = 50, sampler: str = 'ddim',
                 noise_fn: Optional[samplers.NoiseFn] = None, verbose: bool = False,
+                sample_ids: Optional[jax.Array] = None,
                 **sampler_kwargs) -> np.ndarray:
   """Generates a long video clip by clip with VidRD's FNR, PNS and DSG.
 
@@ -243,6 +245,11 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
       used for every fresh draw (clip 0's z_T, PNS's innovation, and the
       sampler's own step noise); samplers.standard_normal when None.
     verbose: print one progress line per clip.
+    sample_ids: optional int32 [B] global sample indices: every draw then
+      goes through samplers.per_sample_noise, so sample i is the same in any
+      batch; the clips' batch is sharded like sample_ids (which fixes the
+      noise, and so every latent, to it), and finished frames are gathered
+      to every process.
     **sampler_kwargs: passed to samplers.sample (logsnr_fn and
       parameterization are required there).
 
@@ -274,23 +281,28 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   pytree_fn = sampling._as_pytree_fn(model_fn)  # pylint: disable=protected-access
 
   @jax.jit
-  def sample_clip(fn, rng, z_init, stored, pinned):
+  def sample_clip(fn, rng, z_init, stored, pinned, ids):
     if not num_stored:
       x = samplers.sample(fn, rng, shape, z_init=z_init, num_steps=num_steps,
-                          sampler=sampler, noise_fn=noise_fn, **sampler_kwargs)
+                          sampler=sampler, noise_fn=noise_fn, sample_ids=ids, **sampler_kwargs)
       return x, stored
     return samplers.sample(fn, rng, shape, z_init=z_init, num_steps=num_steps,
                            sampler=sampler, noise_fn=noise_fn, guide=staged_guide(stored, pinned),
                            return_trajectory=True, trajectory_steps=num_stored,
-                           trajectory_frames=sources, **sampler_kwargs)
+                           trajectory_frames=sources, sample_ids=ids, **sampler_kwargs)
 
-  first_noise = jax.jit(lambda rng: noise_fn(rng, shape))
-  next_noise = jax.jit(lambda rng, z_prev: next_initial_noise(
-      z_prev, noise_fn(rng, shape), overlap=overlap, noise_a=noise_a, order=order))
+  def draw(rng, ids):
+    law = noise_fn if ids is None else samplers.per_sample_noise(noise_fn, ids)
+    return law(rng, shape)
+
+  first_noise = jax.jit(draw)
+  next_noise = jax.jit(lambda rng, ids, z_prev: next_initial_noise(
+      z_prev, draw(rng, ids), overlap=overlap, noise_a=noise_a, order=order))
 
   skip = overlap if order == 'forward' else 0  # Leading frames of clips > 0 not output.
   num_clips = 1 + math.ceil(max(0, num_frames - clip_frames) / (clip_frames - skip))
-  stored = jnp.zeros((num_stored, b, overlap, h, w, c), jnp.float32)  # [K, B, M, H, W, C]
+  # [K, B, M, H, W, C]; numpy, so that a multi-host jit takes it as replicated.
+  stored = np.zeros((num_stored, b, overlap, h, w, c), np.float32)
   if verbose:
     print(f'vidrd_video: {num_clips} clips of {clip_frames} frames, overlap {overlap} '
           f'({order}), a={noise_a}, beta={beta}: pinned steps {schedule.tolist()}, '
@@ -299,10 +311,11 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   video, z_prev, done = [], None, 0
   for clip in range(num_clips):
     rng_noise, rng_clip = jax.random.split(jax.random.fold_in(rng, clip))
-    z_init = first_noise(rng_noise) if clip == 0 else next_noise(rng_noise, z_prev)
+    z_init = (first_noise(rng_noise, sample_ids) if clip == 0 else
+              next_noise(rng_noise, sample_ids, z_prev))
     pinned = np.zeros_like(schedule) if clip == 0 else schedule
-    out, stored = sample_clip(pytree_fn, rng_clip, z_init, stored, pinned)
-    video.append(np.asarray(out[:, skip if clip else 0:]))
+    out, stored = sample_clip(pytree_fn, rng_clip, z_init, stored, pinned, sample_ids)
+    video.append(sharding.to_host(out)[:, skip if clip else 0:])
     z_prev = z_init
     done += video[-1].shape[1]
     if verbose:
@@ -339,6 +352,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
              sampling_config, clip_frames: int, clip_shape: tuple[int, int, int, int],
              context_frames: int, init_frames: Optional[jax.Array] = None,
              conditioning: str = 'reconstruction', verbose: bool = False,
+             sample_ids: Optional[jax.Array] = None, mesh=None,
              **sampler_kwargs) -> np.ndarray:
   """A long video by the driver config.sampling.long_method names.
 
@@ -358,6 +372,11 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     init_frames: given first frames ('reconstruction' only).
     conditioning: 'reconstruction' or 'replacement' for extend_video.
     verbose: one progress line per clip.
+    sample_ids: optional int32 [B] global sample indices, sharded over the
+      batch axes of mesh (see vdm.mesh_sampling): sample i is then the same
+      in any batch and on any number of devices.
+    mesh: the mesh of sample_ids; the given frames of each clip are split
+      over it.
     **sampler_kwargs: run_lib.sampler_options.
 
   Returns:
@@ -369,7 +388,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     return sampling.extend_video(
         model_fn, rng, num_frames, clip_frames=clip_frames, context_frames=context_frames,
         init_frames=init_frames, clip_shape=clip_shape, method=conditioning,
-        w_r=float(s.w_r), verbose=verbose, **sampler_kwargs)
+        w_r=float(s.w_r), verbose=verbose, sample_ids=sample_ids, mesh=mesh, **sampler_kwargs)
   if init_frames is not None:
     raise ValueError(f'long_method={s.long_method!r} starts from noise and takes no given '
                      'frames; use long_method=reconstruction to continue a video.')
@@ -379,5 +398,5 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     knobs = dict(overlap=int(s.vidrd_overlap), noise_a=float(s.vidrd_noise_a),
                  beta=float(s.vidrd_beta), order=str(s.vidrd_order))
   return vidrd_video(model_fn, rng, num_frames, clip_frames=clip_frames, clip_shape=clip_shape,
-                     verbose=verbose, **knobs, **sampler_kwargs)
+                     verbose=verbose, sample_ids=sample_ids, **knobs, **sampler_kwargs)
 

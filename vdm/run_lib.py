@@ -216,8 +216,8 @@ def sampler_options(config: ml_collections.ConfigDict, method: base.Method, *,
 @functools.lru_cache(maxsize=32)
 def _jitted_sampler(shape: tuple[int, ...], static_options: tuple):
   options = dict(static_options)
-  return jax.jit(lambda fn, rng, gamma, pc_delta: samplers.sample(
-      fn, rng, shape, gamma=gamma, pc_delta=pc_delta, **options))
+  return jax.jit(lambda fn, rng, gamma, pc_delta, sample_ids: samplers.sample(
+      fn, rng, shape, gamma=gamma, pc_delta=pc_delta, sample_ids=sample_ids, **options))
 
 
 def jitted_sampler(shape: tuple[int, ...], options: Mapping[str, Any]):
@@ -229,14 +229,15 @@ def jitted_sampler(shape: tuple[int, ...], options: Mapping[str, Any]):
       are compiled in.
 
   Returns:
-    A jitted (fn, rng, gamma, pc_delta) -> float32 [N, T, H, W, C].
+    A jitted (fn, rng, gamma, pc_delta, sample_ids) -> float32 [N, T, H, W,
+    C]; sample_ids int32 [N] or None (see samplers.sample).
   """
   static = tuple(sorted((k, v) for k, v in options.items() if k not in ('gamma', 'pc_delta')))
   return _jitted_sampler(tuple(shape), static)
 
 
 def sample(fn: jax.tree_util.Partial, rng: jax.Array, shape: tuple[int, ...],
-           options: Mapping[str, Any]) -> np.ndarray:
+           options: Mapping[str, Any], sample_ids: Optional[jax.Array] = None) -> jax.Array:
   """Unconditional (or label-conditional) videos with a run's sampler.
 
   Args:
@@ -244,9 +245,11 @@ def sample(fn: jax.tree_util.Partial, rng: jax.Array, shape: tuple[int, ...],
     rng: PRNG key.
     shape: [N, T, H, W, C].
     options: ``sampler_options``.
+    sample_ids: optional int32 [N] global sample indices (sharded over the
+      mesh by vdm.mesh_sampling), making each sample independent of its batch.
 
   Returns:
-    float32 [N, T, H, W, C].
+    float32 [N, T, H, W, C], a jax.Array laid out like the batch.
   """
   run = jitted_sampler(shape, options)
-  return np.asarray(run(fn, rng, jnp.float32(options['gamma']), jnp.float32(options['pc_delta'])))
+  return run(fn, rng, np.float32(options['gamma']), np.float32(options['pc_delta']), sample_ids)

@@ -19,6 +19,12 @@ one of its checkpoints and draws videos in one of six modes:
                  whose denoiser takes conditioning['first_frame'] (TRIP);
                  frame 1 of the output is generated too, not pasted.
 
+Samples are drawn in batches of ``batch_size`` split over the devices of
+the run's mesh (config.sharding.mesh, its weights laid out as in training;
+vdm.mesh_sampling); video i depends on the seed and on i only. Run with
+several processes (sample.py's multi-host flags) every process samples its
+share and process 0 writes the files.
+
 Conditioning frames come from a file (mp4, GIF or npz, see ``read_input``;
 i2v: PNG, JPEG or npz, see ``read_image_input``) or from the first clips of
 the run's evaluation split (``input_path='dataset'``).
@@ -46,8 +52,10 @@ from vdm import checkpoints
 from vdm import config_lib
 from vdm import latent
 from vdm import long_video
+from vdm import mesh_sampling
 from vdm import run_lib
 from vdm import sampling
+from vdm import sharding
 from vdm import video_io
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
@@ -71,7 +79,7 @@ class SampleResult(NamedTuple):
       (known frames, or the low-resolution video for superres); None when none.
     labels: int32 [N] class labels used, None for an unconditional model.
     step: the checkpoint step the weights came from.
-    paths: {'npz', 'mp4', 'gif'} -> written file.
+    paths: {'npz', 'mp4', 'gif'} -> written file (process 0; empty on the others).
   """
   videos: np.ndarray
   conditioning: Optional[np.ndarray]
@@ -117,14 +125,15 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
            vidrd_beta: Optional[float] = None, vidrd_order: Optional[str] = None,
            context_frames: Optional[int] = None, stride: int = 2,
            lowres_factor: int = 2, checkpoint_step: Optional[int] = None,
-           seed: int = 0, fps: int = 8, progress: bool = True) -> SampleResult:
+           seed: int = 0, batch_size: Optional[int] = None, mesh=None, fps: int = 8,
+           progress: bool = True) -> SampleResult:
   """Samples videos from a trained run and writes them to ``output_dir``.
 
   Args:
     workdir: the --workdir of a train.py run.
     output_dir: where samples.{npz,mp4,gif} go (created).
     mode: one of MODES.
-    num_samples: N, videos drawn (in one batch).
+    num_samples: N, videos drawn.
     num_frames: frames per output video. Default: the training clip length T
       (config.data.num_frames); extend: 2 T. interpolate uses the largest
       (K - 1) * stride + 1 <= num_frames.
@@ -165,7 +174,14 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     stride: interpolate: distance between keyframes (>= 2).
     lowres_factor: superres: the high/low resolution ratio.
     checkpoint_step: checkpoint to load; the newest when None.
-    seed: PRNG seed; the same seed gives the same videos.
+    seed: PRNG seed; the same seed gives the same videos, and video i is
+      the same whatever batch_size and the number of devices (up to float
+      rounding; see vdm.mesh_sampling).
+    batch_size: videos per sampler call, split over the devices of the mesh
+      (config.sharding.mesh) and rounded up to a multiple of its batch
+      shards; all N in one call when None.
+    mesh: the device mesh to sample on; config.sharding.mesh over all
+      devices (the training layout) when None.
     fps: frame rate of the mp4 and GIF.
     progress: print progress over sampling steps (and clips when extending).
 
@@ -181,6 +197,8 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be >= 1.')
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1.')
   overrides = {'sampling.num_steps': steps, 'sampling.sampler': sampler,
                'sampling.time_grid': time_grid,
                'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
@@ -200,40 +218,51 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
   labels = _labels(config, label, num_samples, dataset_labels)
   extra = _extra_conditioning(config, cond_path, num_samples, plan.clip_frames)
   _check_checkpoint(workdir, checkpoint_step)
-  space = latent.space(config)  # Pixels, or the autoencoder (restored here).
+  if mesh is None:
+    mesh = sharding.create_mesh(config.sharding.mesh)  # The training layout.
+  space = latent.space(config, mesh)  # Pixels, or the autoencoder (restored here).
+  per_sample = dict(extra or {}, labels=labels)  # Host rows [N, ...], split per chunk.
   if mode == 'i2v':
     first = video_io.to_model_range(known[:, :1])  # [N, 1, H, W, C]
-    extra = dict(extra or {}, first_frame=latent.encode_videos(space, first)[:, 0])
+    per_sample['first_frame'] = latent.encode_videos(space, first)[:, 0]
+  elif known is not None:
+    # Known frames condition the sampler in the space it samples in.
+    per_sample['known'] = latent.encode_videos(space, video_io.to_model_range(known))
 
-  run = run_lib.restore_run(workdir, checkpoint_step, overrides)
+  run = run_lib.restore_run(workdir, checkpoint_step, overrides, mesh=mesh)
+  bs = mesh_sampling.chunk_size(batch_size or num_samples, num_samples, mesh)
   print(f'Loaded the EMA weights of step {run.step} from {workdir}; sampling {num_samples} x '
         f'{plan.out_frames} frames ({mode}, {config.sampling.sampler}, '
-        f'{config.sampling.num_steps} steps).', flush=True)
-  model_fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=labels,
-                              conditioning=extra,
-                              guidance_weight=config.sampling.guidance_weight)
+        f'{config.sampling.num_steps} steps) in batches of {bs} on {mesh.size} device(s).',
+        flush=True)
   sampler_kwargs = run_lib.sampler_options(config, run.method, progress=progress)
-  rng = jax.random.PRNGKey(seed)
-  # Known frames condition the sampler in the space it samples in.
-  cond = None if known is None else video_io.to_model_range(known)
-  if cond is not None and mode != 'superres':
-    cond = latent.encode_videos(space, cond)
-  w_r = float(config.sampling.w_r)
+  rng = jax.random.PRNGKey(seed)  # The same for every chunk: samples differ by index.
+  w_r = np.float32(config.sampling.w_r)
   size, channels = run.method.frame_shape
-  clip_shape = (num_samples, size, size, channels)
-  if mode == 'extend':
-    videos = long_video.generate(
-        model_fn, rng, plan.out_frames, sampling_config=config.sampling,
-        clip_frames=plan.clip_frames, clip_shape=clip_shape,
-        context_frames=plan.context_frames, init_frames=cond, conditioning=conditioning,
-        verbose=progress, **sampler_kwargs)
-  else:
-    sampler = _single_clip_sampler(config, mode, plan, conditioning, sampler_kwargs,
-                                   num_samples)
-    videos = np.asarray(sampler(model_fn, rng, cond, w_r))
-  videos = video_io.to_uint8(latent.decode_videos(space, videos))  # [N, T, H, W, C]
-  paths = _write(output_dir, videos, known, labels, config.data.image_size, fps)
-  print('Wrote ' + ', '.join(paths.values()), flush=True)
+  sampler = None if mode == 'extend' else _single_clip_sampler(
+      run.method.frame_shape, mode, plan, conditioning, sampler_kwargs, bs)
+  videos = []
+  for chunk in mesh_sampling.chunks(num_samples, bs, mesh, per_sample, what=f'sampling ({mode})'):
+    inputs = dict(chunk.inputs)
+    cond, chunk_labels = inputs.pop('known', None), inputs.pop('labels', None)
+    model_fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=chunk_labels,
+                                conditioning=inputs or None,
+                                guidance_weight=config.sampling.guidance_weight)
+    if mode == 'extend':
+      out = sharding.shard_rows(long_video.generate(
+          model_fn, rng, plan.out_frames, sampling_config=config.sampling,
+          clip_frames=plan.clip_frames, clip_shape=(bs, size, size, channels),
+          context_frames=plan.context_frames, init_frames=cond, conditioning=conditioning,
+          verbose=progress, sample_ids=chunk.sample_ids, mesh=mesh, **sampler_kwargs), mesh)
+    else:
+      out = sampler(model_fn, rng, cond, w_r, chunk.sample_ids)
+    # [rows, T, H, W, C] uint8, decoded on the mesh.
+    videos.append(sharding.to_host(mesh_sampling.uint8_videos(space, out))[:chunk.rows])
+  videos = np.concatenate(videos)
+  paths = {}
+  if jax.process_index() == 0:
+    paths = _write(output_dir, videos, known, labels, config.data.image_size, fps)
+    print('Wrote ' + ', '.join(paths.values()), flush=True)
   return SampleResult(videos, known, labels, run.step, paths)
 
 
@@ -665,35 +694,36 @@ def _extra_conditioning(config, cond_path: Optional[str], num_samples: int,
   return {'cond': cond[np.arange(num_samples) % len(cond)]}
 
 
-def _single_clip_sampler(config, mode: str, plan: _Plan, conditioning: str,
-                         sampler_kwargs: dict, num_samples: int):
+def _single_clip_sampler(frame_shape: tuple[int, int], mode: str, plan: _Plan,
+                         conditioning: str, sampler_kwargs: dict, batch: int):
   """The sampler of the one-clip modes (all but extend), jitted as a whole.
 
   Args:
-    config: the run's config.
+    frame_shape: (size, channels) of the frames sampled (the method's).
     mode: 'unconditional', 'i2v', 'predict', 'interpolate' or 'superres'.
     plan: the run's frame layout.
     conditioning: 'reconstruction' or 'replacement' (predict, interpolate).
     sampler_kwargs: passed to samplers.sample.
-    num_samples: N.
+    batch: B, samples per call.
 
   Returns:
-    run(model_fn, rng, cond, w_r) -> float32 [N, T, H, W, C], where cond is
-    float [N, n, s, s, C] in [-1, 1] (None for unconditional).
+    run(model_fn, rng, cond, w_r, sample_ids) -> float32 [B, T, H, W, C],
+    where cond is float [B, n, s, s, C] in the sampled space (None for
+    unconditional and i2v) and sample_ids int32 [B] (samplers.sample).
   """
-  size, channels = latent.frame_shape(config)
+  size, channels = frame_shape
 
-  def run(model_fn, rng, cond, w_r):
-    frames_kwargs = dict(method=conditioning, w_r=w_r, **sampler_kwargs)
+  def run(model_fn, rng, cond, w_r, sample_ids):
+    kwargs = dict(sampler_kwargs, sample_ids=sample_ids)
+    frames_kwargs = dict(method=conditioning, w_r=w_r, **kwargs)
     if mode in ('unconditional', 'i2v'):  # i2v: the first frame is inside model_fn.
-      shape = (num_samples, plan.out_frames, size, size, channels)
-      return samplers.sample(model_fn, rng, shape, **sampler_kwargs)
+      shape = (batch, plan.out_frames, size, size, channels)
+      return samplers.sample(model_fn, rng, shape, **kwargs)
     if mode == 'predict':
       return sampling.predict_frames(model_fn, rng, cond, plan.clip_frames, **frames_kwargs)
     if mode == 'interpolate':
       return sampling.interpolate_frames(model_fn, rng, cond, plan.stride, **frames_kwargs)
-    return sampling.super_resolve(model_fn, rng, cond, (size, size), w_r=w_r,
-                                  **sampler_kwargs)
+    return sampling.super_resolve(model_fn, rng, cond, (size, size), w_r=w_r, **kwargs)
   return jax.jit(run)
 
 

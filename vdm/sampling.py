@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import progress as progress_lib
+from vdm import sharding
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
@@ -165,7 +166,9 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
                  clip_frames: int, context_frames: int,
                  init_frames: Optional[jax.Array] = None,
                  clip_shape: Optional[tuple[int, int, int, int]] = None,
-                 method: str = 'reconstruction', w_r: float, verbose: bool = False, **sampler_kwargs) -> np.ndarray:
+                 method: str = 'reconstruction', w_r: float, verbose: bool = False,
+                 sample_ids: Optional[jax.Array] = None, mesh=None,
+                 **sampler_kwargs) -> np.ndarray:
   """Generates a video of any length, clip by clip.
 
   Starts from ``init_frames`` or from an unconditional first clip, then
@@ -188,6 +191,11 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     method: 'reconstruction' or 'replacement'.
     w_r: the reconstruction guidance weight (needed with 'reconstruction').
     verbose: print one progress line per clip.
+    sample_ids: optional int32 [B] global sample indices (see
+      samplers.per_sample_noise): sample i is then the same in any batch.
+    mesh: optional device mesh: each clip's batch is split over its batch
+      axes (vdm.sharding.shard_rows) and the frames are gathered to every
+      process (multi-host).
     **sampler_kwargs: passed to samplers.sample.
 
   Returns:
@@ -199,9 +207,9 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   pytree_fn = _as_pytree_fn(model_fn)
 
   @jax.jit
-  def conditional_clip(fn, rng, x_known, frame_mask):
+  def conditional_clip(fn, rng, x_known, frame_mask, ids):
     return sample_given_frames(fn, rng, x_known, frame_mask, method=method, w_r=w_r,
-                               **sampler_kwargs)
+                               sample_ids=ids, **sampler_kwargs)
 
   progress = progress_lib.Progress('extend_video', num_frames, 'frames')
 
@@ -214,11 +222,12 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     if clip_shape is None:
       raise ValueError('extend_video needs clip_shape (B, H, W, C) without init_frames.')
     b, h, w, c = clip_shape
-    first = jax.jit(lambda fn, rng: samplers.sample(
-        fn, rng, (b, clip_frames, h, w, c), **sampler_kwargs))(pytree_fn, rng_first)
-    video = [np.asarray(first)]
+    first = jax.jit(lambda fn, rng, ids: samplers.sample(
+        fn, rng, (b, clip_frames, h, w, c), sample_ids=ids, **sampler_kwargs))(
+            pytree_fn, rng_first, sample_ids)
+    video = [sharding.to_host(first)]
   else:
-    video = [np.asarray(init_frames, np.float32)]
+    video = [sharding.to_host(init_frames).astype(np.float32)]
   context = video[0][:, -context_frames:]  # [B, k', H, W, C], k' <= k
   done = video[0].shape[1]
   report(done, 0)
@@ -227,8 +236,9 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     clip += 1
     k = context.shape[1]
     x_known, mask = _place_frames(context, np.arange(k), clip_frames)
-    out = conditional_clip(pytree_fn, jax.random.fold_in(rng, clip), x_known, mask)
-    video.append(np.asarray(out[:, k:]))  # The new frames only.
+    out = conditional_clip(pytree_fn, jax.random.fold_in(rng, clip),
+                           sharding.shard_rows(x_known, mesh), mask, sample_ids)
+    video.append(sharding.to_host(out)[:, k:])  # The new frames only.
     context = np.concatenate([context, video[-1]], axis=1)[:, -context_frames:]
     done += clip_frames - k
     report(done, clip)

@@ -135,6 +135,47 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   return out
 
 
+def shard_rows(rows, mesh: Optional[Mesh]) -> jax.Array:
+  """A host array that every process holds whole, split by rows over the batch axes.
+
+  Sampling and evaluation inputs (labels, given frames, sample indices) are
+  known to every process, so each one builds only the shards of its own
+  devices; no process sends data to another.
+
+  Args:
+    rows: numpy (or jax) array [B, ...], the same on every process, with B a
+      multiple of batch_size_divisor(mesh).
+    mesh: the device mesh; None places the array on the default device.
+
+  Returns:
+    A jax.Array [B, ...] sharded over the batch axes of mesh.
+  """
+  rows = np.asarray(rows)
+  if mesh is None:
+    return jax.numpy.asarray(rows)
+  divisor = batch_size_divisor(mesh)
+  if rows.shape[0] % divisor:
+    raise ValueError(f'{rows.shape[0]} rows do not split over the {divisor} batch shards of '
+                     f'mesh {dict(mesh.shape)}; pad them to a multiple of {divisor}.')
+  return jax.make_array_from_callback(rows.shape, batch_sharding(mesh), lambda index: rows[index])
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Every array of a host pytree (the same on every process) on every device of mesh."""
+  def one(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+  return jax.tree.map(one, tree)
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-host) jax.Array as a whole numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def initialize_distributed(coordinator_address: str = '', num_processes: int = 0,
                            process_id: int = -1) -> None:
   """Starts JAX's multi-host runtime when several processes are launched.

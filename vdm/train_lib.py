@@ -84,10 +84,10 @@ class Trainer(train_state.StateLayout):
 
   def _train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    if self.space.is_latent:
-      # Encoded on the mesh inside the step: the input pipeline stays the
-      # pixel one, and the frozen encoder gets no gradient.
-      batch = dict(batch, video=self.space.encode(batch['video']))
+    # Latents are encoded on the mesh inside the step (the identity for a
+    # pixel run): the input pipeline stays the pixel one, and the frozen
+    # encoder gets no gradient.
+    batch = dict(batch, video=self.space.encode(batch['video']))
     accum = self.config.training.grad_accum_steps
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     if accum == 1:
@@ -155,7 +155,7 @@ class Trainer(train_state.StateLayout):
                           guidance_weight=c.sampling.guidance_weight)
     videos = run_lib.sample(fn, rng, shape, run_lib.sampler_options(c, self.method,
                                                                     progress=progress))
-    return latent.decode_videos(self.space, videos)
+    return latent.decode_videos(self.space, sharding.to_host(videos))
 
 
 def _count_params(params) -> int:

@@ -190,6 +190,30 @@ def standard_normal(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jax.random.normal(rng, (math.prod(shape),), jnp.float32).reshape(shape)
 
 
+def per_sample_noise(noise_fn: NoiseFn, sample_ids: jax.Array) -> NoiseFn:
+  """A noise law whose row j depends only on the key and on ``sample_ids[j]``.
+
+  Row j of every draw is ``noise_fn(fold_in(rng, sample_ids[j]), (1, ...))``,
+  so a sample's noise (and so the sample) is a function of its index alone:
+  the same video whichever batch, chunk or device it is drawn in. Rows stay
+  independent, and within a row the law is ``noise_fn``'s (VideoFusion's
+  frame correlation included).
+
+  Args:
+    noise_fn: the method's law (NoiseFn).
+    sample_ids: int32 [B], the global index of each row.
+
+  Returns:
+    A NoiseFn for shapes [B, ...].
+  """
+  def draw(rng, shape):
+    if shape[0] != sample_ids.shape[0]:
+      raise ValueError(f'noise of shape {shape} for {sample_ids.shape[0]} sample ids.')
+    one = lambda i: noise_fn(jax.random.fold_in(rng, i), (1,) + tuple(shape[1:]))[0]
+    return jax.vmap(one)(sample_ids)
+  return draw
+
+
 def _inverse_schedule(logsnr_fn: schedules.LogSNRFn, logsnr: jax.Array,
                       iterations: int = 40) -> jax.Array:
   """t with lambda(t) = logsnr, by bisection on [0, 1] (any decreasing schedule).
@@ -326,6 +350,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
            z_init: Optional[jax.Array] = None,
            guide: Optional[Guide] = None, noise_fn: Optional[NoiseFn] = None,
            noise_cov: Optional[NoiseCovFn] = None,
+           sample_ids: Optional[jax.Array] = None,
            return_trajectory: bool = False,
            trajectory_steps: Optional[int] = None,
            trajectory_frames: Optional[Sequence[int]] = None,
@@ -373,6 +398,9 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       standard_normal when None.
     noise_cov: NoiseCovFn of noise_fn's law, handed to guides as
       Step.noise_cov for the clip's shape[1] frames; None: i.i.d. noise.
+    sample_ids: optional int32 [B], the global index of each sample: every
+      draw then goes through ``per_sample_noise``, so that sample i is the
+      same whatever the batch it is drawn in (sharded and chunked sampling).
     return_trajectory: also return the latents the model saw (after the
       guide), one per step.
     trajectory_steps: with return_trajectory, record only the first K steps
@@ -409,6 +437,8 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   callback = print_progress if progress is True else (progress or None)
   batch = shape[0]
   noise_fn = standard_normal if noise_fn is None else noise_fn
+  if sample_ids is not None:
+    noise_fn = per_sample_noise(noise_fn, sample_ids)
   frame_cov = None if noise_cov is None or len(shape) < 2 else noise_cov(shape[1])
   rng_init, rng_loop = jax.random.split(rng)
   if z_init is None:

@@ -12,8 +12,11 @@ every figure:
   that a split stored sorted by class (UCF101) is not represented by its first
   few classes only. Their I3D features (and labels) are cached on disk.
 * Generated videos: N samples from the EMA weights with the config's sampler,
-  in batches of config.eval.batch_size, as uint8 exactly like the saved
-  samples (`vdm.video_io.to_uint8`; no video compression).
+  in chunks of config.eval.batch_size split over the devices of the run's
+  mesh (`vdm.mesh_sampling`; several processes share one mesh), as uint8
+  exactly like the saved samples (`vdm.video_io.to_uint8`; no video
+  compression). Video i depends on the seed and i only, so the figure is the
+  same on 1 or 8 devices, in one process or several.
   - 'unconditional': `Trainer.sample`; a class-conditional model gets the
     labels of the N real clips, so the generated label distribution equals
     the real one.
@@ -61,9 +64,11 @@ from flax import nnx
 
 from vdm import latent
 from vdm import long_video
+from vdm import mesh_sampling
 from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sampling
+from vdm import sharding
 from vdm import video_io
 from vdm.data import moving_digits
 from vdm.evaluation import digits
@@ -212,7 +217,7 @@ def real_cache_key(config: ml_collections.ConfigDict, split: str, num: int,
 
 def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
                num_frames: Optional[int] = None, features: bool = True,
-               keep_videos: bool = False, what: str = 'real clips'
+               keep_videos: bool = False, what: str = 'real clips', mesh=None
                ) -> dict[str, Optional[np.ndarray]]:
   """One ordered pass over the split that keeps the clips at `indices`.
 
@@ -225,11 +230,13 @@ def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
     config: the run's config.
     split: split name.
     indices: int64 [N] strictly increasing example indices.
-    batch_size: reading and I3D batch size.
+    batch_size: reading and I3D batch size (rounded up to a multiple of the
+      batch shards of config.sharding.mesh).
     num_frames: clip length; config.data.num_frames when None.
     features: compute I3D features of the kept clips.
     keep_videos: also return the kept clips.
     what: name in progress lines.
+    mesh: the mesh the I3D runs on; config.sharding.mesh when None.
 
   Returns:
     dict with 'features' (float64 [N, 400] or None), 'labels' (int64 [N] or
@@ -238,13 +245,18 @@ def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
   """
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
   n = len(indices)
+  # The I3D runs on the run's mesh (the training one), each batch split over
+  # its devices; reading stays on every process.
+  if features and mesh is None:
+    mesh = sharding.create_mesh(config.sharding.mesh)
+  batch_size = mesh_sampling.chunk_size(batch_size, n, mesh)
   wanted = np.zeros(int(indices[-1]) + 1, bool)
   wanted[indices] = True
   it = pipeline.make_eval_iterator(
       config, split, num_examples=len(wanted),
       batch_size=batch_size, num_frames=num_frames,
-      # Every process reads all N clips: the metric is computed redundantly on
-      # each host rather than gathered.
+      # Every process reads all N clips (cheap beside the I3D, which is split
+      # over the mesh) and so holds the whole real side of the metric.
       process_index=0, process_count=1)
   feats, labels, videos, buffer = [], [], [], []
   progress = progress_lib.Progress(f'I3D features of {what}' if features else f'reading {what}',
@@ -259,8 +271,8 @@ def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
       buffer = [rest] if len(rest) else []
       if features:
         # Padded to a full batch: one compiled I3D shape for every call.
-        feats.append(i3d.extract_features(_pad_rows(chunk, batch_size),
-                                          batch_size=batch_size)[:len(chunk)])
+        feats.append(i3d.batch_features(mesh_sampling.pad_rows(chunk, batch_size),
+                                        mesh)[:len(chunk)])
       if keep_videos:
         videos.append(chunk)
       done += len(chunk)
@@ -288,7 +300,7 @@ def _real_pass(config, split: str, indices: np.ndarray, batch_size: int, *,
 
 
 def real_features(config, split: str, num: int, *, batch_size: int,
-                  cache_dir: Optional[str] = None, with_labels: bool = False
+                  cache_dir: Optional[str] = None, with_labels: bool = False, mesh=None
                   ) -> tuple[np.ndarray, Optional[np.ndarray]]:
   """I3D features (and labels) of the N protocol clips of a split, cached.
 
@@ -299,6 +311,7 @@ def real_features(config, split: str, num: int, *, batch_size: int,
     batch_size: reading / I3D batch size.
     cache_dir: cache directory; default_cache_dir(config) when None.
     with_labels: also return the clips' labels (needs config.data.label_key).
+    mesh: the mesh the I3D runs on; config.sharding.mesh when None.
 
   Returns:
     (float64 [N, 400] features, int64 [N] labels or None).
@@ -311,7 +324,7 @@ def real_features(config, split: str, num: int, *, batch_size: int,
 
   def compute():
     passes['out'] = _real_pass(config, split, indices, batch_size,
-                               what=f'{num} real clips ({split})')
+                               what=f'{num} real clips ({split})', mesh=mesh)
     return passes['out']['features']
 
   feats = metrics.cached_real_features(cache_dir, key, compute)
@@ -336,17 +349,10 @@ def real_features(config, split: str, num: int, *, batch_size: int,
 
 
 @functools.partial(jax.jit, static_argnames=('num_frames', 'options'))
-def _predict(fn, rng, context, w_r, *, num_frames, options):
+def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, options):
   """'First k frames given' sampling, compiled once per shape and options."""
   return sampling.predict_frames(fn, rng, context, num_frames, method='reconstruction',
-                                 w_r=w_r, **dict(options))
-
-
-def _pad_rows(x: Optional[np.ndarray], size: int) -> Optional[np.ndarray]:
-  """Pads axis 0 to `size` by repeating the last row (one compiled shape)."""
-  if x is None or len(x) == size:
-    return x
-  return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+                                 w_r=w_r, sample_ids=sample_ids, **dict(options))
 
 
 def generated_features(run, num: int, *, batch_size: int, seed: int,
@@ -354,14 +360,18 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
                        contexts: Optional[np.ndarray] = None,
                        num_frames: Optional[int] = None,
                        first_frames: Optional[np.ndarray] = None,
-                       on_videos: Optional[Callable[[int, np.ndarray], None]] = None
-                       ) -> np.ndarray:
-  """Samples N videos batch by batch and returns their I3D features.
+                       on_videos: Optional[Callable[[int, np.ndarray], None]] = None,
+                       mesh=None) -> np.ndarray:
+  """Samples N videos chunk by chunk on the mesh and returns their I3D features.
 
-  Each batch is sampled, converted to uint8 like saved samples and passed to
-  the I3D at once, so memory holds one batch of videos. Every batch has the
-  same shape (the last one is padded and trimmed), so the sampler compiles
-  once. Batch b uses the key fold_in(PRNGKey(seed), b).
+  Each chunk of B videos (vdm.mesh_sampling: batch_size rounded up to the
+  mesh's batch shards) is sampled, converted to uint8 like saved samples and
+  passed to the I3D where it lies, split over the devices; only the features
+  (and, for on_videos, the uint8 videos) come back to the host. Every chunk
+  has the same shape (the last one is padded and trimmed), so the sampler
+  compiles once. Video i is drawn with per-sample noise of index i under
+  PRNGKey(seed), so the figure does not depend on batch_size, the device
+  count or the number of processes.
 
   Args:
     run: a vdm.run_lib.Run (its config's sampling section is used, w_r
@@ -376,46 +386,49 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
       config.sampling.long_method names ('long' mode); None: one clip.
     first_frames: uint8 [N, H, W, C] images the videos start from ('i2v'
       mode: passed to the denoiser as conditioning['first_frame']), or None.
-    on_videos: optional callback(first_index, uint8 videos) per batch (e.g.
+    on_videos: optional callback(first_index, uint8 videos) per chunk (e.g.
       to keep a few samples).
+    mesh: the device mesh run.params lie on; config.sharding.mesh when None.
 
   Returns:
-    float64 [N, 400] I3D features.
+    float64 [N, 400] I3D features (on every process).
   """
   c = run.config
   t = c.data.num_frames
   size, channels = run.method.frame_shape  # Of latents in a latent run, decoded below.
-  space = latent.space(c)
+  mesh = sharding.create_mesh(c.sharding.mesh) if mesh is None else mesh
+  space = latent.space(c, mesh)
   options = run_lib.sampler_options(c, run.method)
   rng = jax.random.PRNGKey(seed)
-  bs = max(1, min(batch_size, num))
+  bs = mesh_sampling.chunk_size(batch_size, num, mesh)
+  inputs = {'labels': labels}
+  if first_frames is not None:
+    inputs['first_frame'] = latent.encode_videos(
+        space, video_io.to_model_range(first_frames)[:, None])[:, 0]
+  if contexts is not None:
+    inputs['context'] = latent.encode_videos(space, video_io.to_model_range(contexts))
   feats = []
-  progress = progress_lib.Progress('sampling + I3D of generated videos', num, 'videos',
-                                  file=sys.stderr)
-  for b, lo in enumerate(range(0, num, bs)):
-    rows = min(bs, num - lo)
-    key = jax.random.fold_in(rng, b)
-    lab = _pad_rows(None if labels is None else np.asarray(labels[lo:lo + rows]), bs)
-    cond = None if first_frames is None else {'first_frame': latent.encode_videos(
-        space, _pad_rows(video_io.to_model_range(first_frames[lo:lo + rows]), bs)[:, None])[:, 0]}
+  for chunk in mesh_sampling.chunks(num, bs, mesh, inputs,
+                                    what='sampling + I3D of generated videos'):
+    conditioning = dict(chunk.inputs)
+    lab, ctx = conditioning.pop('labels', None), conditioning.pop('context', None)
     fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
-                          conditioning=cond, guidance_weight=c.sampling.guidance_weight)
+                          conditioning=conditioning or None,
+                          guidance_weight=c.sampling.guidance_weight)
     if num_frames is not None:
-      videos = long_video.generate(fn, key, num_frames, sampling_config=c.sampling,
-                                   clip_frames=t, clip_shape=(bs, size, size, channels),
-                                   context_frames=max(1, t // 2), **options)
-    elif contexts is None:
-      videos = run_lib.sample(fn, key, (bs, t, size, size, channels), options)
+      videos = sharding.shard_rows(long_video.generate(
+          fn, rng, num_frames, sampling_config=c.sampling, clip_frames=t,
+          clip_shape=(bs, size, size, channels), context_frames=max(1, t // 2),
+          sample_ids=chunk.sample_ids, mesh=mesh, **options), mesh)
+    elif ctx is None:
+      videos = run_lib.sample(fn, rng, (bs, t, size, size, channels), options, chunk.sample_ids)
     else:
-      ctx = latent.encode_videos(space, _pad_rows(video_io.to_model_range(
-          contexts[lo:lo + rows]), bs))
-      videos = np.asarray(_predict(fn, key, jnp.asarray(ctx), jnp.float32(c.sampling.w_r),
-                                   num_frames=t, options=tuple(sorted(options.items()))))
-    videos_u8 = video_io.to_uint8(latent.decode_videos(space, videos)[:rows])  # [rows, T, H, W, C]
+      videos = _predict(fn, rng, ctx, np.float32(c.sampling.w_r), chunk.sample_ids,
+                        num_frames=t, options=tuple(sorted(options.items())))
+    videos_u8 = mesh_sampling.uint8_videos(space, videos)  # [B, T, H, W, C] on the mesh
     if on_videos is not None:
-      on_videos(lo, videos_u8)
-    feats.append(i3d.extract_features(_pad_rows(videos_u8, bs), batch_size=bs)[:rows])
-    progress(lo + rows)
+      on_videos(chunk.start, sharding.to_host(videos_u8)[:chunk.rows])
+    feats.append(i3d.batch_features(videos_u8, mesh)[:chunk.rows])
   return np.concatenate(feats)
 
 
@@ -482,7 +495,7 @@ def _emit(result: dict, path: Optional[str]) -> None:
 
 def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
                 batch_size: int, seed: int, cache_dir: Optional[str],
-                num_frames: Optional[int] = None) -> dict:
+                num_frames: Optional[int] = None, mesh=None) -> dict:
   """FVD/KVD of a run's samples against N real clips; returns the result."""
   check_config(run.config, mode, context_frames, num_frames)
   config = run.config
@@ -495,7 +508,7 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   start = time.time()
   conditional = bool(run.method.num_classes())
   real, labels = real_features(config, split, num, batch_size=batch_size,
-                               cache_dir=cache_dir, with_labels=conditional)
+                               cache_dir=cache_dir, with_labels=conditional, mesh=mesh)
   contexts = first = real_clips = None
   scores, predicted = [], []
   score_digits = conditional and digits.applies(config)
@@ -518,7 +531,7 @@ def _model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       run, num, batch_size=batch_size, seed=seed, labels=labels,
       contexts=contexts if mode == 'predict' else None,
       num_frames=num_frames if mode == 'long' else None,
-      first_frames=first if mode == 'i2v' else None, on_videos=on_videos)
+      first_frames=first if mode == 'i2v' else None, on_videos=on_videos, mesh=mesh)
   sc = config.sampling
   result = {
       **_distances(real, fake),
@@ -694,7 +707,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
              time_grid: Optional[str] = None,
              guidance_weight: Optional[float] = None, w_r: Optional[float] = None,
              num_frames: Optional[int] = None, long_method: Optional[str] = None,
-             cache_dir: Optional[str] = None) -> dict:
+             cache_dir: Optional[str] = None, mesh=None) -> dict:
   """Evaluates a checkpoint (or the real split against itself); prints JSON.
 
   Prints progress on stderr, then the result as ONE JSON line on stdout, and
@@ -724,6 +737,8 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
       ('reconstruction', 'vidrd' or 'independent'; the vidrd_* keys of the
       run's config apply).
     cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
+    mesh: the device mesh to sample and run the I3D on; config.sharding.mesh
+      over all devices (the training layout) when None.
 
   Returns:
     The result dict that was printed.
@@ -751,13 +766,16 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     # the only one used; --config only describes the data for real vs real.
     raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
                      '--config; --config is only for --real_vs_real.')
-  run = run_lib.restore_run(workdir, checkpoint_step, {**overrides, 'eval.batch_size': bs})
+  mesh = sharding.create_mesh(run_config.sharding.mesh) if mesh is None else mesh
+  run = run_lib.restore_run(workdir, checkpoint_step, {**overrides, 'eval.batch_size': bs},
+                            mesh=mesh)
   step = run.step
   _log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
-       f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps.')
+       f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps, '
+       f'on {mesh.size} device(s) of {jax.process_count()} process(es).')
   result = _model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
-                       cache_dir=cache_dir, num_frames=num_frames)
+                       cache_dir=cache_dir, num_frames=num_frames, mesh=mesh)
   result['workdir'] = workdir
   name = _result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method)
   _emit(result, os.path.join(workdir, 'eval', name))

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vdm import sharding
+
 NUM_CLASSES = 400
 INPUT_SIZE = 224
 MIN_FRAMES = 9
@@ -590,26 +592,66 @@ def i3d_logits(videos_uint8, model: I3D | None = None) -> jax.Array:
   return _logits_from_uint8(graphdef, state, jnp.asarray(videos_uint8))
 
 
+# The default I3D's weights replicated on each mesh it has run on.
+_ON_MESH = {}
+
+
+def _weights_on(model: I3D | None, mesh):
+  """(graphdef, state) of the model, its weights on every device of mesh."""
+  graphdef, state = nnx.split(default_i3d() if model is None else model)
+  if mesh is None:
+    return graphdef, state
+  if model is not None:
+    return graphdef, sharding.replicate(state, mesh)
+  if mesh not in _ON_MESH:
+    _ON_MESH[mesh] = sharding.replicate(state, mesh)
+  return graphdef, _ON_MESH[mesh]
+
+
+def batch_features(videos_uint8, mesh=None, model: I3D | None = None) -> np.ndarray:
+  """FVD features of one batch, computed where the batch lies.
+
+  Args:
+    videos_uint8: uint8 [B, T, H, W, C]: a jax.Array sharded over the batch
+      axes of mesh (e.g. samples still on the devices), or a host array that
+      every process holds whole (split over mesh here); B a multiple of the
+      mesh's batch shards.
+    mesh: the device mesh; None runs on the default device.
+    model: an `I3D`; the cached default (real weights) when None.
+
+  Returns:
+    float64 [B, 400] on every process.
+  """
+  graphdef, state = _weights_on(model, mesh)
+  if not isinstance(videos_uint8, jax.Array):
+    videos_uint8 = sharding.shard_rows(videos_uint8, mesh)
+  return sharding.to_host(_logits_from_uint8(graphdef, state, videos_uint8)).astype(np.float64)
+
+
 def extract_features(
     videos_uint8,
     batch_size: int = 8,
     model: I3D | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    mesh=None,
 ) -> np.ndarray:
   """FVD features of many videos, in batches of bounded memory.
 
-  Only one batch of min(batch_size, N) videos is on the device at a time.
+  Only one batch of min(batch_size, N) videos is on the device(s) at a time.
   Every batch has the same shape (the last one is padded by repeating its
   last video, and the padding rows are dropped), so the jitted network
   compiles once per (batch, T, H, W, C) and later calls reuse it.
 
   Args:
     videos_uint8: uint8 [N, T, H, W, C], C in {1, 3}, T >= 9; a numpy array
-    (or anything indexable along N with a .shape and .dtype).
-    batch_size: videos per I3D call.
+    (or anything indexable along N with a .shape and .dtype), the same on
+    every process.
+    batch_size: videos per I3D call (rounded up to a multiple of the mesh's
+      batch shards).
     model: an `I3D`; the cached default (real weights) when None.
     progress: False; True to print "I3D features: done/N" lines to stderr;
     or a callable `progress(done, total)` called after every batch.
+    mesh: optional device mesh each batch is split over (see batch_features).
 
   Returns:
     float64 [N, 400]: time-averaged Kinetics logits, before softmax.
@@ -619,9 +661,8 @@ def extract_features(
     preprocess(videos_uint8)  # raises the explanatory TypeError
   if n == 0:
     return np.zeros((0, NUM_CLASSES), np.float64)
-  model = default_i3d() if model is None else model
-  graphdef, state = nnx.split(model)
-  bs = max(1, min(batch_size, n))
+  divisor = 1 if mesh is None else sharding.batch_size_divisor(mesh)
+  bs = -(-max(1, min(batch_size, n)) // divisor) * divisor
   out = np.empty((n, NUM_CLASSES), np.float64)
   start = time.perf_counter()
   for lo in range(0, n, bs):
@@ -630,8 +671,7 @@ def extract_features(
     if b < bs:
       pad = np.repeat(batch[-1:], bs - b, axis=0)
       batch = np.concatenate([batch, pad], axis=0)  # [bs, T, H, W, C]
-    logits = _logits_from_uint8(graphdef, state, jnp.asarray(batch))
-    out[lo:lo + b] = np.asarray(logits, np.float64)[:b]
+    out[lo:lo + b] = batch_features(batch, mesh, model)[:b]
     done = lo + b
     if callable(progress):
       progress(done, n)

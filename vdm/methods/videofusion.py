@@ -93,8 +93,12 @@ class Networks(nnx.Module):
     self.residual = unet3d.UNet3D(residual_config, rngs=rngs)
 
 
-def residual_unet_config(config: ml_collections.ConfigDict) -> unet3d.UNetConfig:
+def residual_unet_config(config: ml_collections.ConfigDict,
+                         frame_shape: tuple[int, int]) -> unet3d.UNetConfig:
   """The residual generator's U-Net: config.model with the residual_* sizes.
+
+  ``frame_shape`` is (size, channels) of the frames it sees (the method's:
+  pixels or latents).
 
   Raises:
     ValueError: naming the key when the sizes do not make a valid U-Net.
@@ -107,7 +111,7 @@ def residual_unet_config(config: ml_collections.ConfigDict) -> unet3d.UNetConfig
                attention_resolutions=tuple(vf.residual_attention_resolutions),
                frame_index_embed=config.data.num_frames if vf.residual_frame_index else 0)
   try:
-    size, channels = latent.frame_shape(config)
+    size, channels = frame_shape
     return unet3d.UNetConfig(channels=channels, image_size=size, **model)
   except ValueError as e:
     raise ValueError(
@@ -124,7 +128,7 @@ class Method(base.Method):
     super().__init__(config)
     self.vf = config.videofusion
     self.base_config = unet3d.UNetConfig.from_config(config, self.frame_shape)
-    self.residual_config = residual_unet_config(config)
+    self.residual_config = residual_unet_config(config, self.frame_shape)
 
   # --- The noise law ----------------------------------------------------------
 
