@@ -103,9 +103,13 @@ def test_known_latents_are_fresh_forward_samples(weight):
 
 @pytest.mark.parametrize('task', ['prediction', 'interpolation'])
 def test_reconstruction_guidance_beats_replacement(task):
-  n, weight = 4000, 3.0
-  x_true = DATA.sample(jax.random.PRNGKey(5), 1)[0]  # [T, H, W, C]
-  frames = jnp.broadcast_to(x_true, (n,) + DATA.shape)
+  # Over 8 given videos (500 samples each): how far one method's conditional
+  # mean lands depends on the video (replacement's error grows with the gap
+  # between prior and conditional, reconstruction guidance's barely), so a
+  # single given video could make either comparison a coin toss.
+  videos, per_video, weight = 8, 500, 3.0
+  x_true = DATA.sample(jax.random.PRNGKey(5), videos)  # [V, T, H, W, C]
+  frames = jnp.repeat(x_true, per_video, axis=0)  # [V * n, T, H, W, C]
   if task == 'prediction':
     mask = KNOWN_FIRST_TWO
     run = lambda **kw: sampling.predict_frames(
@@ -118,9 +122,11 @@ def test_reconstruction_guidance_beats_replacement(task):
         num_steps=128, **SAMPLER, **kw)
   results = {}
   for method in sampling.METHODS:
-    out = run(method=method, w_r=weight)
+    out = np.asarray(run(method=method, w_r=weight))
     np.testing.assert_array_equal(out[:, mask], frames[:, mask])
-    results[method] = conditional_errors(out, DATA, mask, x_true)
+    groups = out.reshape((videos, per_video) + DATA.shape)
+    per = np.array([conditional_errors(g, DATA, mask, x) for g, x in zip(groups, x_true)])
+    results[method] = np.sqrt(np.mean(per**2, axis=0))  # RMS over the given videos.
   (err_rg, ratio_rg, se, gap), (err_rep, ratio_rep, _, _) = (
       results['reconstruction'], results['replacement'])
   print(f'\n{task}: |E[x^b] - exact| rms: replacement {err_rep:.4f}, reconstruction '

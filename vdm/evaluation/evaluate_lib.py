@@ -794,7 +794,8 @@ class PeriodicEvaluation:
   """A training hook: FVD/KVD of the EMA weights every config.eval.every_steps.
 
   ``train.py`` passes it to ``train_lib.train(hooks=...)``; training itself
-  knows nothing of evaluation. It uses config.eval.num_samples,
+  knows nothing of evaluation. It samples on the training mesh, where the EMA
+  weights lie, and uses config.eval.num_samples,
   config.eval.batch_size, the eval split, seed 0 and unconditional mode ('i2v'
   for methods conditioned on a first frame), so
   the figure equals what `python evaluate.py --workdir=...
@@ -832,9 +833,13 @@ class PeriodicEvaluation:
     method, graphdef = self._static
     run = run_lib.Run(self.config, method, graphdef, state.ema_params, step)
     split = str(self.config.data.get('eval_split', 'test'))
+    # The training mesh, where the EMA weights already lie (and the one the
+    # trainer's latent space, cached per mesh, was restored on).
+    mesh = jax.tree.leaves(state.ema_params)[0].sharding.mesh
     result = _model_eval(run, num=int(self.config.eval.num_samples), split=split,
                          mode=self.mode, context_frames=1,
-                         batch_size=int(self.config.eval.batch_size), seed=0, cache_dir=None)
+                         batch_size=int(self.config.eval.batch_size), seed=0, cache_dir=None,
+                         mesh=mesh)
     result['workdir'] = self.workdir
     _emit(result, os.path.join(self.workdir, 'eval', _result_name(step, self.mode, 1)))
     if jax.process_index() == 0:
