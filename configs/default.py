@@ -140,6 +140,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = eval_config = ml_collections.ConfigDict()
   eval_config.every_steps = 0        # Steps between FVD evaluations in training (0 = never).
   eval_config.num_samples = 256      # Generated and real videos for FVD/KVD.
-  eval_config.batch_size = 16        # Videos per sampling/feature batch.
+  eval_config.batch_size = 16        # Videos per sampling/I3D call, split over the mesh (rounded up to its batch shards).
 
   return config
