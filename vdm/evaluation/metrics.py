@@ -236,6 +236,17 @@ def cache_path(cache_dir: str, key: Mapping[str, Any]) -> str:
   return os.path.join(cache_dir, f'real_features_{digest}.npz')
 
 
+def _every_process_agrees(hit: bool) -> bool:
+  """Whether every process found the cache: computing runs collectives on the
+  mesh, so all processes must compute when any one misses (hosts with their
+  own disks, or a file that appeared between two processes' looks)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return hit
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.array([hit]))))
+
+
 def cached_real_features(
     cache_dir: str,
     key: Mapping[str, Any],
@@ -252,7 +263,9 @@ def cached_real_features(
   stored key that differs from the requested one (hash collision) or an
   unreadable file is treated as a miss. Writes go to a temporary file in
   cache_dir first and are moved into place with os.replace, so a reader
-  never sees a half-written file.
+  never sees a half-written file. With several processes the features are
+  computed by all of them when any one misses (the computation is one
+  program over the mesh).
 
   Args:
     cache_dir: directory for the cache (created if missing).
@@ -267,13 +280,16 @@ def cached_real_features(
                      "vdm.evaluation.i3d.FVD_PROTOCOL['version'])")
   key_str = cache_key_string(key)
   path = cache_path(cache_dir, key)
+  cached = None
   if os.path.exists(path):
     try:
       with np.load(path, allow_pickle=False) as data:
         if str(data['key']) == key_str:
-          return np.asarray(data['features'], np.float64)
+          cached = np.asarray(data['features'], np.float64)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
       pass  # unreadable: recompute and overwrite below
+  if _every_process_agrees(cached is not None):
+    return cached
   feats = np.asarray(compute_fn(), np.float64)
   os.makedirs(cache_dir, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix='.tmp_real_features_', suffix='.npz')
