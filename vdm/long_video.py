@@ -292,8 +292,7 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
                            trajectory_frames=sources, sample_ids=ids, **sampler_kwargs)
 
   def draw(rng, ids):
-    law = noise_fn if ids is None else samplers.per_sample_noise(noise_fn, ids)
-    return law(rng, shape)
+    return samplers.noise_law(noise_fn, ids)(rng, shape)
 
   first_noise = jax.jit(draw)
   next_noise = jax.jit(lambda rng, ids, z_prev: next_initial_noise(

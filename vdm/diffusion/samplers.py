@@ -214,6 +214,13 @@ def per_sample_noise(noise_fn: NoiseFn, sample_ids: jax.Array) -> NoiseFn:
   return draw
 
 
+def noise_law(noise_fn: Optional[NoiseFn], sample_ids: Optional[jax.Array]) -> NoiseFn:
+  """The law of every fresh draw of a sampler: ``noise_fn`` (standard normal
+  when None), row by row (``per_sample_noise``) when sample ids are given."""
+  noise_fn = standard_normal if noise_fn is None else noise_fn
+  return noise_fn if sample_ids is None else per_sample_noise(noise_fn, sample_ids)
+
+
 def _inverse_schedule(logsnr_fn: schedules.LogSNRFn, logsnr: jax.Array,
                       iterations: int = 40) -> jax.Array:
   """t with lambda(t) = logsnr, by bisection on [0, 1] (any decreasing schedule).
@@ -436,9 +443,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   guide = default_guide if guide is None else guide
   callback = print_progress if progress is True else (progress or None)
   batch = shape[0]
-  noise_fn = standard_normal if noise_fn is None else noise_fn
-  if sample_ids is not None:
-    noise_fn = per_sample_noise(noise_fn, sample_ids)
+  noise_fn = noise_law(noise_fn, sample_ids)
   frame_cov = None if noise_cov is None or len(shape) < 2 else noise_cov(shape[1])
   rng_init, rng_loop = jax.random.split(rng)
   if z_init is None:

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vdm import mesh_sampling
 from vdm import sharding
 
 NUM_CLASSES = 400
@@ -622,7 +623,11 @@ def batch_features(videos_uint8, mesh=None, model: I3D | None = None) -> np.ndar
   Returns:
     float64 [B, 400] on every process.
   """
-  graphdef, state = _weights_on(model, mesh)
+  return _features_on(*_weights_on(model, mesh), videos_uint8, mesh)
+
+
+def _features_on(graphdef, state, videos_uint8, mesh) -> np.ndarray:
+  """batch_features with the weights already placed (see _weights_on)."""
   if not isinstance(videos_uint8, jax.Array):
     videos_uint8 = sharding.shard_rows(videos_uint8, mesh)
   return sharding.to_host(_logits_from_uint8(graphdef, state, videos_uint8)).astype(np.float64)
@@ -661,17 +666,15 @@ def extract_features(
     preprocess(videos_uint8)  # raises the explanatory TypeError
   if n == 0:
     return np.zeros((0, NUM_CLASSES), np.float64)
-  divisor = 1 if mesh is None else sharding.batch_size_divisor(mesh)
-  bs = -(-max(1, min(batch_size, n)) // divisor) * divisor
+  bs = mesh_sampling.chunk_size(batch_size, n, mesh)
+  weights = _weights_on(model, mesh)  # Placed once for all batches.
   out = np.empty((n, NUM_CLASSES), np.float64)
   start = time.perf_counter()
   for lo in range(0, n, bs):
     batch = np.asarray(videos_uint8[lo:lo + bs])  # [b, T, H, W, C]
     b = batch.shape[0]
-    if b < bs:
-      pad = np.repeat(batch[-1:], bs - b, axis=0)
-      batch = np.concatenate([batch, pad], axis=0)  # [bs, T, H, W, C]
-    out[lo:lo + b] = batch_features(batch, mesh, model)[:b]
+    batch = mesh_sampling.pad_rows(batch, bs)  # [bs, T, H, W, C]
+    out[lo:lo + b] = _features_on(*weights, batch, mesh)[:b]
     done = lo + b
     if callable(progress):
       progress(done, n)
