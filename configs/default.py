@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
   data.seed = 0                      # Seed of the data order and augmentation.
-  data.num_workers = 2               # Threads preparing batches (0 = synchronous).
+  data.loader = 'threads'            # 'threads' (StepIterator) or 'grain' (worker processes); same batches (BENCHMARKS.md, "Input pipeline").
+  data.num_workers = 2               # Threads ('threads') or processes ('grain') preparing batches (0 = synchronous).
   data.prefetch = 2                  # Batches prepared ahead of the train step.
   data.shuffle_buffer = 256          # Shuffle buffer of the tf.data fallback (non-array_record data).
 

@@ -10,9 +10,12 @@ import pytest
 from vdm import config_lib
 
 
-@pytest.mark.parametrize('name', ['default', 'tiny', 'ucf101_64', 'bair_64', 'videofusion_digits',
-                                  'videofusion_tiny', 'trip_digits',
-                                  'autoencoder_digits'])
+SHIPPED = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))), 'configs'))
+                 if f.endswith('.py') and f != '__init__.py')
+
+
+@pytest.mark.parametrize('name', SHIPPED)
 def test_shipped_configs_validate(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   method = config_lib.validate_config(config)

@@ -267,7 +267,7 @@ def test_numpy_fallback_gives_identical_batches(data_dir, gen_train,
                                                 process_count=1), 3)
   # Pretend TFDS is missing and the default in-memory build is our small one.
   monkeypatch.setattr(pipeline, '_tfds_or_none', lambda: None)
-  monkeypatch.setattr(pipeline, '_generated_arrays', lambda res, split: {
+  monkeypatch.setattr(moving_digits, 'in_memory', lambda config, split: {
       k: gen_train[k] for k in ('video', 'label', 'digits')})
   without = take(pipeline.make_train_iterator(c, process_index=0,
                                               process_count=1), 3)
@@ -355,3 +355,86 @@ def test_error_unknown_keys_and_short_videos(data_dir):
   it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="'video'.*has 20 frames.*needs 22"):
     next(it)
+
+
+# ---------------------------------------------------------------- Grain loader
+# config.data.loader='grain' must give the very batches of the threads loader
+# (StepIterator), so that either can resume the other's run. Grain is a
+# requirement: without it these tests fail on GrainStepIterator's ImportError.
+
+
+def grain_batches(c, n, start_step=0, process_index=0, process_count=1):
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.data.loader = 'grain'
+  it = pipeline.make_train_iterator(c, start_step=start_step,
+                                    process_index=process_index,
+                                    process_count=process_count)
+  assert isinstance(it, pipeline.GrainStepIterator)
+  assert it.step == start_step
+  out = take(it, n)
+  assert it.step == start_step + n
+  return out
+
+
+def assert_same_batches(xs, ys):
+  assert len(xs) == len(ys)
+  for x, y in zip(xs, ys):
+    assert sorted(x) == sorted(y)
+    for key in x:
+      assert x[key].dtype == y[key].dtype, key
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_grain_loader_equals_threads_loader(data_dir):
+  # Ten steps of batch 8 over 64 videos cross the epoch boundary at step 8.
+  c = make_config(data_dir, num_images=2, random_flip=True, num_workers=2)
+  threads = take(pipeline.make_train_iterator(c, process_index=0,
+                                              process_count=1), 10)
+  assert_same_batches(grain_batches(c, 10), threads)  # 2 worker processes.
+  c.data.num_workers = 0  # In-process.
+  assert_same_batches(grain_batches(c, 3), threads[:3])
+
+
+def test_grain_loader_resumes_exactly(data_dir):
+  c = make_config(data_dir, num_images=2, random_flip=True, num_workers=0)
+  fresh = grain_batches(c, 10)
+  c.data.num_workers = 1
+  assert_same_batches(grain_batches(c, 3, start_step=7), fresh[7:])
+
+
+def test_grain_processes_split_the_global_batch(data_dir):
+  c = make_config(data_dir, num_images=1, random_flip=True, num_workers=0)
+  full = grain_batches(c, 2, start_step=5)
+  p0 = grain_batches(c, 2, start_step=5, process_index=0, process_count=2)
+  c.data.num_workers = 1
+  p1 = grain_batches(c, 2, start_step=5, process_index=1, process_count=2)
+  for s in range(2):
+    assert p0[s]['video'].shape[0] == 4
+    for key in ('video', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([p0[s][key], p1[s][key]]), full[s][key])
+
+
+def test_grain_close_leaves_no_child_processes(data_dir):
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  before = {p.pid for p in multiprocessing.active_children()}
+  c = make_config(data_dir, num_workers=2, loader='grain')
+  it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  next(it)
+  workers = {p.pid for p in multiprocessing.active_children()} - before
+  assert len(workers) == 2
+  it.close()
+  for pid in workers:
+    with pytest.raises(ProcessLookupError):  # Exited and reaped.
+      os.kill(pid, 0)
+  with pytest.raises(ValueError, match='closed'):
+    next(it)
+
+
+def test_unknown_loader_is_an_error():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from vdm import config_lib  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.data.loader = 'tf'
+  with pytest.raises(ValueError, match="loader='tf'"):
+    config_lib.validate_config(c)

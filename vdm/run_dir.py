@@ -65,8 +65,9 @@ SAFE_TO_CHANGE = frozenset({
     'sampling.clip_x',
     'sampling.guidance_weight',
     'sampling.w_r',
-    # Where the data lives and how many threads read it.
+    # Where the data lives and what reads it (both loaders give the same batches).
     'data.data_dir',
+    'data.loader',
     'data.num_workers',
     'data.prefetch',
     # Placement, not content: global shapes do not depend on the mesh, and

