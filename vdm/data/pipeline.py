@@ -545,7 +545,29 @@ def _finish(rows: List[np.ndarray], labels: Optional[List[Any]], spec: _Spec
 # ----------------------------------------------------------------------------
 
 
-class StepIterator:
+class _Closable:
+  """An iterator that owns workers: a context manager, closed when collected."""
+
+  def close(self):
+    raise NotImplementedError
+
+  def __iter__(self):
+    return self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+class StepIterator(_Closable):
   """Yields `fn(step)` for step = start, start + 1, ... (until `stop`).
 
   Steps are computed ahead in a thread pool (`num_workers` threads, up to
@@ -569,9 +591,6 @@ class StepIterator:
     self._pool = (concurrent.futures.ThreadPoolExecutor(
         max_workers=num_workers, thread_name_prefix='vdm_data')
                   if num_workers > 0 else None)
-
-  def __iter__(self):
-    return self
 
   def _fill(self):
     while (self._pool is not None and len(self._pending) < self._depth and
@@ -601,17 +620,6 @@ class StepIterator:
       self._pool.shutdown(wait=False)
       self._pool = None
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-
-  def __del__(self):
-    try:
-      self.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
 
 
 # ----------------------------------------------------------------------------
@@ -691,7 +699,7 @@ class _RandomAccessTrain:
 # Steps of an endless Grain range (a MapDataset needs a length).
 _GRAIN_STOP = 2**62
 
-class GrainStepIterator:
+class GrainStepIterator(_Closable):
   """The batches of `fn(step)` for step = start, start + 1, ..., from Grain.
 
   The same contract as StepIterator for the training batches (`.step`,
@@ -746,9 +754,6 @@ class GrainStepIterator:
           per_worker_buffer_size=max(1, -(-prefetch // num_workers))))
     self._it = iter(ids)
 
-  def __iter__(self):
-    return self
-
   def __next__(self):
     if self._it is None:
       raise ValueError('next() on a closed GrainStepIterator.')
@@ -766,17 +771,6 @@ class GrainStepIterator:
     if it is not None:
       it.close()
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-
-  def __del__(self):
-    try:
-      self.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
 
 
 def make_train_iterator(config, *, start_step: int = 0,
