@@ -654,3 +654,72 @@ def deadline_hook(budget_s: float, record: dict):
       checkpointer.save(step, state)
       raise Deadline()
   return hook
+
+
+def equal_time_config(config, max_steps: int = 5000):
+  """``config`` set up for a run at equal wall-clock time (``train_within``).
+
+  The learning rate is constant after warm-up, so that no run is cut off
+  in the middle of its decay; the deadline hook writes the last checkpoint.
+  """
+  config.optimizer.decay = 'none'
+  config.training.num_steps = max_steps
+  config.training.checkpoint_every = max_steps
+  return config
+
+
+def train_within(config, workdir: str, budget_s: float) -> dict:
+  """Trains ``config`` in ``workdir`` for ``budget_s`` seconds after its first step.
+
+  A workdir that already holds checkpoints is kept as it is (a rerun of a
+  benchmark only evaluates again).
+
+  Returns:
+    {'steps', 'seconds'} of the training done here; empty when none was.
+  """
+  from vdm import train_lib  # pylint: disable=g-import-not-at-top
+  record = {}
+  if not os.path.exists(os.path.join(workdir, 'checkpoints')):
+    try:
+      train_lib.train(config, workdir, hooks=[deadline_hook(budget_s, record)])
+    except Deadline:
+      pass
+  return record
+
+
+def equal_time_main(doc: str, name: str, variants: Sequence[str],
+                    run_variant: Callable[[str, Any], dict], table: Callable[[list], str],
+                    default_root: str, add_flags: Optional[Callable[[Any], None]] = None):
+  """The command line of a benchmark of variants trained for equal wall-clock time.
+
+  Runs the chosen variants one by one (``run_variant(variant, args)`` -> a row
+  with a 'workdir' key) and keeps every finished row in
+  benchmarks/results/<name>.json, merged with the rows of earlier invocations
+  whose workdirs lie under the same --root; prints ``table`` of all of them,
+  in the order of ``variants``, at the end.
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=doc.split('\n')[0])
+  parser.add_argument('--variants', default=','.join(variants))
+  parser.add_argument('--budget_s', type=float, default=300.0,
+                      help='training seconds per variant, after its first step')
+  parser.add_argument('--max_steps', type=int, default=5000)
+  parser.add_argument('--num_samples', type=int, default=64, help='N of the evaluation')
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--root', default=default_root, help='where the workdirs go')
+  if add_flags is not None:
+    add_flags(parser)
+  args = parser.parse_args()
+  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', f'{name}.json')
+  rows = {}
+  if os.path.exists(out):
+    with open(out) as f:
+      rows = {r['variant']: r for r in json.load(f)
+              if r.get('workdir', '').startswith(args.root)}
+  for variant in args.variants.split(','):
+    rows[variant] = run_variant(variant, args)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump(list(rows.values()), f, indent=2, sort_keys=True)
+  print(table([rows[v] for v in variants if v in rows]))
+  print(f'Wrote {out}')

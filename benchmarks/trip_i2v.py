@@ -22,7 +22,6 @@ root). Every run's workdir keeps its checkpoints, config and eval JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,6 @@ if ROOT not in sys.path:
 
 import common  # pylint: disable=g-import-not-at-top
 from configs import trip_digits
-from vdm import train_lib
 from vdm.evaluation import evaluate_lib
 
 VARIANTS = {
@@ -53,21 +51,13 @@ def config_of(variant: str, max_steps: int):
   for dotted, value in overrides.items():
     section, key = dotted.split('.')
     config[section][key] = value
-  config.optimizer.decay = 'none'
-  config.training.num_steps = max_steps
-  config.training.checkpoint_every = max_steps  # The deadline hook saves the last state.
-  return config
+  return common.equal_time_config(config, max_steps)
 
 
 def run_variant(variant: str, args) -> dict:
   workdir = os.path.join(args.root, variant)
   config = config_of(variant, args.max_steps)
-  record = {}
-  if not os.path.exists(os.path.join(workdir, 'checkpoints')):
-    try:
-      train_lib.train(config, workdir, hooks=[common.deadline_hook(args.budget_s, record)])
-    except common.Deadline:
-      pass
+  record = common.train_within(config, workdir, args.budget_s)
   mode = 'predict' if variant == 'recon' else 'i2v'
   result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples, mode=mode,
                                  context_frames=1, steps=args.steps,
@@ -92,29 +82,11 @@ def table(rows) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--variants', default=','.join(VARIANTS))
-  parser.add_argument('--budget_s', type=float, default=300.0)
-  parser.add_argument('--max_steps', type=int, default=5000)
-  parser.add_argument('--num_samples', type=int, default=64)
-  parser.add_argument('--steps', type=int, default=16)
-  parser.add_argument('--batch_size', type=int, default=16)
-  parser.add_argument('--root', default=os.path.join(ROOT, 'runs', 'trip_i2v'))
-  args = parser.parse_args()
-  out = os.path.join(ROOT, 'benchmarks', 'results', 'trip_i2v.json')
-  rows = {}
-  if os.path.exists(out):
-    with open(out) as f:
-      rows = {r['variant']: r for r in json.load(f) if r.get('workdir', '').startswith(args.root)}
-  for variant in args.variants.split(','):
-    rows[variant] = run_variant(variant, args)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-      json.dump(list(rows.values()), f, indent=2, sort_keys=True)
-  ordered = [rows[v] for v in VARIANTS if v in rows]
-  print(table(ordered))
-  print(f'Wrote {out}')
-
+  common.equal_time_main(
+      __doc__, 'trip_i2v', list(VARIANTS), run_variant, table,
+      os.path.join(ROOT, 'runs', 'trip_i2v'),
+      lambda parser: parser.add_argument('--steps', type=int, default=16,
+                                         help='sampling steps of the evaluation'))
 
 if __name__ == '__main__':
   main()

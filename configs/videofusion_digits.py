@@ -16,7 +16,9 @@ the plain model VideoFusion is compared with in BENCHMARKS.md.
 Hardware: 2 CPU cores. Expected result (BENCHMARKS.md, "VideoFusion against
 the plain model of equal parameter count", measured at 32x32): a training step
 about 2x as fast as the 36-channel plain model's, with 40% less XLA working
-memory. Quality at equal training time is not measured yet.
+memory. Quality at equal training time (BENCHMARKS.md, 300 s each, N = 64,
+floor 54.4): FVD 445 from scratch and 305 with the base initialised from a
+plain run, against 1108-1653 for the plain model; digit accuracy 29% and 41%.
 """
 
 from configs import default
