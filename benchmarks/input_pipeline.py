@@ -268,16 +268,6 @@ def train_step_rate(iters: int) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def table(rows):
-  widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-  lines = []
-  for j, r in enumerate(rows):
-    lines.append('  '.join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
-    if j == 0:
-      lines.append('  '.join('-' * w for w in widths))
-  return '\n'.join(lines)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--datasets', default='default,ucf64', help='default and/or ucf64')
@@ -337,7 +327,8 @@ def main(argv=None):
                  f"{r['s_per_batch']:.3f}", '-' if cpu is None else f'{cpu * 1e3:.1f}',
                  f"{r['startup_s']:.1f}", f"{r['load_before']}-{r['load_after']}"))
   print()
-  print(table(rows))
+  import common  # pylint: disable=g-import-not-at-top
+  print(common.table(rows))
   need_gpu = MFU_GOAL * PEAK_BF16 / FLOP_PER_CLIP
   record['gpu_need'] = dict(clips_per_s_per_gpu=need_gpu,
                             clips_per_s_per_host=need_gpu * GPUS_PER_HOST)
