@@ -505,9 +505,9 @@ def _conditioning(config, mode: str, plan: _Plan, input_path: Optional[str],
     return None, None
   if input_path is None and mode == 'extend':
     return None, None  # extend_video starts with an unconditional clip.
-  if input_path is None or input_path.split(':')[0] == DATASET_INPUT:
+  kind, _, other = (input_path or DATASET_INPUT).partition(':')
+  if kind == DATASET_INPUT:
     # 'dataset' (the run's own eval split) or 'dataset:NAME' (another one's).
-    other = input_path.split(':', 1)[1] if input_path and ':' in input_path else None
     return _dataset_conditioning(config, mode, plan, num_samples, other)
   if select.start < 0 or select.stride < 1:
     raise ValueError(f'input_start={select.start} must be >= 0 and input_stride='

@@ -146,7 +146,7 @@ def prepare_build(name: str, config: str, version: str, data_dir: Optional[str],
 
 
 def prepare_sized(name: str, config: str, version: str, data_dir: Optional[str],
-                  builder_cls, sizes: Dict[str, Optional[int]],
+                  builder_cls: Callable[[], Any], sizes: Dict[str, Optional[int]],
                   defaults: Dict[str, int], seed: int, verbose: bool) -> Any:
   """`prepare_build` for builders sized by num_train, num_test and num_frames.
 
@@ -155,8 +155,9 @@ def prepare_sized(name: str, config: str, version: str, data_dir: Optional[str],
     config: its config name.
     version: its version string.
     data_dir: TFDS data directory; None or '' means the TFDS default.
-    builder_cls: the builder class; it takes config, data_dir, file_format,
-      num_train, num_test, num_frames and seed.
+    builder_cls: () -> the builder class (called only to build); the class
+      takes config, data_dir, file_format, num_train, num_test, num_frames
+      and seed.
     sizes: {'num_train', 'num_test', 'num_frames'} asked for; None accepts
       what is built (and builds the default).
     defaults: the same keys' values for a default build.
@@ -176,9 +177,9 @@ def prepare_sized(name: str, config: str, version: str, data_dir: Optional[str],
 
   return prepare_build(
       name, config, version, data_dir,
-      lambda root: builder_cls(config=config, data_dir=root,
-                               file_format=tfds.core.FileFormat.ARRAY_RECORD,
-                               seed=seed, **build_sizes),
+      lambda root: builder_cls()(config=config, data_dir=root,
+                                 file_format=tfds.core.FileFormat.ARRAY_RECORD,
+                                 seed=seed, **build_sizes),
       sizes, read_sizes, verbose)
 
 

@@ -51,7 +51,7 @@ CONFIGS = {'32': (32, MAX_DIGITS), '64': (64, MAX_DIGITS),
            'single_32': (32, 1), 'single_64': (64, 1)}
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
-SPLITS = ('train', 'test')
+SPLITS = tuple(_SPLIT_CODES)
 CLASS_FEATURES = {'label': 10}  # Feature -> number of classes.
 
 
@@ -219,9 +219,7 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
 # TFDS builder (TFDS imported lazily).
 # ----------------------------------------------------------------------------
 
-_BUILDER_CLS = None
-
-
+@functools.cache
 def get_builder_cls():
   """Returns the `MovingDigits` TFDS builder class (defined on first call).
 
@@ -243,9 +241,6 @@ def get_builder_cls():
   Returns:
     The builder class, a `tfds.core.GeneratorBasedBuilder` subclass.
   """
-  global _BUILDER_CLS
-  if _BUILDER_CLS is not None:
-    return _BUILDER_CLS
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class MovingDigits(tfds.core.GeneratorBasedBuilder):
@@ -319,7 +314,6 @@ def get_builder_cls():
               'digits': out['digits'][j],
           }
 
-  _BUILDER_CLS = MovingDigits
   return MovingDigits
 
 
@@ -395,7 +389,7 @@ def prepare(data_dir: Optional[str], config: Any = '32', *,
     raise ValueError(f'moving_digits config must be one of {sorted(CONFIGS)} (or a '
                      f'resolution of {RESOLUTIONS}), got {config!r}')
   return bundled.prepare_sized(
-      'moving_digits', config, VERSION, data_dir, get_builder_cls(),
+      'moving_digits', config, VERSION, data_dir, get_builder_cls,
       dict(num_train=num_train, num_test=num_test, num_frames=num_frames),
       dict(num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST,
            num_frames=DEFAULT_NUM_FRAMES), seed, verbose)

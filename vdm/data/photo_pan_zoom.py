@@ -41,7 +41,6 @@ DEFAULT_NUM_FRAMES = 16
 DEFAULT_NUM_TRAIN = 2000
 DEFAULT_NUM_TEST = 256
 CONFIGS = {'32': 32, '64': 64}  # Config name -> frame side R.
-SPLITS = ('train', 'test')
 CLASS_FEATURES: Dict[str, int] = {}  # No class labels.
 
 # scikit-image's bundled photographs (files in skimage/data). Synthetic images
@@ -61,6 +60,7 @@ _MAX_ZOOM = 1.6  # Last side / first side in [1 / 1.6, 1.6].
 _MAX_PAN = 0.5  # Centre displacement over the clip, in window sides.
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
+SPLITS = tuple(_SPLIT_CODES)
 
 
 def photo_names(split: str):
@@ -213,9 +213,7 @@ def in_memory(config: str, split: str) -> Dict[str, np.ndarray]:
 # TFDS builder (TFDS imported lazily).
 # ----------------------------------------------------------------------------
 
-_BUILDER_CLS = None
-
-
+@functools.cache
 def get_builder_cls():
   """Returns the `PhotoPanZoom` TFDS builder class (defined on first call).
 
@@ -227,9 +225,6 @@ def get_builder_cls():
   Returns:
     The builder class, a `tfds.core.GeneratorBasedBuilder` subclass.
   """
-  global _BUILDER_CLS
-  if _BUILDER_CLS is not None:
-    return _BUILDER_CLS
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class PhotoPanZoom(tfds.core.GeneratorBasedBuilder):
@@ -285,7 +280,6 @@ def get_builder_cls():
           yield start + j, {'video': out['video'][j],
                             'photo': int(out['photo'][j])}
 
-  _BUILDER_CLS = PhotoPanZoom
   return PhotoPanZoom
 
 
@@ -315,7 +309,7 @@ def prepare(data_dir: Optional[str], config: Any = '32', *,
     raise ValueError(f'photo_pan_zoom config must be one of {sorted(CONFIGS)}, '
                      f'got {config!r}')
   return bundled.prepare_sized(
-      'photo_pan_zoom', config, VERSION, data_dir, get_builder_cls(),
+      'photo_pan_zoom', config, VERSION, data_dir, get_builder_cls,
       dict(num_train=num_train, num_test=num_test, num_frames=num_frames),
       dict(num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST,
            num_frames=DEFAULT_NUM_FRAMES), seed, verbose)

@@ -621,7 +621,6 @@ class StepIterator(_Closable):
       self._pool = None
 
 
-
 # ----------------------------------------------------------------------------
 # Training.
 # ----------------------------------------------------------------------------
@@ -699,6 +698,7 @@ class _RandomAccessTrain:
 # Steps of an endless Grain range (a MapDataset needs a length).
 _GRAIN_STOP = 2**62
 
+
 class GrainStepIterator(_Closable):
   """The batches of `fn(step)` for step = start, start + 1, ..., from Grain.
 
@@ -770,7 +770,6 @@ class GrainStepIterator(_Closable):
     it, self._it = getattr(self, '_it', None), None
     if it is not None:
       it.close()
-
 
 
 def make_train_iterator(config, *, start_step: int = 0,

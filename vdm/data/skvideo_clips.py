@@ -94,18 +94,13 @@ def in_memory(config: str, split: str) -> Dict[str, np.ndarray]:
   return generate(CONFIGS[config])
 
 
-_BUILDER_CLS = None
-
-
+@functools.cache
 def get_builder_cls():
   """Returns the `SkvideoClips` TFDS builder class (defined on first call).
 
   Features: video `Tensor((16, R, R, 3), uint8, zlib)`, clip and start
   `Tensor((), int32)`.
   """
-  global _BUILDER_CLS
-  if _BUILDER_CLS is not None:
-    return _BUILDER_CLS
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class SkvideoClips(tfds.core.GeneratorBasedBuilder):
@@ -143,7 +138,6 @@ def get_builder_cls():
       for i in range(len(out['video'])):
         yield i, {k: out[k][i] for k in ('video', 'clip', 'start')}
 
-  _BUILDER_CLS = SkvideoClips
   return SkvideoClips
 
 
