@@ -30,6 +30,7 @@ def get_config(method: str = 'vdm'):
   config.model.head_dim = 8
   config.model.norm_groups = 4
   config.model.dropout = 0.0
+  config.optimizer.learning_rate = 1e-3  # What the tests were written against.
   config.optimizer.warmup_steps = 2
   config.training.batch_size = 4
   config.training.num_steps = 4
