@@ -2,6 +2,7 @@
 
   python benchmarks/recipe.py --candidates=default,v,bs8 --num_samples=64
   python benchmarks/recipe.py --plot_only      # docs/recipe.png from the last JSON
+  python benchmarks/recipe.py --score_workdir=runs/showcase   # score a run's checkpoints
 
 Each candidate is a set of command-line overrides of configs/default.py
 (CANDIDATES below). For each, `python train.py --config=configs/default.py
@@ -98,19 +99,32 @@ def run_candidate(name: str, args) -> list:
   start = time.time()
   print('$ ' + ' '.join(cmd[1:]), flush=True)
   subprocess.run(cmd, cwd=common.ROOT, check=True, stdout=subprocess.DEVNULL)
-  train_s = time.time() - start
+  return score_checkpoints(name, workdir, start, args.num_samples, every=bool(args.checkpoints),
+                           extra={'overrides': {k: str(v) for k, v in overrides.items()},
+                                  'train_s_total': round(time.time() - start, 1),
+                                  'load_average_train_start': load_start})
+
+
+def score_checkpoints(name: str, workdir: str, start: float, num_samples: int, every: bool,
+                      extra: dict) -> list:
+  """Scores the checkpoints of ``workdir`` (all, or the last one); returns their points.
+
+  A checkpoint's training time is its directory's modification time less
+  ``start``, so compilation and periodic samples count, as they do for a user.
+  """
   ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise SystemExit(f'{workdir} holds no checkpoints/: train it first.')
   steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  if not args.checkpoints:
+  if not every:
     steps = steps[-1:]
   points = []
   for step in steps:
     at = os.path.getmtime(os.path.join(ckpt_dir, str(step))) - start
-    result = _evaluate(workdir, args.num_samples, step)
+    result = _evaluate(workdir, num_samples, step)
     points.append({
-        'candidate': name, 'overrides': {k: str(v) for k, v in overrides.items()},
-        'step': step, 'train_s_at_step': round(at, 1), 'train_s_total': round(train_s, 1),
-        'load_average_train_start': load_start, 'load_average_eval_end': os.getloadavg(),
+        'candidate': name, **extra, 'step': step, 'train_s_at_step': round(at, 1),
+        'load_average_eval_end': os.getloadavg(),
         **{k: result[k] for k in result if k.startswith(('digit_', 'fvd', 'kvd'))},
         'num_samples': result['num_samples'], 'sampler': result['sampler'],
         'sampling_steps': result['sampling_steps']})
@@ -139,6 +153,10 @@ def plot(record: dict, path: str) -> None:
   if ceiling:
     axes[0].axhline(100 * ceiling[0], color='k', ls='--', lw=1, label='real frames')
   axes[0].axhline(10, color='grey', ls=':', lw=1, label='chance')
+  if record.get('fvd_floor'):
+    axes[1].axhline(record['fvd_floor'], color='k', ls='--', lw=1, label='real vs real')
+    axes[1].axhline(2 * record['fvd_floor'], color='grey', ls=':', lw=1, label='2x real vs real')
+    axes[1].legend(fontsize=7)
   axes[0].set(xlabel='training wall-clock (min, 2 CPU cores)', ylabel='conditional accuracy (%)')
   axes[1].set(xlabel='training wall-clock (min, 2 CPU cores)', ylabel='FVD', yscale='log')
   axes[0].legend(fontsize=7)
@@ -159,9 +177,25 @@ def main():
                       help='Also score a checkpoint every this many steps (0: final only).')
   parser.add_argument('--plot', default=os.path.join(common.ROOT, 'docs', 'recipe.png'))
   parser.add_argument('--plot_only', action='store_true')
+  parser.add_argument('--score_workdir', default='',
+                      help='Score every checkpoint of this finished train.py run (e.g. '
+                           'runs/showcase) instead of training candidates; its start is '
+                           'the modification time of its config.0.json.')
+  parser.add_argument('--fvd_floor', type=float, default=0.0,
+                      help='Real-vs-real FVD at --num_samples (evaluate.py --real_vs_real), '
+                           'drawn on the plot with twice its value.')
   args = parser.parse_args()
   record = _load()
-  if not args.plot_only:
+  if args.fvd_floor:
+    record['fvd_floor'] = args.fvd_floor
+  if args.score_workdir:
+    name = os.path.basename(os.path.normpath(args.score_workdir))
+    start = os.path.getmtime(os.path.join(args.score_workdir, 'config.0.json'))
+    record['points'] = [p for p in record['points'] if p['candidate'] != name]
+    record['points'] += score_checkpoints(name, args.score_workdir, start, args.num_samples,
+                                          every=True, extra={'workdir': args.score_workdir})
+    _save(record)
+  elif not args.plot_only:
     for name in filter(None, args.candidates.split(',')):
       if name not in CANDIDATES:
         raise SystemExit(f'unknown candidate {name!r}; choose from {sorted(CANDIDATES)}')
