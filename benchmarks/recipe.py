@@ -76,6 +76,12 @@ def _save(record: dict) -> None:
     json.dump(record, f, indent=1, sort_keys=True)
 
 
+def _replace_points(record: dict, name: str, points: list) -> None:
+  """Puts ``points`` in place of ``name``'s earlier ones and saves the record."""
+  record['points'] = [p for p in record['points'] if p['candidate'] != name] + points
+  _save(record)
+
+
 def _evaluate(workdir: str, num_samples: int, step=None) -> dict:
   cmd = [sys.executable, os.path.join(common.ROOT, 'evaluate.py'), f'--workdir={workdir}',
          f'--num_samples={num_samples}']
@@ -186,22 +192,20 @@ def main():
                            'drawn on the plot with twice its value.')
   args = parser.parse_args()
   record = _load()
-  if args.fvd_floor:
+  if args.fvd_floor:  # Kept in the record so a later --plot_only draws it too.
     record['fvd_floor'] = args.fvd_floor
+    _save(record)
   if args.score_workdir:
     name = os.path.basename(os.path.normpath(args.score_workdir))
     start = os.path.getmtime(os.path.join(args.score_workdir, 'config.0.json'))
-    record['points'] = [p for p in record['points'] if p['candidate'] != name]
-    record['points'] += score_checkpoints(name, args.score_workdir, start, args.num_samples,
-                                          every=True, extra={'workdir': args.score_workdir})
-    _save(record)
+    _replace_points(record, name, score_checkpoints(
+        name, args.score_workdir, start, args.num_samples, every=True,
+        extra={'workdir': args.score_workdir}))
   elif not args.plot_only:
     for name in filter(None, args.candidates.split(',')):
       if name not in CANDIDATES:
         raise SystemExit(f'unknown candidate {name!r}; choose from {sorted(CANDIDATES)}')
-      record['points'] = [p for p in record['points'] if p['candidate'] != name]
-      record['points'] += run_candidate(name, args)
-      _save(record)
+      _replace_points(record, name, run_candidate(name, args))
   plot(record, args.plot)
 
 

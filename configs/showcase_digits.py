@@ -8,11 +8,11 @@ Rerunning the first command after an interruption resumes from the last
 checkpoint (one every 1,000 steps, all kept so the curve can score them).
 
 Hardware: 2 CPU cores, 1.3 steps/s: 76 minutes of training (2026-12-03).
-Expected result at N = 256 (32 ancestral steps, w = 1): digit accuracy 99.96%, consistency
-99.6%, FVD 31.5, KVD 1.1
-(real test clips: 94.8%, 92.4%, FVD floor 14.7); with
---guidance_weight=0, 98.75%, 89.5%, FVD 29.2. BENCHMARKS.md, "Time to
-quality", has the curve over the checkpoints.
+Expected result at N = 256 (32 ancestral steps, w = 1): digit accuracy
+99.96%, consistency 99.6%, FVD 31.5, KVD 1.1; with --guidance_weight=0:
+98.75%, 89.5%, FVD 29.2, KVD 0.85 (real test clips: 94.8%, 92.4%, FVD floor
+14.7). BENCHMARKS.md, "Time to quality", has the curve over the checkpoints
+(--fvd_floor=54.4 is the floor at the curve's N = 64).
 """
 
 from configs import default
