@@ -10,8 +10,9 @@ Samples come from the EMA weights with the run's sampling config (override
 with --sampler, --steps, --time_grid, --guidance_weight, --w_r). Progress goes
 to stderr; the result is ONE JSON line on stdout (FVD, KVD and the protocol: sample
 count, split, frames, resolution, selection without replacement, protocol
-version), also written to <workdir>/eval/<step>.json. The I3D features of the
-real clips are cached under <config.data.data_dir>/fvd_cache.
+version), also written to <workdir>/eval/<step>.json (with a suffix naming any
+setting that is not the run's own, e.g. <step>_w0_n64.json). The I3D features
+of the real clips are cached under <config.data.data_dir>/fvd_cache.
 
 Sampling and the I3D use every device of the run's mesh (config.sharding.mesh).
 On several hosts, launch one process per host with train.py's multi-host

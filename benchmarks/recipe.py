@@ -34,7 +34,7 @@ RESULTS = os.path.join(common.RESULTS_DIR, f'{NAME}.json')
 
 # name -> overrides of configs/default.py, the candidates of the sweep (the
 # winners became configs/default.py: v-prediction, 16x16, batch 8, guidance 1,
-# then learning rate 2e-3).
+# then learning rate 2e-3, then 1,000 steps).
 EPS = {'diffusion.parameterization': 'eps', 'diffusion.loss_type': 'eps_mse'}
 CANDIDATES = {
     'default': {},
@@ -48,9 +48,11 @@ CANDIDATES = {
     's16_bs16': {'training.batch_size': 16, 'training.num_steps': 300},
     'lr_2e-3': {'optimizer.learning_rate': 2e-3},
     'lr_1e-3': {'optimizer.learning_rate': 1e-3},  # The default of 2026-12-02.
+    'steps_600': {'training.num_steps': 600},  # The default of 2026-12-03.
     # Measured 2026-12-03 as one change each from the default of the day before
     # (learning rate 1e-3, now 'lr_1e-3'), the same 600 steps; lr_2e-3 won and
-    # is the default now, so a rerun of these starts from 2e-3.
+    # is the default now, with 1,000 steps since 2026-12-04, so a rerun of
+    # these starts from 2e-3 and 1,000 steps.
     'dropout_0': {'model.dropout': 0.0},
     'no_images': {'data.num_images': 0},
     'ema_0.99': {'optimizer.ema_decay': 0.99},

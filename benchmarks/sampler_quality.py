@@ -18,8 +18,7 @@ Writes benchmarks/results/sampler_quality.json (one record, all points) and,
 with matplotlib, a PNG plot (--plot, default docs/sampler_quality.png).
 matplotlib is not in requirements.txt: only this script's plot needs it
 (pip install matplotlib); without it the table and JSON are still written.
-Note that evaluate() also writes <workdir>/eval/<step>.json, overwritten by
-each point.
+evaluate() also writes each point to <workdir>/eval/<step>_<settings>.json.
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""The quick start's model trained ten times longer: the showcase of the method on CPU.
+"""The quick start's model trained six times longer: the showcase of the method on CPU.
 
   python train.py --config=configs/showcase_digits.py --workdir=runs/showcase
   python evaluate.py --workdir=runs/showcase --num_samples=256
@@ -22,7 +22,7 @@ def get_config():
   config = default.get_config()
   config.training.num_steps = 6000
   # The EMA's horizon, 1 / (1 - decay) = 1,000 steps, is a sixth of the run,
-  # about the share 0.995 (200 steps) has of the default's 600.
+  # near the fifth that 0.995 (200 steps) is of the default's 1,000.
   config.optimizer.ema_decay = 0.999
   config.training.checkpoint_every = 1000
   config.training.keep_checkpoints = 6

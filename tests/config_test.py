@@ -83,7 +83,7 @@ def test_resume_refuses_every_key_off_the_allow_list():
   from vdm import run_dir
   old = json.loads(_default().to_json())
   new = _default()
-  new.training.num_steps = 1000           # On the allow-list.
+  new.training.num_steps = 2000           # On the allow-list.
   new.sharding.mesh = (('data', 2), ('fsdp', 4))
   new.model.base_channels = 64            # Changes the checkpoint's shapes.
   new.optimizer.b2 = 0.999                # Changes what the optimizer state means.

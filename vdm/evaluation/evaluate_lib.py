@@ -713,7 +713,9 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   writes it to workdir/eval/<step>.json ('predict' mode: <step>_predict<k>.json;
   'long': <step>_long<F>_<long_method>.json; 'i2v': <step>_i2v.json; real vs
   real: real_vs_real_<split>_<N>.json, only
-  when a workdir is given).
+  when a workdir is given). Settings other than the run's own (sampler, steps,
+  guidance, N, split, batch, seed) add a suffix that names them, e.g.
+  <step>_w0_n64.json, so no result overwrites another's.
 
   Args:
     workdir: a train.py --workdir (its config.json and checkpoints).
@@ -746,7 +748,8 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
                'sampling.time_grid': time_grid,
                'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
                'sampling.long_method': long_method}
-  run_config = run_lib.apply_overrides(_load_run_config(workdir, config), overrides)
+  saved_config = _load_run_config(workdir, config)
+  run_config = run_lib.apply_overrides(copy.deepcopy(saved_config), overrides)
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames, num_frames)
   num = int(num_samples or run_config.eval.num_samples)
@@ -776,17 +779,57 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
                        context_frames=context_frames, batch_size=bs, seed=seed,
                        cache_dir=cache_dir, num_frames=num_frames, mesh=mesh)
   result['workdir'] = workdir
-  name = _result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method)
+  name = _result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method,
+                      _settings_tag(saved_config, run.config, num=num, split=split,
+                                    batch_size=bs, seed=seed))
   _emit(result, os.path.join(workdir, 'eval', name))
   return result
 
 
+def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigDict, *,
+                  num: int, split: str, batch_size: int, seed: int) -> str:
+  """File-name suffix naming where an evaluation departs from the run's own settings.
+
+  Args:
+    saved: the run's saved config.
+    used: the config the samples were drawn with (saved plus overrides).
+    num, split, batch_size, seed: the evaluation's N, real split, batch and seed.
+
+  Returns:
+    '' for the run's own settings (its config.sampling, config.eval.num_samples
+    and batch_size, its eval split, seed 0: what PeriodicEvaluation writes);
+    otherwise one '_<part>' per departure, e.g. '_ddim64_w0_n64_seed1', so
+    evaluations with different settings never overwrite each other.
+  """
+  s, base = used.sampling, saved.sampling
+  parts = []
+  if (s.sampler, int(s.num_steps)) != (base.sampler, int(base.num_steps)):
+    parts.append(f'{s.sampler}{s.num_steps}')
+  if s.time_grid != base.time_grid:
+    parts.append(str(s.time_grid))
+  if float(s.guidance_weight) != float(base.guidance_weight):
+    parts.append(f'w{float(s.guidance_weight):g}')
+  if float(s.w_r) != float(base.w_r):
+    parts.append(f'wr{float(s.w_r):g}')
+  if num != int(saved.eval.num_samples):
+    parts.append(f'n{num}')
+  if split != str(saved.data.get('eval_split', 'test')):
+    parts.append(split)
+  if batch_size != int(saved.eval.batch_size):
+    parts.append(f'bs{batch_size}')
+  if seed:
+    parts.append(f'seed{seed}')
+  return ''.join('_' + part for part in parts)
+
+
 def _result_name(step: int, mode: str, context_frames: int = 1,
-                 num_frames: Optional[int] = None, long_method: str = '') -> str:
-  """workdir/eval/ file name of a result."""
-  return {'unconditional': f'{step}.json', 'i2v': f'{step}_i2v.json',
-          'predict': f'{step}_predict{context_frames}.json',
-          'long': f'{step}_long{num_frames}_{long_method}.json'}[mode]
+                 num_frames: Optional[int] = None, long_method: str = '',
+                 tag: str = '') -> str:
+  """workdir/eval/ file name of a result; tag is _settings_tag's suffix."""
+  stem = {'unconditional': f'{step}', 'i2v': f'{step}_i2v',
+          'predict': f'{step}_predict{context_frames}',
+          'long': f'{step}_long{num_frames}_{long_method}'}[mode]
+  return f'{stem}{tag}.json'
 
 
 class PeriodicEvaluation:
