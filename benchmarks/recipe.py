@@ -46,9 +46,9 @@ CANDIDATES = {
                     'training.batch_size': 4, 'training.num_steps': 300,
                     'sampling.guidance_weight': 0.0},
     's16_bs16': {'training.batch_size': 16, 'training.num_steps': 300},
-    'lr_2e-3': {'optimizer.learning_rate': 2e-3},
-    'lr_1e-3': {'optimizer.learning_rate': 1e-3},  # The default of 2026-12-02.
-    'steps_600': {'training.num_steps': 600},  # The default of 2026-12-03.
+    # The defaults of 2026-12-03 and 2026-12-02.
+    'lr_2e-3': {'optimizer.learning_rate': 2e-3, 'training.num_steps': 600},
+    'lr_1e-3': {'optimizer.learning_rate': 1e-3, 'training.num_steps': 600},
     # Measured 2026-12-03 as one change each from the default of the day before
     # (learning rate 1e-3, now 'lr_1e-3'), the same 600 steps; lr_2e-3 won and
     # is the default now, with 1,000 steps since 2026-12-04, so a rerun of
@@ -84,11 +84,13 @@ def _replace_points(record: dict, name: str, points: list) -> None:
   _save(record)
 
 
-def _evaluate(workdir: str, num_samples: int, step=None) -> dict:
+def _evaluate(workdir: str, num_samples: int, step=None, guidance_weight=None) -> dict:
   cmd = [sys.executable, os.path.join(common.ROOT, 'evaluate.py'), f'--workdir={workdir}',
          f'--num_samples={num_samples}']
   if step is not None:
     cmd.append(f'--checkpoint_step={step}')
+  if guidance_weight is not None:
+    cmd.append(f'--guidance_weight={guidance_weight}')
   out = subprocess.run(cmd, cwd=common.ROOT, check=True, capture_output=True, text=True).stdout
   return json.loads([l for l in out.splitlines() if l.startswith('{')][-1])
 
@@ -108,17 +110,19 @@ def run_candidate(name: str, args) -> list:
   print('$ ' + ' '.join(cmd[1:]), flush=True)
   subprocess.run(cmd, cwd=common.ROOT, check=True, stdout=subprocess.DEVNULL)
   return score_checkpoints(name, workdir, start, args.num_samples, every=bool(args.checkpoints),
+                           guidance_weight=args.guidance_weight,
                            extra={'overrides': {k: str(v) for k, v in overrides.items()},
                                   'train_s_total': round(time.time() - start, 1),
                                   'load_average_train_start': load_start})
 
 
 def score_checkpoints(name: str, workdir: str, start: float, num_samples: int, every: bool,
-                      extra: dict) -> list:
+                      extra: dict, guidance_weight=None) -> list:
   """Scores the checkpoints of ``workdir`` (all, or the last one); returns their points.
 
   A checkpoint's training time is its directory's modification time less
   ``start``, so compilation and periodic samples count, as they do for a user.
+  guidance_weight overrides the run's config.sampling.guidance_weight (None: keep it).
   """
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(ckpt_dir):
@@ -129,13 +133,14 @@ def score_checkpoints(name: str, workdir: str, start: float, num_samples: int, e
   points = []
   for step in steps:
     at = os.path.getmtime(os.path.join(ckpt_dir, str(step))) - start
-    result = _evaluate(workdir, num_samples, step)
+    result = _evaluate(workdir, num_samples, step, guidance_weight)
     points.append({
         'candidate': name, **extra, 'step': step, 'train_s_at_step': round(at, 1),
         'load_average_eval_end': os.getloadavg(),
         **{k: result[k] for k in result if k.startswith(('digit_', 'fvd', 'kvd'))},
         'num_samples': result['num_samples'], 'sampler': result['sampler'],
-        'sampling_steps': result['sampling_steps']})
+        'sampling_steps': result['sampling_steps'],
+        'guidance_weight': result.get('guidance_weight')})
     print(json.dumps(points[-1]), flush=True)
   return points
 
@@ -189,6 +194,9 @@ def main():
                       help='Score every checkpoint of this finished train.py run (e.g. '
                            'runs/showcase) instead of training candidates; its start is '
                            'the modification time of its config.0.json.')
+  parser.add_argument('--guidance_weight', type=float, default=None,
+                      help='Score with this classifier-free w instead of each run\'s own '
+                           '(the showcase curve of BENCHMARKS.md was scored at 1).')
   parser.add_argument('--fvd_floor', type=float, default=0.0,
                       help='Real-vs-real FVD at --num_samples (evaluate.py --real_vs_real), '
                            'drawn on the plot with twice its value.')
@@ -202,7 +210,7 @@ def main():
     start = os.path.getmtime(os.path.join(args.score_workdir, 'config.0.json'))
     _replace_points(record, name, score_checkpoints(
         name, args.score_workdir, start, args.num_samples, every=True,
-        extra={'workdir': args.score_workdir}))
+        extra={'workdir': args.score_workdir}, guidance_weight=args.guidance_weight))
   elif not args.plot_only:
     for name in filter(None, args.candidates.split(',')):
       if name not in CANDIDATES:

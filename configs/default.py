@@ -6,10 +6,10 @@ offline on first use):
 
   make train      # or: python train.py --config=configs/default.py --workdir=runs/default
 
-Hardware: 2 CPU cores: 14m53s wall-clock for `make train` from a fresh clone
-on an idle machine (2026-12-04: installing requirements.txt 1m07s, then
-13m46s for 1,000 steps at 1.3 steps/s, compile and the final samples
-included; 1.8 GB peak RSS).
+Hardware: 2 CPU cores: 13m24s-14m53s wall-clock for `make train` from a
+fresh clone on an idle machine (two runs, 2026-12-04: installing
+requirements.txt 53-67 s, then 12m31s-13m46s for 1,000 steps at 1.3-1.4
+steps/s, compile and the final samples included; 1.8-1.9 GB peak RSS).
 Expected result (2026-12-04; python evaluate.py --workdir=runs/default
 --num_samples=256, about 9 minutes): loss from about 0.9 at step 10 to about
 0.05; ten sample videos, labels 0-9, each of which reads as its digit in most

@@ -2,7 +2,7 @@
 
   python train.py --config=configs/showcase_digits.py --workdir=runs/showcase
   python evaluate.py --workdir=runs/showcase --num_samples=256
-  python benchmarks/recipe.py --score_workdir=runs/showcase --fvd_floor=54.4
+  python benchmarks/recipe.py --score_workdir=runs/showcase --fvd_floor=54.4 --guidance_weight=1
 
 Rerunning the first command after an interruption resumes from the last
 checkpoint (one every 1,000 steps, all kept so the curve can score them).

@@ -109,7 +109,8 @@ def test_result_file_names_tell_apart_evaluation_settings():
   assert tag() == ''
   assert evaluate_lib._result_name(600, 'unconditional', tag=tag()) == '600.json'
   assert tag(guidance_weight=0.5, num=64) == '_w0.5_n64'
-  assert tag(sampler='ancestral', num_steps=64, seed=1) == '_ancestral64_seed1'
+  assert tag(sampler='ancestral', num_steps=64, seed=1) == '_ancestral-64_seed1'
+  assert tag(sampler='dpm++2m', num_steps=16) == '_dpm++2m-16'  # Steps apart from the '2m'.
   assert tag(split='train', batch_size=3, w_r=1.0) == '_wr1_train_bs3'
   # Every departure gets its own name.
   variants = [tag(), tag(num_steps=8), tag(time_grid='uniform_logsnr'),
@@ -170,7 +171,7 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   assert line['mode'] == 'predict' and line['context_frames'] == 2
   assert line['reconstruction_guidance_weight'] == 1.0 and line['sampling_steps'] == 1
   assert np.isfinite(line['fvd']) and line['fvd'] >= 0.0
-  assert os.path.exists(os.path.join(workdir, 'eval', '2_predict2_ddim1_wr1.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval', '2_predict2_ddim-1_wr1.json'))
   # The generated clips start with the first 2 frames of the N real clips.
   (generated,) = seen
   assert generated.shape == (N, 10, 8, 8, 1) and generated.dtype == np.uint8
@@ -196,7 +197,7 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
   assert line['mode'] == 'long' and line['frames'] == 15 and line['clip_frames'] == 10
   assert line['long_method'] == 'independent'
   assert [v.shape for v in seen] == [(N, 15, 8, 8, 1)] * 2  # Real clips, then generated.
-  assert os.path.exists(os.path.join(workdir, 'eval', '2_long15_independent_ddim1.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval', '2_long15_independent_ddim-1.json'))
   with pytest.raises(ValueError, match=r'needs num_frames > config.data.num_frames=10'):
     evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=10)
 

@@ -574,4 +574,4 @@ def test_train_resume_sample_i2v_and_evaluate_through_the_command_line(cli_run, 
   for key in ('first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',
               'real_later_frames_psnr'):
     assert np.isfinite(result[key]), key
-  assert os.path.exists(os.path.join(workdir, 'eval', '2_i2v_ddim2.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval', '2_i2v_ddim-2.json'))

@@ -713,9 +713,10 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   writes it to workdir/eval/<step>.json ('predict' mode: <step>_predict<k>.json;
   'long': <step>_long<F>_<long_method>.json; 'i2v': <step>_i2v.json; real vs
   real: real_vs_real_<split>_<N>.json, only
-  when a workdir is given). Settings other than the run's own (sampler, steps,
-  guidance, N, split, batch, seed) add a suffix that names them, e.g.
-  <step>_w0_n64.json, so no result overwrites another's.
+  when a workdir is given). Settings other than the run's own (sampler,
+  steps, time grid, guidance w, w_r, N, split, batch, seed) add a suffix that
+  names them, e.g. <step>_w0_n64.json, so results with different settings
+  get different names.
 
   Args:
     workdir: a train.py --workdir (its config.json and checkpoints).
@@ -775,13 +776,14 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   _log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
        f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps, '
        f'on {mesh.size} device(s) of {jax.process_count()} process(es).')
+  # Named before the long sampling run, so a naming error cannot discard it.
+  name = _result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method,
+                      _settings_tag(saved_config, run.config, num=num, split=split,
+                                    batch_size=bs, seed=seed))
   result = _model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
                        cache_dir=cache_dir, num_frames=num_frames, mesh=mesh)
   result['workdir'] = workdir
-  name = _result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method,
-                      _settings_tag(saved_config, run.config, num=num, split=split,
-                                    batch_size=bs, seed=seed))
   _emit(result, os.path.join(workdir, 'eval', name))
   return result
 
@@ -798,13 +800,15 @@ def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigD
   Returns:
     '' for the run's own settings (its config.sampling, config.eval.num_samples
     and batch_size, its eval split, seed 0: what PeriodicEvaluation writes);
-    otherwise one '_<part>' per departure, e.g. '_ddim64_w0_n64_seed1', so
-    evaluations with different settings never overwrite each other.
+    otherwise one '_<part>' per departure, e.g. '_ddim-64_w0_n64_seed1', so
+    evaluations with different settings get different names. The names are
+    relative to the run's config.json as it is now (the result's JSON
+    records the settings themselves).
   """
   s, base = used.sampling, saved.sampling
   parts = []
   if (s.sampler, int(s.num_steps)) != (base.sampler, int(base.num_steps)):
-    parts.append(f'{s.sampler}{s.num_steps}')
+    parts.append(f'{s.sampler}-{int(s.num_steps)}')
   if s.time_grid != base.time_grid:
     parts.append(str(s.time_grid))
   if float(s.guidance_weight) != float(base.guidance_weight):
