@@ -754,7 +754,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames, num_frames)
   num = int(num_samples or run_config.eval.num_samples)
-  split = split or str(run_config.data.get('eval_split', 'test'))
+  split = split or _eval_split(run_config)
   bs = int(batch_size or run_config.eval.batch_size)
   _log(f'FVD protocol {i3d.format_protocol()}')
   if real_vs_real_only:
@@ -788,6 +788,11 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
   return result
 
 
+def _eval_split(config: ml_collections.ConfigDict) -> str:
+  """The split a run is evaluated on: config.data.eval_split, 'test' where it has none."""
+  return str(config.data.get('eval_split', 'test'))
+
+
 def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigDict, *,
                   num: int, split: str, batch_size: int, seed: int) -> str:
   """File-name suffix naming where an evaluation departs from the run's own settings.
@@ -817,7 +822,7 @@ def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigD
     parts.append(f'wr{float(s.w_r):g}')
   if num != int(saved.eval.num_samples):
     parts.append(f'n{num}')
-  if split != str(saved.data.get('eval_split', 'test')):
+  if split != _eval_split(saved):
     parts.append(split)
   if batch_size != int(saved.eval.batch_size):
     parts.append(f'bs{batch_size}')
@@ -878,7 +883,7 @@ class PeriodicEvaluation:
       self._static = (method, nnx.graphdef(nnx.eval_shape(lambda: method.build(nnx.Rngs(0)))))
     method, graphdef = self._static
     run = run_lib.Run(self.config, method, graphdef, state.ema_params, step)
-    split = str(self.config.data.get('eval_split', 'test'))
+    split = _eval_split(self.config)
     # The training mesh, where the EMA weights already lie (and the one the
     # trainer's latent space, cached per mesh, was restored on).
     mesh = jax.tree.leaves(state.ema_params)[0].sharding.mesh
