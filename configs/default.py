@@ -77,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- latent: where the diffusion runs (vdm/latent.py) ----------------------
   config.latent = latent = ml_collections.ConfigDict()
   latent.autoencoder = ''            # Workdir of an autoencoder run to diffuse in its latents ('' = pixels).
+  latent.size = 0                    # Latent frame size; 0 = filled from the autoencoder run when training starts.
+  latent.channels = 0                # Latent channels; 0 = filled likewise (methods never read another run).
 
   # --- diffusion: the forward process and the loss --------------------------
   config.diffusion = diffusion = ml_collections.ConfigDict()

@@ -70,11 +70,10 @@ def test_unknown_method_lists_the_registered_ones():
 
 
 def test_old_run_configs_gain_new_keys_with_their_defaults():
-  from vdm import run_lib
   config = _default()
   del config.sampling['long_method']
   del config['method']
-  restored = run_lib.with_new_defaults(config)
+  restored = config_lib.with_new_defaults(config)
   assert restored.sampling.long_method == 'reconstruction' and restored.method == 'vdm'
   config_lib.validate_config(restored)
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from vdm import config_lib
 from vdm import run_lib
 from vdm import sharding
 from vdm import train_lib
@@ -253,7 +254,7 @@ def test_too_few_frames_fails_early_in_cli(tmp_path):
   # A workdir with only a config: the check must come before any checkpoint
   # or data is read.
   config = _config(str(tmp_path / 'no_data'), num_frames=8)
-  run_lib.save_config(config, str(tmp_path))
+  config_lib.save_config(config, str(tmp_path))
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, os.path.join(REPO, 'evaluate.py'),
                         f'--workdir={tmp_path}', '--num_samples=4'],
@@ -283,7 +284,7 @@ def _on_the_whole_mesh(workdir, path):
   shutil.copytree(workdir, path, ignore=shutil.ignore_patterns('eval'))
   config = run_lib.load_config(path)
   config.sharding.mesh = (('data', -1), ('fsdp', 1))
-  run_lib.save_config(config, path)
+  config_lib.save_config(config, path)
   return path
 
 

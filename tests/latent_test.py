@@ -24,6 +24,7 @@ from flax import nnx
 
 from configs import tiny
 from vdm import latent
+from vdm import run_lib
 from vdm import sample_lib
 from vdm import train_lib
 from vdm.data import moving_digits
@@ -196,7 +197,6 @@ def test_temporal_stage_starts_from_the_image_stage_and_trains_only_its_layers(c
                                              init_from=ae_dir))
   state = trainer.init_state()
   assert 'initialised from step 4' in capsys.readouterr().out
-  from vdm import run_lib  # pylint: disable=g-import-not-at-top
   image_stage = run_lib.restore_run(ae_dir).params
   for a, b in zip(jax.tree.leaves(image_stage['encoder']), jax.tree.leaves(state.params['encoder'])):
     np.testing.assert_array_equal(a, b)
@@ -286,10 +286,10 @@ def test_latent_run_refuses_an_autoencoder_of_other_frames(tmp_path, cli_run):
   config = tiny.get_config()
   config.latent.autoencoder = ae_dir
   with pytest.raises(ValueError, match=r'encodes 16x16 frames .* config.data.image_size=8'):
-    latent.frame_shape(config)
+    run_lib.resolve_latent_shape(config)
   config.latent.autoencoder = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='config.json'):
-    latent.frame_shape(config)
+    run_lib.resolve_latent_shape(config)
 
 
 def test_latent_scale_gives_unit_variance(cli_run):
@@ -340,7 +340,7 @@ def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run)
   method = autoencoder_method.Method(tiny_ae_config(init_from=ldm))
   with pytest.raises(ValueError, match="is a run of method 'vdm'; it must be a run of method "
                                        "'autoencoder'"):
-    method.initial_params(None)
+    run_lib.restore_pretrained(method.pretrained_runs()['init_from'])
 
 
 def test_videofusion_builds_both_generators_for_the_latents(cli_run):

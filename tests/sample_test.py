@@ -17,6 +17,7 @@ import pytest
 
 from configs import tiny
 from vdm import sample_lib
+from vdm import config_lib
 from vdm import run_lib
 from vdm import train_lib
 from vdm import video_io
@@ -66,7 +67,7 @@ def restore_once():
     if key not in cache:
       cache[key] = real(workdir, step, None, mesh)
     run = cache[key]
-    config = run_lib.apply_overrides(run.config.copy_and_resolve_references(), overrides)
+    config = config_lib.apply_overrides(run.config.copy_and_resolve_references(), overrides)
     return run._replace(config=config)
 
   with pytest.MonkeyPatch.context() as patch:
@@ -214,7 +215,7 @@ def config_only_workdir(workdir, path, **changes):
     section, key = dotted.split('.')
     config[section][key] = value
   os.makedirs(path, exist_ok=True)
-  run_lib.save_config(config, str(path))
+  config_lib.save_config(config, str(path))
   return str(path)
 
 

@@ -431,7 +431,8 @@ def test_unet_and_tnf_train_at_their_own_learning_rates(channels_params):
 
 
 def test_init_from_a_plain_run_through_the_state_layout(monkeypatch, channels_params):
-  """StateLayout.init_state calls the method's initial_params hook: the U-Net gets
+  """The declared pretrained run, restored as the trainer does, reaches the
+  method's initial_params hook through StateLayout.init_state: the U-Net gets
   the plain run's EMA weights (TRIP_C's wider input convolution in its leading
   slice, zeros for the image channels), the EMA starts there, the TNF keeps
   its own initialisation."""
@@ -454,7 +455,10 @@ def test_init_from_a_plain_run_through_the_state_layout(monkeypatch, channels_pa
   monkeypatch.setattr(run_lib, 'restore_run', fake_restore)
   config = tiny_trip_config(condition='channels', init_from='/runs/plain')
   layout = train_state.StateLayout(config)
-  state = layout.init_state()
+  with pytest.raises(ValueError, match=r"needs the pretrained runs \['init_from'\]"):
+    layout.init_state()
+  (name, spec), = layout.method.pretrained_runs().items()
+  state = layout.init_state({name: run_lib.restore_pretrained(spec)})
   assert asked == ['/runs/plain']
   fresh = channels_params  # Same config and seed.
   unet, src = state.params['unet'], plain
@@ -474,7 +478,7 @@ def test_init_from_a_plain_run_through_the_state_layout(monkeypatch, channels_pa
 
 def config_only_workdir(path, config):
   os.makedirs(path, exist_ok=True)
-  run_lib.save_config(config, str(path))
+  config_lib.save_config(config, str(path))
   return str(path)
 
 

@@ -534,7 +534,7 @@ def plain_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('plain'))
   layout = train_state.StateLayout(config)
   state = layout.init_state()
-  run_lib.save_config(config, workdir)
+  config_lib.save_config(config, workdir)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
   ckpt.save(0, state)
   ckpt.close()

@@ -1,14 +1,18 @@
-"""Checks a full config early, with errors that name the offending key.
+"""Configs: their defaults, their validation, and how a run's config is read and written.
 
-Training and sampling call ``validate_config`` before doing anything costly, so
-a typo or an inconsistent setting fails in the first second with a message
-that says which key to change, not deep inside a jit trace.
+Below everything that reads a config (it imports only the method registry and
+the parameter-free diffusion core). Training and sampling call
+``validate_config`` before doing anything costly, so a typo or an
+inconsistent setting fails in the first second with a message that says which
+key to change, not deep inside a jit trace.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
@@ -36,6 +40,32 @@ def default_config() -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def autoencoder_workdir(config: ml_collections.ConfigDict) -> str:
+  """config.latent.autoencoder, or '' for a pixel-space run (or an old config)."""
+  return str(config.get('latent', {}).get('autoencoder', '') or '')
+
+
+def frame_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(size, channels) of the frames the networks see: pixels, or latents.
+
+  A latent run's shape is config.latent.size and .channels, which the trainer
+  (and ``vdm.run_lib.load_config`` for runs written before those keys existed)
+  fills from the autoencoder run's config; methods are built from the config
+  alone and never read another run.
+
+  Raises:
+    ValueError: a latent run whose latent shape was never filled in.
+  """
+  if not autoencoder_workdir(config):
+    return int(config.data.image_size), int(config.data.channels)
+  size, channels = int(config.latent.get('size', 0)), int(config.latent.get('channels', 0))
+  if size < 1 or channels < 1:
+    raise ValueError('config.latent.autoencoder is set but config.latent.size and '
+                     'config.latent.channels are not: fill them from the autoencoder run with '
+                     'vdm.run_lib.resolve_latent_shape(config) (training does this itself).')
+  return size, channels
 
 
 def _check_sections_against_default(config) -> None:
@@ -125,3 +155,67 @@ def validate_config(config):
       raise ValueError(f'config.sampling.{key}={s[key]} must be >= 0.')
   method.validate()
   return method
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str,
+                name: str = 'config.json') -> str:
+  """Writes the resolved config as workdir/<name> atomically; returns the path."""
+  path = os.path.join(workdir, name)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2))
+  os.replace(tmp, path)
+  return path
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run saved in its workdir, with keys added since (``with_new_defaults``).
+
+  Raises:
+    FileNotFoundError: no config.json in workdir.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} the --workdir of a '
+                            'train.py run?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  return with_new_defaults(config)
+
+
+def with_new_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds keys that configs/default.py gained after a run was written (in place).
+
+  A new key's default keeps the behaviour the code had before the key
+  existed, so an older run's config.json still loads.
+  """
+  reference = default_config()
+  name = config.get('method', 'vdm')
+  method_section = methods.default_section(name)
+  if method_section is not None:
+    reference[name] = method_section
+  for section in reference:
+    if section not in config:
+      config[section] = reference[section]
+    elif hasattr(reference[section], 'keys'):
+      for key in reference[section]:
+        if key not in config[section]:
+          config[section][key] = reference[section][key]
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Optional[Mapping[str, Any]]) -> ml_collections.ConfigDict:
+  """Sets {'section.key': value} entries (None values are skipped) in place.
+
+  Raises:
+    ValueError: a key that is not in the config.
+  """
+  for dotted, value in (overrides or {}).items():
+    if value is None:
+      continue
+    section, key = dotted.split('.', 1)
+    if section not in config or key not in config[section]:
+      raise ValueError(f'config.{dotted} is not a config key.')
+    config[section][key] = value
+  return config

@@ -26,49 +26,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import config_lib
+from vdm import run_lib
+from vdm.data import pipeline
+from vdm.methods import autoencoder
+
 SCALE_FILE = 'latent_scale.json'
 # Frames of the autoencoder's training split the scale factor is measured on.
 SCALE_FRAMES = 2048
-
-
-def autoencoder_workdir(config: ml_collections.ConfigDict) -> str:
-  """config.latent.autoencoder, or '' for a pixel-space run (or an old config)."""
-  return str(config.get('latent', {}).get('autoencoder', '') or '')
-
-
-def _autoencoder_config(workdir: str):
-  from vdm import run_lib  # pylint: disable=g-import-not-at-top  (run_lib imports methods)
-  config = run_lib.load_config(workdir)
-  if config.get('method', 'vdm') != 'autoencoder':
-    raise ValueError(f'config.latent.autoencoder={workdir!r} is a '
-                     f'{config.get("method", "vdm")!r} run; it must name the workdir of an '
-                     "autoencoder run (config.method = 'autoencoder').")
-  return config
-
-
-def frame_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(size, channels) of the frames the diffusion model sees.
-
-  Pixels: (config.data.image_size, config.data.channels). Latents: the
-  autoencoder's latent size and channels, read from its config.json (its data
-  must be this run's frame size and channels).
-
-  Raises:
-    ValueError: the autoencoder's frames differ from config.data's.
-    FileNotFoundError: no autoencoder run at config.latent.autoencoder.
-  """
-  workdir = autoencoder_workdir(config)
-  if not workdir:
-    return int(config.data.image_size), int(config.data.channels)
-  from vdm.methods import autoencoder  # pylint: disable=g-import-not-at-top
-  ae_config = autoencoder.autoencoder_config(_autoencoder_config(workdir))
-  ours = (int(config.data.image_size), int(config.data.channels))
-  if (ae_config.image_size, ae_config.channels) != ours:
-    raise ValueError(f'config.latent.autoencoder={workdir!r} encodes {ae_config.image_size}x'
-                     f'{ae_config.image_size} frames of {ae_config.channels} channel(s); this '
-                     f'run has config.data.image_size={ours[0]}, channels={ours[1]}. Set them '
-                     "to the autoencoder's.")
-  return ae_config.latent_size, ae_config.latent_channels
 
 
 class PixelSpace:
@@ -103,9 +68,7 @@ class LatentSpace:
   is_latent = True
 
   def __init__(self, workdir: str, mesh=None):
-    from vdm import run_lib  # pylint: disable=g-import-not-at-top
-    from vdm.methods import autoencoder  # pylint: disable=g-import-not-at-top
-    _autoencoder_config(workdir)
+    run_lib.read_autoencoder_config(workdir)  # Refuses any other kind of run.
     run = run_lib.restore_run(workdir, mesh=mesh)
     self.workdir, self.step, self.config = workdir, run.step, run.config
     self.ae_config = autoencoder.autoencoder_config(run.config)
@@ -145,7 +108,6 @@ class LatentSpace:
         record = json.load(f)
       if record.get('step') == self.step:
         return float(record['scale'])
-    from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
     c = self.config
     clips = -(-SCALE_FRAMES // c.data.num_frames)
     clips = min(clips, int(pipeline.dataset_info(c)['num_train_examples']))
@@ -187,7 +149,7 @@ def space(config: ml_collections.ConfigDict, mesh=None):
     An object with ``encode(video)``, ``decode(latents, is_image=None)`` and
     ``is_latent``.
   """
-  workdir = autoencoder_workdir(config)
+  workdir = config_lib.autoencoder_workdir(config)
   return _latent_space(os.path.abspath(workdir), mesh) if workdir else PixelSpace()
 
 

@@ -313,8 +313,8 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
     n += 1
     name = f'config.{step}.{n}.json'
   else:
-    run_lib.save_config(config, workdir, name)
-  run_lib.save_config(config, workdir)
+    config_lib.save_config(config, workdir, name)
+  config_lib.save_config(config, workdir)
   return os.path.join(workdir, name)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -24,54 +23,57 @@ from flax import nnx
 
 from vdm import checkpoints
 from vdm import config_lib
-from vdm import methods
 from vdm import train_state
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
+from vdm.methods import autoencoder
 from vdm.methods import base
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str,
-                name: str = 'config.json') -> str:
-  """Writes the resolved config as workdir/<name> atomically; returns the path."""
-  path = os.path.join(workdir, name)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=2))
-  os.replace(tmp, path)
-  return path
+def read_autoencoder_config(workdir: str) -> ml_collections.ConfigDict:
+  """The saved config of the autoencoder run that config.latent.autoencoder names.
+
+  Raises:
+    ValueError: it is a run of another method.
+    FileNotFoundError: no run there.
+  """
+  config = config_lib.read_config(workdir)
+  if config.get('method', 'vdm') != 'autoencoder':
+    raise ValueError(f'config.latent.autoencoder={workdir!r} is a '
+                     f'{config.get("method", "vdm")!r} run; it must name the workdir of '
+                     "an autoencoder run (config.method = 'autoencoder').")
+  return config
+
+
+def resolve_latent_shape(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills config.latent.size and .channels from the autoencoder run, if unset (in place).
+
+  The one place a diffusion run's config reads another run's: the trainer
+  calls it before anything is built, and ``load_config`` for runs saved
+  before those keys existed. Pixel runs and filled configs pass unchanged.
+
+  Raises:
+    ValueError: config.latent.autoencoder is not an autoencoder run, or it
+      encodes frames of another size or channel count than config.data's.
+    FileNotFoundError: no run at config.latent.autoencoder.
+  """
+  workdir = config_lib.autoencoder_workdir(config)
+  if not workdir or (config.latent.get('size', 0) and config.latent.get('channels', 0)):
+    return config
+  ae = autoencoder.autoencoder_config(read_autoencoder_config(workdir))
+  ours = (int(config.data.image_size), int(config.data.channels))
+  if (ae.image_size, ae.channels) != ours:
+    raise ValueError(f'config.latent.autoencoder={workdir!r} encodes {ae.image_size}x'
+                     f'{ae.image_size} frames of {ae.channels} channel(s); this '
+                     f'run has config.data.image_size={ours[0]}, channels={ours[1]}. Set them '
+                     "to the autoencoder's.")
+  config.latent.size, config.latent.channels = int(ae.latent_size), int(ae.latent_channels)
+  return config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """Reads the config a training run saved in its workdir."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} the --workdir of a '
-                            'train.py run?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  return with_new_defaults(config)
-
-
-def with_new_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Adds keys that configs/default.py gained after a run was written.
-
-  A new key's default keeps the behaviour the code had before the key
-  existed, so an older run's config.json still loads.
-  """
-  reference = config_lib.default_config()
-  name = config.get('method', 'vdm')
-  method_section = methods.default_section(name)
-  if method_section is not None:
-    reference[name] = method_section
-  for section in reference:
-    if section not in config:
-      config[section] = reference[section]
-    elif hasattr(reference[section], 'keys'):
-      for key in reference[section]:
-        if key not in config[section]:
-          config[section][key] = reference[section][key]
-  return config
+  """A run's saved config, ready to build its method (new keys, latent shape filled)."""
+  return resolve_latent_shape(config_lib.read_config(workdir))
 
 
 class Run(NamedTuple):
@@ -125,7 +127,7 @@ def restore_run(workdir: str, step: Optional[int] = None,
   Raises:
     FileNotFoundError: no config.json or no checkpoint in workdir.
   """
-  config = apply_overrides(load_config(workdir), overrides)
+  config = config_lib.apply_overrides(load_config(workdir), overrides)
   layout = train_state.StateLayout(config, mesh)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
   try:
@@ -136,6 +138,24 @@ def restore_run(workdir: str, step: Optional[int] = None,
     raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first with '
                             f'python train.py --workdir={workdir}.')
   return Run(config, layout.method, layout.graphdef, state.ema_params, restored_step)
+
+
+def restore_pretrained(pretrained: base.Pretrained) -> Run:
+  """The EMA weights of a run a method declares (``Method.pretrained_runs``).
+
+  Returns:
+    Its Run (newest checkpoint).
+
+  Raises:
+    ValueError: it is a run of another method than ``pretrained.method``.
+    FileNotFoundError: no run or no checkpoint there.
+  """
+  run = restore_run(pretrained.workdir)
+  theirs = run.config.get('method', 'vdm')
+  if theirs != pretrained.method:
+    raise ValueError(f'{pretrained.key}={pretrained.workdir!r} is a run of method {theirs!r}; '
+                     f'it must be a run of method {pretrained.method!r}.')
+  return run
 
 
 @dataclasses.dataclass(frozen=True)

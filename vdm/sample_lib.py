@@ -206,7 +206,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
                'sampling.long_method': long_method, 'sampling.vidrd_overlap': vidrd_overlap,
                'sampling.vidrd_noise_a': vidrd_noise_a, 'sampling.vidrd_beta': vidrd_beta,
                'sampling.vidrd_order': vidrd_order}
-  config = run_lib.apply_overrides(run_lib.load_config(workdir), overrides)
+  config = config_lib.apply_overrides(run_lib.load_config(workdir), overrides)
   config_lib.validate_config(config)
   check_mode(config, mode)
   _check_options(config, guidance_weight, label, conditioning, mode)
@@ -338,7 +338,7 @@ def check_mode(config, mode: str) -> None:
   if mode != 'i2v' and first_frame:
     raise ValueError(f"this run's method {name!r} generates videos from a first frame: use "
                      f'mode=i2v (with an input image or the dataset), not mode={mode}.')
-  if mode == 'superres' and latent.autoencoder_workdir(config):
+  if mode == 'superres' and config_lib.autoencoder_workdir(config):
     raise ValueError('mode=superres guides towards a low-resolution pixel video, which a '
                      'latent run (config.latent.autoencoder set) has no latents of; train the '
                      'super-resolution model in pixel space.')

@@ -47,7 +47,7 @@ class Trainer(train_state.StateLayout):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
-    super().__init__(config, mesh)
+    super().__init__(run_lib.resolve_latent_shape(config), mesh)
     # Pixels, or the frozen autoencoder whose latents this run diffuses in.
     self.space = latent.space(config, self.mesh)
     divisor = sharding.batch_size_divisor(self.mesh) * config.training.grad_accum_steps
@@ -59,6 +59,12 @@ class Trainer(train_state.StateLayout):
     self.train_step = jax.jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
 
+
+  def init_state(self) -> TrainState:
+    """A fresh state, with the pretrained runs the method declares restored into it."""
+    pretrained = {name: run_lib.restore_pretrained(spec)
+                  for name, spec in self.method.pretrained_runs().items()}
+    return super().init_state(pretrained)
   def compile_train_step(self, state: TrainState, batch: dict):
     """``train_step`` compiled ahead of time for this state and batch layout.
 
@@ -241,6 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   # First, before anything is written or compiled: refuse unsafe config changes
   # over an existing run, or move it aside on start_over.
+  run_lib.resolve_latent_shape(config)  # Before the comparison: the saved config has it.
   run_dir.prepare(config, workdir, start_over=start_over)
   trainer = Trainer(config)
   is_main = jax.process_index() == 0

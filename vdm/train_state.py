@@ -9,7 +9,7 @@ and evaluation (vdm/run_lib.py) only restore.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax
 import jax
@@ -138,7 +138,7 @@ class StateLayout:
                       opt_state=self.tx.init(params),
                       rng=jax.random.PRNGKey(seed + 1))
 
-  def init_state(self) -> TrainState:
+  def init_state(self, pretrained: Optional[Mapping[str, Any]] = None) -> TrainState:
     """A freshly initialised, sharded train state.
 
     The method's ``initial_params`` hook may replace the random parameters
@@ -146,11 +146,23 @@ class StateLayout:
     The compiled initialiser is used once and then dropped (with the heap it
     held: ~60 MiB of host memory on the tiny benchmark model); a second call
     compiles it again.
+
+    Args:
+      pretrained: {name: vdm.run_lib.Run} of every run the method's
+        ``pretrained_runs`` declares (vdm.train_lib.Trainer restores them).
+
+    Raises:
+      ValueError: a declared pretrained run was not given.
     """
+    pretrained = dict(pretrained or {})
+    missing = sorted(set(self.method.pretrained_runs()) - set(pretrained))
+    if missing:
+      raise ValueError(f'init_state needs the pretrained runs {missing} that the method '
+                       'declares; vdm.train_lib.Trainer.init_state restores them.')
     init, self._init = self._init or self._compile_init(self.state_shardings), None
     state = jax.block_until_ready(init())
     del init
-    params = self.method.initial_params(state.params)
+    params = self.method.initial_params(state.params, pretrained)
     if params is not state.params:
       # Placed like the parameters they replace; the EMA and the optimizer
       # state start from them, as they would from a random initialisation.

@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from vdm import config_lib
 from vdm.data import bundled
 
 # First element of every seed tuple, so that the random streams used for
@@ -90,7 +91,6 @@ def _spec(config) -> _Spec:
   here (a partial config, an older run) takes its value from
   configs/default.py, the one place defaults are written.
   """
-  from vdm import config_lib  # pylint: disable=g-import-not-at-top
   defaults = config_lib.default_config().data
   data = config.data
 

@@ -61,6 +61,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import config_lib
 from vdm import latent
 from vdm import long_video
 from vdm import mesh_sampling
@@ -750,7 +751,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
                'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
                'sampling.long_method': long_method}
   saved_config = _load_run_config(workdir, config)
-  run_config = run_lib.apply_overrides(copy.deepcopy(saved_config), overrides)
+  run_config = config_lib.apply_overrides(copy.deepcopy(saved_config), overrides)
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames, num_frames)
   num = int(num_samples or run_config.eval.num_samples)

@@ -7,14 +7,13 @@ module. A method with hyperparameters of its own also defines
 ``config.<name>``. Adding one is a new module, its config, and one line in
 METHODS.
 ``Trainer``, ``run_lib``, sampling and evaluation only ever talk to the
-instance ``get_method(config)`` returns.
+instance ``get_method(config)`` returns. This registry is a leaf: it imports
+method modules by name only when asked, so anything may import it.
 """
 
 from __future__ import annotations
 
 import importlib
-
-from vdm.methods import base
 
 # config.method -> module under vdm/methods/ (one line per method).
 METHODS = {
@@ -41,7 +40,7 @@ def default_section(name: str):
   return None if fn is None else fn()
 
 
-def get_method(config) -> base.Method:
+def get_method(config) -> 'base.Method':  # noqa: F821  (vdm.methods.base)
   """The method object of a full config (``config.method``, default 'vdm').
 
   Args:

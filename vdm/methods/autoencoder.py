@@ -157,7 +157,12 @@ class Method(base.Method):
     frozen = 0.0 if self.ae.train == 'temporal' else 1.0
     return {'encoder': frozen, 'decoder': frozen, 'temporal': 1.0, 'discriminator': 1.0}
 
-  def initial_params(self, params: Any) -> Any:
+  def pretrained_runs(self) -> Mapping[str, base.Pretrained]:
+    source = self.ae.init_from
+    return {'init_from': base.Pretrained('config.autoencoder.init_from', source,
+                                         'autoencoder')} if source else {}
+
+  def initial_params(self, params: Any, pretrained: Mapping[str, Any]) -> Any:
     """With config.autoencoder.init_from, starts from that autoencoder run's EMA weights.
 
     Every parameter present there is copied (it must have the same shape);
@@ -165,10 +170,9 @@ class Method(base.Method):
     discriminator) keep their initialisation, so the temporal decoder starts
     out decoding exactly as the image stage did.
     """
-    source = self.ae.init_from
-    if not source:
+    if 'init_from' not in pretrained:
       return params
-    run = base.restore_pretrained('config.autoencoder.init_from', source, 'autoencoder')
+    source, run = self.ae.init_from, pretrained['init_from']
     loaded, params = base.copy_matching_params(params, run.params, f'config.autoencoder.'
                                                f'init_from={source!r}')
     print(f'Autoencoder: {loaded} parameter arrays initialised from step {run.step} of '

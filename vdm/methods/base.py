@@ -10,7 +10,7 @@ checkpoints, the train loop, sampling drivers, evaluation) is shared.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vdm import latent
+from vdm import config_lib
 from vdm.diffusion import samplers
 from vdm.diffusion import schedules
 
@@ -26,13 +26,27 @@ from vdm.diffusion import schedules
 LossOutput = tuple[jax.Array, Mapping[str, jax.Array]]
 
 
+class Pretrained(NamedTuple):
+  """A trained run whose weights a method starts from (see ``Method.pretrained_runs``).
+
+  Attributes:
+    key: the config key that names it, for messages (e.g. 'config.trip.init_from').
+    workdir: that run's --workdir.
+    method: the config.method it must have been trained with.
+  """
+  key: str
+  workdir: str
+  method: str
+
+
 class Method:
   """Base class of the methods in vdm/methods/ (see that package's docstring).
 
   Subclasses must define ``build``, ``loss`` and ``denoiser``; ``noise``,
   ``noise_frame_covariance``, ``param_labels``, ``lr_multipliers``, ``validate``,
-  ``initial_params`` and ``conditions_on_first_frame``
-  have defaults.
+  ``pretrained_runs``, ``initial_params`` and ``conditions_on_first_frame``
+  have defaults. A method never reads runs or checkpoints itself: it declares
+  the runs it starts from and the trainer restores them.
   Instances are hashable by identity, so jitted functions can close over
   them or take them as static arguments.
 
@@ -53,7 +67,7 @@ class Method:
     self.logsnr_fn = schedules.logsnr_fn_from_config(config.diffusion)
     self.parameterization = config.diffusion.parameterization
     # (size, channels) of the frames the networks see: pixels, or latents.
-    self.frame_shape = latent.frame_shape(config)
+    self.frame_shape = config_lib.frame_shape(config)
 
   # --- Required -------------------------------------------------------------
 
@@ -150,7 +164,15 @@ class Method:
   def validate(self) -> None:
     """Raises ValueError naming any config key the method cannot work with."""
 
-  def initial_params(self, params: Any) -> Any:
+  def pretrained_runs(self) -> Mapping[str, Pretrained]:
+    """The trained runs a fresh run starts from, by name (default: none).
+
+    The trainer restores each (its EMA weights, newest checkpoint, checked to
+    be a run of ``Pretrained.method``) and hands them to ``initial_params``.
+    """
+    return {}
+
+  def initial_params(self, params: Any, pretrained: Mapping[str, Any]) -> Any:
     """The parameters a fresh run starts from, given their random initialisation.
 
     Called once by StateLayout.init_state before step 0 (never on resume): a
@@ -160,11 +182,14 @@ class Method:
 
     Args:
       params: nnx.State of the freshly initialised, sharded parameters.
+      pretrained: {name: vdm.run_lib.Run} of every run ``pretrained_runs``
+        declared, restored by the trainer.
 
     Returns:
       A tree of the same structure, shapes and dtypes (the default: ``params``
       itself, unchanged).
     """
+    del pretrained
     return params
 
   def cond_channels_input(self, conditioning: Optional[Mapping[str, Any]]) -> Any:
@@ -190,31 +215,6 @@ class Method:
   def num_classes(self) -> int:
     """Class labels the denoiser takes (0: unconditional)."""
     return int(self.config.model.num_classes)
-
-
-def restore_pretrained(key: str, workdir: str, method: str):
-  """The EMA weights of the run a config key names, checked to be a ``method`` run.
-
-  Args:
-    key: the config key that named it (for error messages), e.g.
-      'config.trip.init_from'.
-    workdir: that run's --workdir.
-    method: the config.method it must have been trained with.
-
-  Returns:
-    Its vdm.run_lib.Run (newest checkpoint).
-
-  Raises:
-    ValueError: it is a run of another method.
-    FileNotFoundError: no run or no checkpoint there.
-  """
-  from vdm import run_lib  # pylint: disable=g-import-not-at-top  (run_lib imports methods)
-  run = run_lib.restore_run(workdir)
-  theirs = run.config.get('method', 'vdm')
-  if theirs != method:
-    raise ValueError(f'{key}={workdir!r} is a run of method {theirs!r}; it must be a run of '
-                     f'method {method!r}.')
-  return run
 
 
 def param_path(path) -> str:

@@ -277,7 +277,11 @@ class Method(base.Method):
     return {'unet': float(self.trip.unet_lr_multiplier),
             'tnf': float(self.trip.tnf_lr_multiplier)}
 
-  def initial_params(self, params: Any) -> Any:
+  def pretrained_runs(self) -> Mapping[str, base.Pretrained]:
+    source = self.trip.init_from
+    return {'init_from': base.Pretrained('config.trip.init_from', source, 'vdm')} if source else {}
+
+  def initial_params(self, params: Any, pretrained: Mapping[str, Any]) -> Any:
     """With config.trip.init_from, the U-Net starts from a plain run's EMA weights.
 
     Parameters of the same shape are copied. A parameter that is larger here
@@ -286,10 +290,9 @@ class Method(base.Method):
     network starts as the plain one, ignoring the image. The TNF keeps its
     own initialisation.
     """
-    source = self.trip.init_from
-    if not source:
+    if 'init_from' not in pretrained:
       return params
-    plain = base.restore_pretrained('config.trip.init_from', source, 'vdm')
+    source, plain = self.trip.init_from, pretrained['init_from']
     flat = {base.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(plain.params)[0]}
     used = set()
 

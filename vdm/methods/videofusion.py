@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vdm import latent
+from vdm import config_lib
 from vdm.diffusion import decomposed
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -268,7 +268,12 @@ class Method(base.Method):
   def lr_multipliers(self) -> Mapping[str, float]:
     return {BASE: float(self.vf.base_lr_mult), RESIDUAL: 1.0}
 
-  def initial_params(self, params: Any) -> Any:
+  def pretrained_runs(self) -> Mapping[str, base.Pretrained]:
+    workdir = self.vf.base_init_workdir
+    return {'base': base.Pretrained('config.videofusion.base_init_workdir', workdir,
+                                    'vdm')} if workdir else {}
+
+  def initial_params(self, params: Any, pretrained: Mapping[str, Any]) -> Any:
     """Loads the base from config.videofusion.base_init_workdir, if set.
 
     The base is our U-Net built from config.model, exactly the network of a
@@ -280,13 +285,12 @@ class Method(base.Method):
       ValueError: the run is not a plain run, or its network differs.
       FileNotFoundError: no run or checkpoint there.
     """
-    workdir = self.vf.base_init_workdir
-    if not workdir:
+    if 'base' not in pretrained:
       return params
-    plain = base.restore_pretrained('config.videofusion.base_init_workdir', workdir, 'vdm')
+    workdir, plain = self.vf.base_init_workdir, pretrained['base']
     ours = dataclasses.asdict(self.base_config)
     theirs = dataclasses.asdict(unet3d.UNetConfig.from_config(
-        plain.config, latent.frame_shape(plain.config)))
+        plain.config, config_lib.frame_shape(plain.config)))
     differ = sorted(f for f in ours if f not in _NOT_IN_PARAMS and ours[f] != theirs[f])
     if differ:
       raise ValueError(

@@ -94,7 +94,7 @@ class UNetConfig:
       config: a full ConfigDict.
       frame_shape: (size, channels) of the frames the net sees; None means
         config.data's (pixels). A latent run passes its latents'
-        (vdm.latent.frame_shape).
+        (vdm.config_lib.frame_shape).
     """
     fields = {f.name for f in dataclasses.fields(cls)} - {'channels', 'image_size'}
     model = dict(config.model)
