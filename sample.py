@@ -9,7 +9,7 @@
 
 Writes OUTPUT_DIR/samples.npz (uint8 'videos' [N, T, H, W, C], plus the
 'conditioning' frames and 'labels' when used), samples.mp4 and samples.gif (a
-grid of all videos). See vdm/sample_lib.py for what each mode does.
+grid of all videos). See vdm/sampling/sample_lib.py for what each mode does.
 
 Sampling uses every device of the run's mesh (config.sharding.mesh) in
 batches of --batch_size; on several hosts, launch one process per host with
@@ -20,8 +20,8 @@ train.py's multi-host flags (--coordinator_address, --num_processes,
 from absl import flags
 
 from vdm import cli
-from vdm import sample_lib
-from vdm import sampling
+from vdm.sampling import sample_lib
+from vdm.sampling import conditional
 from vdm.diffusion import samplers
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a train.py run.',
@@ -61,7 +61,7 @@ _GUIDANCE_WEIGHT = flags.DEFINE_float(
 _W_R = flags.DEFINE_float('w_r', None, 'Reconstruction guidance weight of the conditional '
                           'modes (paper: 50 BAIR, 9 Kinetics). Default: config.sampling.w_r.')
 _CONDITIONING = flags.DEFINE_enum(
-    'conditioning', 'reconstruction', sampling.METHODS,
+    'conditioning', 'reconstruction', conditional.METHODS,
     'How known frames enter: reconstruction guidance (on top of replacement) or plain '
     'replacement.')
 _LONG_METHOD = flags.DEFINE_enum(

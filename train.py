@@ -6,7 +6,7 @@
 Rerunning with the same --workdir resumes; a config change that would not fit
 the run's checkpoints is refused unless --start_over moves the old run into
 <workdir>/superseded/<time>/. SIGTERM (preemption) saves a checkpoint and exits
-with status 75 (vdm.preemption.PREEMPTED_EXIT_CODE): rerun to resume.
+with status 75 (vdm.train.preemption.PREEMPTED_EXIT_CODE): rerun to resume.
 
 Multi-host: launch one process per host; JAX's runtime is started from the
 cluster environment (SLURM, TPU pods) or from --coordinator_address,
@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vdm import cli
-from vdm import train_lib
+from vdm.train import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/default.py', 'Path to a config file (get_config()).', lock_config=True)

@@ -419,7 +419,7 @@ def prepare_train(config, seed: int = 0) -> Prepared:
   compile time is measured on its own.
   """
   from vdm import sharding  # pylint: disable=g-import-not-at-top
-  from vdm import train_lib
+  from vdm.train import train_lib
   trainer = train_lib.Trainer(config)
   state = trainer.init_state()
   nparams = count_params(state.params)
@@ -472,7 +472,7 @@ def sample_fn_and_args(config, trainer, params, seed: int = 0):
 
 def prepare_sample(config, seed: int = 0) -> Prepared:
   """Compiles one sampling step with the EMA parameters (Trainer.sample's path)."""
-  from vdm import train_lib  # pylint: disable=g-import-not-at-top
+  from vdm.train import train_lib  # pylint: disable=g-import-not-at-top
   trainer = train_lib.Trainer(config)
   state = trainer.init_state()
   params = state.ema_params
@@ -680,7 +680,7 @@ def train_within(config, workdir: str, budget_s: float) -> dict:
   Returns:
     {'steps', 'seconds'} of the training done here; empty when none was.
   """
-  from vdm import train_lib  # pylint: disable=g-import-not-at-top
+  from vdm.train import train_lib  # pylint: disable=g-import-not-at-top
   record = {}
   if not os.path.exists(os.path.join(workdir, 'checkpoints')):
     try:

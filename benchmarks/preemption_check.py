@@ -36,7 +36,7 @@ def _worker(args):
   sys.path.insert(0, ROOT)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from vdm import preemption, sharding, train_lib  # pylint: disable=g-import-not-at-top
+  from vdm.train import preemption, sharding, train_lib  # pylint: disable=g-import-not-at-top
 
   config = tiny.get_config()
   config.sharding.mesh = (('data', -1), ('fsdp', 1))

@@ -3,7 +3,7 @@
   python benchmarks/sharded_sampling.py                        # configs/default.py, 1/2/4/8 devices
   python benchmarks/sharded_sampling.py --devices=1,8 --num_samples=32 --fvd_samples=2048
 
-Part 1 runs the loop of sample.py and evaluate.py (vdm.mesh_sampling: chunks
+Part 1 runs the loop of sample.py and evaluate.py (vdm.sampling.mesh_sampling: chunks
 of --batch_size split over the mesh's batch axes, per-sample noise, weights
 laid out as in training) with a freshly initialised model of the config
 (speed does not depend on the weights) on meshes of the first k devices, and
@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 from vdm import latent  # noqa: E402  pylint: disable=wrong-import-position
-from vdm import mesh_sampling  # noqa: E402  pylint: disable=wrong-import-position
+from vdm.sampling import mesh_sampling  # noqa: E402  pylint: disable=wrong-import-position
 from vdm import run_lib  # noqa: E402  pylint: disable=wrong-import-position
 from vdm import sharding  # noqa: E402  pylint: disable=wrong-import-position
-from vdm import train_state  # noqa: E402  pylint: disable=wrong-import-position
+from vdm.train import train_state  # noqa: E402  pylint: disable=wrong-import-position
 from vdm.evaluation import i3d  # noqa: E402  pylint: disable=wrong-import-position
 
 

@@ -79,7 +79,7 @@ def test_old_run_configs_gain_new_keys_with_their_defaults():
 
 
 def test_resume_refuses_every_key_off_the_allow_list():
-  from vdm import run_dir
+  from vdm.train import run_dir
   old = json.loads(_default().to_json())
   new = _default()
   new.training.num_steps = 2000           # On the allow-list.
@@ -98,7 +98,7 @@ def test_resume_refuses_every_key_off_the_allow_list():
 
 
 def test_key_missing_from_an_old_run_compares_with_its_default():
-  from vdm import run_dir
+  from vdm.train import run_dir
   old = json.loads(_default().to_json())
   del old['model']['remat'], old['diffusion']['low_discrepancy']  # Written before they existed.
   assert run_dir.config_differences(old, _default()) == []
@@ -108,7 +108,7 @@ def test_key_missing_from_an_old_run_compares_with_its_default():
 
 
 def test_record_config_keeps_every_config(tmp_path):
-  from vdm import run_dir
+  from vdm.train import run_dir
   config = _default()
   first_steps = config.training.num_steps
   run_dir.record_config(config, str(tmp_path), 0)

@@ -23,7 +23,7 @@ from configs import tiny
 from vdm import config_lib
 from vdm import run_lib
 from vdm import sharding
-from vdm import train_lib
+from vdm.train import train_lib
 from vdm.data import moving_digits
 from vdm.evaluation import evaluate_lib
 from vdm.evaluation import i3d

@@ -1,4 +1,4 @@
-"""Tests of vdm/diffusion/guidance.py and the drivers of vdm/sampling.py.
+"""Tests of vdm/diffusion/guidance.py and the drivers of vdm/sampling/conditional.py.
 
 Conditional sampling is checked against the closed-form conditional of
 Gaussian video data (analytic.GaussianData.conditional) with the exact
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import sampling
+from vdm.sampling import conditional
 from vdm.diffusion import gaussian
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
@@ -112,16 +112,16 @@ def test_reconstruction_guidance_beats_replacement(task):
   frames = jnp.repeat(x_true, per_video, axis=0)  # [V * n, T, H, W, C]
   if task == 'prediction':
     mask = KNOWN_FIRST_TWO
-    run = lambda **kw: sampling.predict_frames(
+    run = lambda **kw: conditional.predict_frames(
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, :2], 4,
         num_steps=128, **SAMPLER, **kw)
   else:
     mask = np.array([True, False, False, True])
-    run = lambda **kw: sampling.interpolate_frames(
+    run = lambda **kw: conditional.interpolate_frames(
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, ::3], 3,
         num_steps=128, **SAMPLER, **kw)
   results = {}
-  for method in sampling.METHODS:
+  for method in conditional.METHODS:
     out = np.asarray(run(method=method, w_r=weight))
     np.testing.assert_array_equal(out[:, mask], frames[:, mask])
     groups = out.reshape((videos, per_video) + DATA.shape)
@@ -145,8 +145,8 @@ def test_dpm_solver_under_replacement_and_reconstruction_guidance():
   x_true = DATA.sample(jax.random.PRNGKey(5), 1)[0]  # [T, H, W, C]
   frames = jnp.broadcast_to(x_true, (n,) + DATA.shape)
   errors = {}
-  for method in sampling.METHODS:
-    out = sampling.predict_frames(
+  for method in conditional.METHODS:
+    out = conditional.predict_frames(
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, :2], 4, method=method,
         w_r=weight, num_steps=20, **dict(SAMPLER, sampler='dpm++2m'))
     assert bool(np.all(np.isfinite(out)))
@@ -221,7 +221,7 @@ def test_super_resolution():
 
   errors = {}
   for weight in (0.0, 10.0):  # 0: no guidance, the unconditional baseline.
-    x = sampling.super_resolve(exact_model(data, 'eps'), jax.random.PRNGKey(0), y_batch,
+    x = conditional.super_resolve(exact_model(data, 'eps'), jax.random.PRNGKey(0), y_batch,
                                size, w_r=weight, num_steps=128, **SAMPLER)
     assert x.shape == (n,) + data.shape
     recon = np.sqrt(np.mean((guidance.bilinear_downsample(x, low) - y_batch) ** 2))
@@ -240,8 +240,8 @@ def test_extend_video():
   init = jnp.broadcast_to(x_true[:1], (n, 1) + x_true.shape[1:])
   mask = np.arange(length) < 1
   results = {}
-  for method in sampling.METHODS:
-    video = sampling.extend_video(
+  for method in conditional.METHODS:
+    video = conditional.extend_video(
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), length, clip_frames=4,
         context_frames=2, init_frames=init, method=method, w_r=3.0,
         num_steps=128, **SAMPLER)
@@ -262,7 +262,7 @@ def test_extend_video():
   assert err_rg < 0.5 * err_rep
 
   # From scratch: an unconditional first clip, progress printed per clip.
-  video = sampling.extend_video(exact_model(DATA, 'eps'), jax.random.PRNGKey(0), 7,
+  video = conditional.extend_video(exact_model(DATA, 'eps'), jax.random.PRNGKey(0), 7,
                                 clip_frames=4, context_frames=1, clip_shape=(3, 2, 2, 1),
                                 num_steps=8, w_r=3.0, verbose=True, **SAMPLER)
   assert video.shape == (3, 7, 2, 2, 1) and np.all(np.isfinite(video))

@@ -1,4 +1,4 @@
-"""vdm.host_memory: freed heap really goes back to the OS."""
+"""vdm.train.host_memory: freed heap really goes back to the OS."""
 
 import ctypes
 import ctypes.util
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from vdm import host_memory
+from vdm.train import host_memory
 
 
 def _rss_bytes() -> int:

@@ -25,8 +25,8 @@ from flax import nnx
 from configs import tiny
 from vdm import latent
 from vdm import run_lib
-from vdm import sample_lib
-from vdm import train_lib
+from vdm.sampling import sample_lib
+from vdm.train import train_lib
 from vdm.data import moving_digits
 from vdm.methods import autoencoder as autoencoder_method
 from vdm.methods import base

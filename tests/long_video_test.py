@@ -1,4 +1,4 @@
-"""Tests of vdm/long_video.py: VidRD's FNR, PNS and DSG, and long-video statistics.
+"""Tests of vdm/sampling/long_video.py: VidRD's FNR, PNS and DSG, and long-video statistics.
 
 The data is a stationary AR(1) video (frame correlation rho = 0.9, 2x2x1
 frames, see samplers_test.stationary_gaussian) with its exact denoiser, so the
@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from vdm import long_video
-from vdm import sampling
+from vdm.sampling import long_video
+from vdm.sampling import conditional
 from vdm.diffusion import samplers
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -168,7 +168,7 @@ def test_ar1_statistics_across_clip_boundaries():
   videos = {
       'vidrd reversed': vidrd(2 * N, overlap=M, noise_a=4.0, beta=0.4, order='reversed'),
       'vidrd forward': vidrd(2 * N - M, overlap=M, noise_a=4.0, beta=0.4, order='forward'),
-      'extension (w_r=3)': sampling.extend_video(
+      'extension (w_r=3)': conditional.extend_video(
           MODEL, rng, 2 * N - M, clip_frames=N, context_frames=M, clip_shape=(n, *FRAME),
           method='reconstruction', w_r=3.0, **ddim),
       'independent': vidrd(2 * N, overlap=0, noise_a=0.0, beta=0.0),

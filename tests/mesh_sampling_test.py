@@ -1,4 +1,4 @@
-"""Sampling on the device mesh (vdm.mesh_sampling, samplers.per_sample_noise).
+"""Sampling on the device mesh (vdm.sampling.mesh_sampling, samplers.per_sample_noise).
 
 With the exact denoiser of Gaussian data (no network, so compiles are cheap)
 every sampler and a reconstruction-guided mode must give the same sample i on
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests import samplers_test
-from vdm import mesh_sampling
-from vdm import sampling
+from vdm.sampling import mesh_sampling
+from vdm.sampling import conditional
 from vdm import sharding
 from vdm.diffusion import decomposed
 from vdm.diffusion import samplers
@@ -67,7 +67,7 @@ def test_reconstruction_guided_prediction_on_eight_devices():
   def predict(rows, mesh):
     ids = sharding.shard_rows(np.asarray(rows, np.int32), mesh)
     ctx = sharding.shard_rows(context[rows], mesh)
-    fn = jax.jit(lambda rng, ctx, ids: sampling.predict_frames(
+    fn = jax.jit(lambda rng, ctx, ids: conditional.predict_frames(
         samplers_test.exact_model(DATA, PARAM), rng, ctx, DATA.shape[0], w_r=2.0,
         sample_ids=ids, **OPTIONS))
     return np.asarray(fn(jax.random.PRNGKey(1), ctx, ids), np.float64)

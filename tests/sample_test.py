@@ -1,4 +1,4 @@
-"""sample.py and vdm/sample_lib.py end to end on a tiny trained checkpoint.
+"""sample.py and vdm/sampling/sample_lib.py end to end on a tiny trained checkpoint.
 
 One run of configs/tiny.py is trained for 2 steps per module; every mode then
 samples from its EMA weights with 4 denoising steps. The samples are noise (the
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from vdm import sample_lib
+from vdm.sampling import sample_lib
 from vdm import config_lib
 from vdm import run_lib
-from vdm import train_lib
+from vdm.train import train_lib
 from vdm import video_io
 from vdm.data import moving_digits
 from vdm.data import pipeline

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from vdm import checkpoints
-from vdm import preemption
-from vdm import run_dir
+from vdm.train import checkpoints
+from vdm.train import preemption
+from vdm.train import run_dir
 from vdm import run_lib
 from vdm import sharding
-from vdm import train_lib
+from vdm.train import train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'train_worker.py')

@@ -4,7 +4,7 @@ Not a test itself; train_test.py launches it as a subprocess:
   python tests/train_worker.py WORKDIR DATA_DIR NUM_STEPS [--kill_at N]
       [--sigterm_at N [--sigterm_process I]]
       [--coordinator HOST:PORT --num_processes P --process_id I] [--dump FILE]
-A SIGTERM'd run ends with status vdm.preemption.PREEMPTED_EXIT_CODE.
+A SIGTERM'd run ends with status vdm.train.preemption.PREEMPTED_EXIT_CODE.
 """
 
 import argparse
@@ -48,7 +48,7 @@ def main():
   if args.coordinator:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   from vdm import sharding
-  from vdm import train_lib
+  from vdm.train import train_lib
   sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
   def kill_after_checkpoint(step, state, ckpt):

@@ -29,8 +29,8 @@ from configs import tiny
 from configs import trip_digits
 from vdm import config_lib
 from vdm import run_lib
-from vdm import sample_lib
-from vdm import train_state
+from vdm.sampling import sample_lib
+from vdm.train import train_state
 from vdm.data import moving_digits
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules

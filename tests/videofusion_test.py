@@ -23,11 +23,11 @@ import pytest
 from flax import nnx
 
 from configs import videofusion_tiny
-from vdm import checkpoints
+from vdm.train import checkpoints
 from vdm import config_lib
 from vdm import run_lib
-from vdm import sampling
-from vdm import train_state
+from vdm.sampling import conditional
+from vdm.train import train_state
 from vdm.data import moving_digits
 from vdm.diffusion import analytic
 from vdm.diffusion import decomposed
@@ -284,7 +284,7 @@ def test_reconstruction_guidance_gives_the_exact_conditional_under_the_law():
   context = jnp.broadcast_to(x_true[:2], (n, 2) + DATA.shape[1:])
 
   def run(method, noise_cov):
-    return sampling.predict_frames(exact_model(CORRELATED, 'eps'), jax.random.PRNGKey(0),
+    return conditional.predict_frames(exact_model(CORRELATED, 'eps'), jax.random.PRNGKey(0),
                                    context, T, method=method, w_r=2.0, num_steps=steps,
                                    noise_fn=METHOD.noise, noise_cov=noise_cov, **SAMPLER)
   results = {}

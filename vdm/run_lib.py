@@ -1,9 +1,9 @@
 """A run as sampling and evaluation see it: its config, its EMA weights, and
 the one glue from a config to a guided ``model_fn`` for the samplers.
 
-Below both the train loop (vdm/train_lib.py), which saves the config and
+Below both the train loop (vdm/train/train_lib.py), which saves the config and
 draws periodic samples through ``model_fn`` / ``sample``, and the sampling and
-evaluation entry points (vdm/sample_lib.py, vdm/evaluation/evaluate_lib.py),
+evaluation entry points (vdm/sampling/sample_lib.py, vdm/evaluation/evaluate_lib.py),
 which restore runs through ``restore_run``. Nothing here names a method: the
 method object (vdm/methods) builds the networks and the denoiser.
 """
@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vdm import checkpoints
+from vdm.train import checkpoints
 from vdm import config_lib
-from vdm import train_state
+from vdm.train import train_state
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 from vdm.methods import autoencoder
@@ -266,7 +266,7 @@ def sample(fn: jax.tree_util.Partial, rng: jax.Array, shape: tuple[int, ...],
     shape: [N, T, H, W, C].
     options: ``sampler_options``.
     sample_ids: optional int32 [N] global sample indices (sharded over the
-      mesh by vdm.mesh_sampling), making each sample independent of its batch.
+      mesh by vdm.sampling.mesh_sampling), making each sample independent of its batch.
 
   Returns:
     float32 [N, T, H, W, C], a jax.Array laid out like the batch.

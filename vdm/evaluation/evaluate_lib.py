@@ -13,7 +13,7 @@ every figure:
   few classes only. Their I3D features (and labels) are cached on disk.
 * Generated videos: N samples from the EMA weights with the config's sampler,
   in chunks of config.eval.batch_size split over the devices of the run's
-  mesh (`vdm.mesh_sampling`; several processes share one mesh), as uint8
+  mesh (`vdm.sampling.mesh_sampling`; several processes share one mesh), as uint8
   exactly like the saved samples (`vdm.video_io.to_uint8`; no video
   compression). Video i depends on the seed and i only, so the figure is the
   same on 1 or 8 devices, in one process or several.
@@ -22,7 +22,7 @@ every figure:
     the real one.
   - 'predict': the first k frames of each of the N real clips are given and
     the rest of the clip is sampled with reconstruction guidance
-    (`vdm.sampling.predict_frames`); FVD is taken over all T frames (the k
+    (`vdm.sampling.conditional.predict_frames`); FVD is taken over all T frames (the k
     given ones included), as in the BAIR 1 -> 15 frame protocol.
   - 'i2v': for methods conditioned on a first frame (TRIP): each sample is
     generated from the first frame of one of the N real clips (frame 1
@@ -63,11 +63,11 @@ from flax import nnx
 
 from vdm import config_lib
 from vdm import latent
-from vdm import long_video
-from vdm import mesh_sampling
+from vdm.sampling import long_video
+from vdm.sampling import mesh_sampling
 from vdm import progress as progress_lib
 from vdm import run_lib
-from vdm import sampling
+from vdm.sampling import conditional
 from vdm import sharding
 from vdm import video_io
 from vdm.data import moving_digits
@@ -125,7 +125,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
         f'{i3d.MIN_FRAMES} or more to evaluate FVD.')
   if mode not in MODES:
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
-  from vdm import sample_lib  # pylint: disable=g-import-not-at-top
+  from vdm.sampling import sample_lib  # pylint: disable=g-import-not-at-top
   sample_lib.check_mode(config, mode)
   if mode == 'predict' and not 0 < context_frames < t:
     raise ValueError(f'context_frames={context_frames} must be in (0, '
@@ -351,7 +351,7 @@ def real_features(config, split: str, num: int, *, batch_size: int,
 @functools.partial(jax.jit, static_argnames=('num_frames', 'options'))
 def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, options):
   """'First k frames given' sampling, compiled once per shape and options."""
-  return sampling.predict_frames(fn, rng, context, num_frames, method='reconstruction',
+  return conditional.predict_frames(fn, rng, context, num_frames, method='reconstruction',
                                  w_r=w_r, sample_ids=sample_ids, **dict(options))
 
 
@@ -364,7 +364,7 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
                        mesh=None) -> np.ndarray:
   """Samples N videos chunk by chunk on the mesh and returns their I3D features.
 
-  Each chunk of B videos (vdm.mesh_sampling: batch_size rounded up to the
+  Each chunk of B videos (vdm.sampling.mesh_sampling: batch_size rounded up to the
   mesh's batch shards) is sampled, converted to uint8 like saved samples and
   passed to the I3D where it lies, split over the devices; only the features
   (and, for on_videos, the uint8 videos) come back to the host. Every chunk

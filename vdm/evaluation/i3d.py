@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdm import mesh_sampling
+from vdm.sampling import mesh_sampling
 from vdm import sharding
 
 NUM_CLASSES = 400

@@ -55,10 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import progress as progress_lib
-from vdm import sampling
+from vdm.sampling import conditional
 from vdm import sharding
 from vdm.diffusion import samplers
-from vdm.sampling import extend_video  # noqa: F401  (re-exported: one home for long-video drivers)
+from vdm.sampling.conditional import extend_video  # noqa: F401  (re-exported: one home for long-video drivers)
 
 ORDERS = ('reversed', 'forward')
 # Keywords the driver sets itself on samplers.sample.
@@ -278,7 +278,7 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   sources = overlap_sources(clip_frames, overlap, order)  # [M]
   schedule = pinned_steps(clip_frames, overlap, num_steps, beta, order)  # [M]
   num_stored = int(schedule.max(initial=0))  # K: 0 when nothing is ever pinned.
-  pytree_fn = sampling._as_pytree_fn(model_fn)  # pylint: disable=protected-access
+  pytree_fn = conditional._as_pytree_fn(model_fn)  # pylint: disable=protected-access
 
   @jax.jit
   def sample_clip(fn, rng, z_init, stored, pinned, ids):
@@ -355,7 +355,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
              **sampler_kwargs) -> np.ndarray:
   """A long video by the driver config.sampling.long_method names.
 
-  'reconstruction': vdm.sampling.extend_video (from init_frames or an
+  'reconstruction': vdm.sampling.conditional.extend_video (from init_frames or an
   unconditional first clip); 'vidrd': vidrd_video with the vidrd_* keys;
   'independent': clips sampled independently side by side (vidrd_video with
   no overlap, no noise reuse and no pinning), the baseline.
@@ -372,7 +372,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     conditioning: 'reconstruction' or 'replacement' for extend_video.
     verbose: one progress line per clip.
     sample_ids: optional int32 [B] global sample indices, sharded over the
-      batch axes of mesh (see vdm.mesh_sampling): sample i is then the same
+      batch axes of mesh (see vdm.sampling.mesh_sampling): sample i is then the same
       in any batch and on any number of devices.
     mesh: the mesh of sample_ids; the given frames of each clip are split
       over it.
@@ -384,7 +384,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   s = sampling_config
   check_long_method(s, clip_frames)
   if s.long_method == 'reconstruction':
-    return sampling.extend_video(
+    return conditional.extend_video(
         model_fn, rng, num_frames, clip_frames=clip_frames, context_frames=context_frames,
         init_frames=init_frames, clip_shape=clip_shape, method=conditioning,
         w_r=float(s.w_r), verbose=verbose, sample_ids=sample_ids, mesh=mesh, **sampler_kwargs)

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional
 import jax
 import ml_collections
 
-from vdm import checkpoints
+from vdm.train import checkpoints
 from vdm import config_lib
 from vdm import run_lib
 
@@ -219,7 +219,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, start_over: bool
       if moved:
         print(f'{START_OVER_FLAG}: moved the previous run into {moved}/; training from '
               'scratch.', flush=True)
-    _sync('vdm.run_dir.start_over')
+    _sync('vdm.train.run_dir.start_over')
     return
   steps = checkpoints.list_steps(os.path.join(workdir, 'checkpoints'))
   if not steps:
@@ -283,7 +283,7 @@ def restore(ckpt: checkpoints.Checkpointer, abstract_state: Any,
         os.rename(ckpt.path(s), os.path.join(dest, 'checkpoints', str(s)))
       logging.warning('Moved the unreadable checkpoints %s into %s/checkpoints/ so that '
                       'training can write those steps again.', unreadable, dest)
-    _sync('vdm.run_dir.unreadable')
+    _sync('vdm.train.run_dir.unreadable')
     ckpt.all_steps()  # Re-reads the directory: orbax keeps a cached list.
   return step, state
 

@@ -5,8 +5,8 @@ one of its checkpoints and draws videos in one of six modes:
 
   unconditional  plain (or class-conditional) clips of ``num_frames`` frames;
   extend         a video of any length, clip by clip: reconstruction-guided
-                 extension (vdm.sampling.extend_video) from given frames or
-                 an unconditional clip, VidRD (vdm.long_video.vidrd_video), or
+                 extension (vdm.sampling.conditional.extend_video) from given frames or
+                 an unconditional clip, VidRD (vdm.sampling.long_video.vidrd_video), or
                  independent clips side by side (the baseline), chosen by
                  config.sampling.long_method;
   predict        the first k frames of a clip given, the rest sampled;
@@ -21,7 +21,7 @@ one of its checkpoints and draws videos in one of six modes:
 
 Samples are drawn in batches of ``batch_size`` split over the devices of
 the run's mesh (config.sharding.mesh, its weights laid out as in training;
-vdm.mesh_sampling); video i depends on the seed and on i only. Run with
+vdm.sampling.mesh_sampling); video i depends on the seed and on i only. Run with
 several processes (sample.py's multi-host flags) every process samples its
 share and process 0 writes the files.
 
@@ -49,13 +49,13 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
-from vdm import checkpoints
+from vdm.train import checkpoints
 from vdm import config_lib
 from vdm import latent
-from vdm import long_video
-from vdm import mesh_sampling
+from vdm.sampling import long_video
+from vdm.sampling import mesh_sampling
 from vdm import run_lib
-from vdm import sampling
+from vdm.sampling import conditional
 from vdm import sharding
 from vdm import video_io
 from vdm.diffusion import guidance
@@ -177,7 +177,7 @@ def sample(workdir: str, output_dir: str, *, mode: str, num_samples: int = 4,
     checkpoint_step: checkpoint to load; the newest when None.
     seed: PRNG seed; the same seed gives the same videos, and video i is
       the same whatever batch_size and the number of devices (up to float
-      rounding; see vdm.mesh_sampling).
+      rounding; see vdm.sampling.mesh_sampling).
     batch_size: videos per sampler call, split over the devices of the mesh
       (config.sharding.mesh) and rounded up to a multiple of its batch
       shards; all N in one call when None.
@@ -396,9 +396,9 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
           f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
           'but this run had config.diffusion.cond_drop_prob = 0, so its unconditional '
           'branch was never trained. Use guidance_weight=0.')
-  if conditioning not in sampling.METHODS:
+  if conditioning not in conditional.METHODS:
     raise ValueError(f'conditioning={conditioning!r} is unknown; choose one of '
-                     f'{sampling.METHODS}.')
+                     f'{conditional.METHODS}.')
   if mode == 'superres' and conditioning != 'reconstruction':
     raise ValueError('superres guides the whole video towards the low-resolution one; '
                      f'conditioning={conditioning!r} has no frames to replace. Use '
@@ -731,10 +731,10 @@ def _single_clip_sampler(frame_shape: tuple[int, int], mode: str, plan: _Plan,
       shape = (batch, plan.out_frames, size, size, channels)
       return samplers.sample(model_fn, rng, shape, **kwargs)
     if mode == 'predict':
-      return sampling.predict_frames(model_fn, rng, cond, plan.clip_frames, **frames_kwargs)
+      return conditional.predict_frames(model_fn, rng, cond, plan.clip_frames, **frames_kwargs)
     if mode == 'interpolate':
-      return sampling.interpolate_frames(model_fn, rng, cond, plan.stride, **frames_kwargs)
-    return sampling.super_resolve(model_fn, rng, cond, (size, size), w_r=w_r, **kwargs)
+      return conditional.interpolate_frames(model_fn, rng, cond, plan.stride, **frames_kwargs)
+    return conditional.super_resolve(model_fn, rng, cond, (size, size), w_r=w_r, **kwargs)
   return jax.jit(run)
 
 

@@ -3,7 +3,7 @@
 ``StateLayout`` is what both training and restoring a trained run need: the
 method and its networks' GraphDef, the optimizer, the parameter shardings and
 the abstract (shape, dtype, sharding) train state that checkpoints restore
-into. The train loop (vdm/train_lib.py) adds the train step on top; sampling
+into. The train loop (vdm/train/train_lib.py) adds the train step on top; sampling
 and evaluation (vdm/run_lib.py) only restore.
 """
 
@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from vdm import config_lib
-from vdm import host_memory
+from vdm.train import host_memory
 from vdm import methods
 from vdm import sharding
 
@@ -149,7 +149,7 @@ class StateLayout:
 
     Args:
       pretrained: {name: vdm.run_lib.Run} of every run the method's
-        ``pretrained_runs`` declares (vdm.train_lib.Trainer restores them).
+        ``pretrained_runs`` declares (vdm.train.train_lib.Trainer restores them).
 
     Raises:
       ValueError: a declared pretrained run was not given.
@@ -158,7 +158,7 @@ class StateLayout:
     missing = sorted(set(self.method.pretrained_runs()) - set(pretrained))
     if missing:
       raise ValueError(f'init_state needs the pretrained runs {missing} that the method '
-                       'declares; vdm.train_lib.Trainer.init_state restores them.')
+                       'declares; vdm.train.train_lib.Trainer.init_state restores them.')
     init, self._init = self._init or self._compile_init(self.state_shardings), None
     state = jax.block_until_ready(init())
     del init

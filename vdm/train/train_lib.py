@@ -19,14 +19,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdm import checkpoints
-from vdm import host_memory
+from vdm.train import checkpoints
+from vdm.train import host_memory
 from vdm import latent
 from vdm import run_lib
-from vdm import preemption
-from vdm import run_dir
+from vdm.train import preemption
+from vdm.train import run_dir
 from vdm import sharding
-from vdm import train_state
+from vdm.train import train_state
 from vdm import video_io
 
 
@@ -216,7 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   Restarting with the same workdir resumes from the newest readable
   checkpoint, with the same step, optimizer state, EMA, RNG and data position,
   provided the config differs from the run's only in keys that are safe to
-  change (vdm/run_dir.py). SIGTERM saves a checkpoint at the next step
+  change (vdm/train/run_dir.py). SIGTERM saves a checkpoint at the next step
   boundary (the same step on every process) and raises ``Preempted``.
 
   Args:

@@ -1,0 +1,1 @@
+"""Training: the loop, the train state, checkpoints, the run directory, preemption."""
