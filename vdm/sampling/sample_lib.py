@@ -58,6 +58,7 @@ from vdm import run_lib
 from vdm.sampling import conditional
 from vdm import sharding
 from vdm import video_io
+from vdm.data import frames as frames_lib
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
@@ -552,7 +553,6 @@ def _conform_input(video: np.ndarray, path: str, size: int, channels: int,
   Returns:
     uint8 [N', n, size, size, channels].
   """
-  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
   frames = video[:, select.start::select.stride]
   if wanted is not None:
     frames = frames[:, :wanted]
@@ -561,12 +561,12 @@ def _conform_input(video: np.ndarray, path: str, size: int, channels: int,
     raise ValueError(f'{path} has {video.shape[1]} frames: none left from input_start='
                      f'{select.start}.')
   flat = frames.reshape((n * t,) + frames.shape[2:])  # [N' n, H', W', C']
-  out = pipeline.conform_frames(flat, size, channels, path)
+  out = frames_lib.conform_frames(flat, size, channels, path)
   last = select.start + (t - 1) * select.stride
   step = f' every {select.stride}' if select.stride > 1 else ''
   h, w, c = video.shape[2:]
   print(f'{os.path.basename(path)}: {h}x{w}x{c}, {video.shape[1]} frames -> '
-        f'{pipeline.describe_conform(flat.shape, size, channels)}; frames '
+        f'{frames_lib.describe_conform(flat.shape, size, channels)}; frames '
         f'{select.start}..{last}{step}', flush=True)
   return out.reshape((n, t) + out.shape[1:])
 

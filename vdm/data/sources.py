@@ -1,0 +1,252 @@
+"""Opening a split of a dataset: TFDS builds, bundled datasets, or in-memory arrays.
+
+``read_spec`` takes what the pipeline needs from a config; ``open_split``
+returns a ``Dataset`` with random access (array_record builds, bundled data
+generated in memory without TFDS) or a TFDS builder for tf.data reading
+(other file formats), with errors that say how to prepare a missing dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from vdm import config_lib
+from vdm.data import bundled
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """The parts of `config` the pipeline uses, validated."""
+  dataset: str
+  data_dir: Optional[str]
+  train_split: str
+  eval_split: str
+  num_frames: int
+  frameskip: int
+  image_size: int
+  channels: int
+  num_images: int
+  random_flip: bool
+  video_key: str
+  label_key: str
+  seed: int
+  batch_size: int
+  loader: str
+  num_workers: int
+  prefetch: int
+  shuffle_buffer: int
+
+
+def read_spec(config) -> Spec:
+  """The `config.data` keys and `config.training.batch_size` the pipeline uses.
+
+  Their values are checked by vdm.config_lib.validate_config; a key missing
+  here (a partial config, an older run) takes its value from
+  configs/default.py, the one place defaults are written.
+  """
+  defaults = config_lib.default_config().data
+  data = config.data
+
+  def get(key):
+    return data[key] if key in data else defaults[key]
+
+  return Spec(
+      dataset=str(get('dataset')),
+      data_dir=os.path.expanduser(str(get('data_dir') or '')) or None,
+      train_split=str(get('train_split')),
+      eval_split=str(get('eval_split')),
+      num_frames=int(get('num_frames')),
+      frameskip=int(get('frameskip')),
+      image_size=int(get('image_size')),
+      channels=int(get('channels')),
+      num_images=int(get('num_images')),
+      random_flip=bool(get('random_flip')),
+      video_key=str(get('video_key')),
+      label_key=str(get('label_key') or ''),
+      seed=int(get('seed')),
+      batch_size=int(config.training.batch_size),
+      loader=str(get('loader')),
+      num_workers=int(get('num_workers')),
+      prefetch=int(get('prefetch')),
+      shuffle_buffer=int(get('shuffle_buffer')),
+  )
+
+
+@dataclasses.dataclass
+class Dataset:
+  """An opened split.
+
+  Exactly one of `source` (random access: `len`, `__getitems__`) and
+  `builder` (sequential tf.data reading) is used for reading; `builder` is
+  also kept for metadata when TFDS is present.
+  """
+  name: str
+  split: str
+  num_examples: int
+  video_key: str
+  label_key: Optional[str]  # None: no labels returned.
+  video_shape: tuple
+  num_classes: Optional[int]
+  source: Any = None
+  builder: Any = None
+  # Decodes one encoded frame (uint8 [H, W, C]) when videos are read as
+  # encoded frames (tfds.features.Video), None when they arrive decoded.
+  decode_frame: Optional[Callable[[bytes], np.ndarray]] = None
+  decoders: Optional[dict] = None
+
+
+class ArraySource:
+  """Random access over in-memory arrays, like `tfds.data_source`."""
+
+  def __init__(self, arrays: Dict[str, np.ndarray]):
+    self._arrays = arrays
+    self._n = len(next(iter(arrays.values())))
+
+  def __len__(self):
+    return self._n
+
+  def __getitem__(self, i):
+    return {k: v[i] for k, v in self._arrays.items()}
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+
+def _tfds_or_none():
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tfds
+
+
+def _prepare_hint(name: str, data_dir: Optional[str]) -> str:
+  """How to prepare `name` into `data_dir`, for error messages."""
+  d = data_dir or '~/tensorflow_datasets'
+  base = name.split('/')[0].split(':')[0]
+  hint = (f'Prepare it once on a machine with internet access with\n'
+          f'  tfds build {name} --data_dir={d} --file_format=array_record\n'
+          f'and copy {d}/{base} here (array_record gives random access and '
+          'exact resume; a tfrecord build also works, with best-effort '
+          'resume).')
+  if base == 'ucf101':
+    hint += ('\nucf101 downloads UCF101_videos.zip (6.5 GB) and '
+             'UCF101TrainTestSplits-RecognitionTask.zip (from crcv.ucf.edu) '
+             'and needs ffmpeg on the building machine. If a download fails '
+             '(the UCF server often does), fetch those two files by hand and '
+             f'put them in {d}/downloads/manual/ before running tfds build.')
+  return hint
+
+
+def open_split(spec: Spec, split: str) -> Dataset:
+  """Opens `split` of `spec.dataset` for reading, with clear errors."""
+  name, data_dir = spec.dataset, spec.data_dir
+  offline = bundled.module(name)  # Bundled datasets build on first use.
+  tfds = _tfds_or_none()
+  if tfds is None:
+    if offline is None:
+      raise ImportError(
+          f'Dataset {name!r} needs tensorflow_datasets (pip install '
+          'tensorflow-datasets); only the bundled datasets ('
+          + ', '.join(bundled.MODULES) + ') work without it.')
+    return _open_generated(spec, split, offline)
+
+  if offline is not None:
+    # Builds offline on first use; later calls only read pipeline.dataset_info.json.
+    builder = offline.prepare(data_dir, offline.parse_name(name))
+  else:
+    if data_dir and not os.path.isdir(data_dir):
+      raise FileNotFoundError(
+          f'config.data.data_dir={data_dir!r} does not exist, so dataset '
+          f'{name!r} cannot be read from it.\n' + _prepare_hint(name, data_dir))
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise ValueError(
+          f'Unknown dataset {name!r}: it is neither a TFDS dataset nor built '
+          f'in data_dir={data_dir!r}. Use a TFDS name such as ucf101, '
+          'bair_robot_pushing_small or moving_mnist, or a bundled dataset '
+          f'(built automatically: {", ".join(bundled.MODULES)}).\n({e})') from None
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f'Dataset {name!r} is not prepared in data_dir={data_dir!r} '
+          f'(looked in {builder.data_dir}).\n' + _prepare_hint(name, data_dir))
+
+  info = builder.info
+  features = info.features
+  keys = sorted(features.keys())
+  if spec.video_key not in features:
+    raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '
+                   f'of dataset {name!r}; its features are {keys}.')
+  label_key = spec.label_key or None
+  if label_key is not None and label_key not in features:
+    raise KeyError(f'config.data.label_key={label_key!r} is not a feature of '
+                   f'dataset {name!r}; its features are {keys} (set it to '
+                   "'' for none).")
+  if split not in info.splits:
+    raise ValueError(f'Dataset {name!r} has no split {split!r}; its splits are '
+                     f'{sorted(info.splits.keys())}.')
+  vfeat = features[spec.video_key]
+  num_classes = None
+  if label_key is not None:
+    num_classes = getattr(features[label_key], 'num_classes', None)
+
+  # Videos stored as encoded frames (tfds.features.Video) are read still
+  # encoded, so that only the frames of the clip (and the K images) get
+  # decoded: for long videos such as UCF101 that is several times less work.
+  decode_frame, decoders = None, None
+  if isinstance(vfeat, tfds.features.Video):
+    decode_frame = vfeat.feature.decode_example_np
+    decoders = {spec.video_key: _keep_encoded_decoder(tfds)}
+
+  ds = Dataset(name=name, split=split,
+                num_examples=info.splits[split].num_examples,
+                video_key=spec.video_key, label_key=label_key,
+                video_shape=tuple(vfeat.shape), num_classes=num_classes,
+                builder=builder, decode_frame=decode_frame, decoders=decoders)
+  if info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    ds.source = builder.as_data_source(split, decoders=decoders)
+  return ds
+
+
+@functools.lru_cache(maxsize=None)
+def _keep_encoded_decoder(tfds):
+  """A TFDS decoder that returns a Video's frames still PNG/JPEG encoded."""
+
+  class KeepEncoded(tfds.decode.SkipDecoding):
+    """`SkipDecoding` for the numpy backend, which it lacks for sequences."""
+
+    def decode_batch_example_np(self, serialized_example):
+      return serialized_example
+
+  return KeepEncoded()
+
+
+def _open_generated(spec: Spec, split: str, offline) -> Dataset:
+  """A bundled dataset without TFDS: its numpy generator, in memory."""
+  if split not in offline.SPLITS:
+    raise ValueError(f'Dataset {spec.dataset!r} has no split {split!r}; its '
+                     f'splits are {sorted(offline.SPLITS)}.')
+  print(f'tensorflow_datasets is not installed: generating {spec.dataset} '
+        f'{split} in memory (the same videos as a default TFDS build).',
+        flush=True)
+  arrays = offline.in_memory(offline.parse_name(spec.dataset), split)
+  keys = sorted(arrays)
+  if spec.video_key not in arrays:
+    raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '
+                   f'of dataset {spec.dataset!r}; its features are {keys}.')
+  label_key = spec.label_key or None
+  if label_key is not None and label_key not in arrays:
+    raise KeyError(f'config.data.label_key={label_key!r} is not a feature of '
+                   f'dataset {spec.dataset!r}; its features are {keys}.')
+  return Dataset(
+      name=spec.dataset, split=split, num_examples=len(arrays['video']),
+      video_key=spec.video_key, label_key=label_key,
+      video_shape=tuple(arrays[spec.video_key].shape[1:]),
+      num_classes=offline.CLASS_FEATURES.get(label_key),
+      source=ArraySource(arrays))
