@@ -35,8 +35,8 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   hooks = []
   if config.eval.every_steps:
-    from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
-    hooks.append(evaluate_lib.PeriodicEvaluation(config, workdir))
+    from vdm.evaluation import periodic  # pylint: disable=g-import-not-at-top
+    hooks.append(periodic.PeriodicEvaluation(config, workdir))
   # A preemption raises preemption.Preempted, a SystemExit: the process ends
   # with PREEMPTED_EXIT_CODE after the checkpoint is written.
   train_lib.train(config, workdir, hooks=hooks, start_over=_START_OVER.value)

@@ -27,6 +27,8 @@ from vdm.train import train_lib
 from vdm.data import moving_digits
 from vdm.evaluation import evaluate_lib
 from vdm.evaluation import i3d
+from vdm.evaluation import periodic
+from vdm.evaluation import real
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 4
@@ -69,12 +71,12 @@ def _json_line(out: str) -> dict:
 
 
 class _CountPasses:
-  """Wraps evaluate_lib._real_pass and records which passes computed I3D."""
+  """Wraps real.read_clips and records which passes computed I3D."""
 
   def __init__(self, monkeypatch):
     self.feature_passes = 0
-    self._orig = evaluate_lib._real_pass
-    monkeypatch.setattr(evaluate_lib, '_real_pass', self)
+    self._orig = real.read_clips
+    monkeypatch.setattr(real, 'read_clips', self)
 
   def __call__(self, *args, **kwargs):
     if kwargs.get('features', True):
@@ -83,17 +85,17 @@ class _CountPasses:
 
 
 def _cache_files(config):
-  d = evaluate_lib.default_cache_dir(config)
+  d = real.default_cache_dir(config)
   return {f: os.path.getmtime(os.path.join(d, f)) for f in os.listdir(d)} if os.path.isdir(d) else {}
 
 
 def test_select_indices_spread_and_distinct():
-  np.testing.assert_array_equal(evaluate_lib.select_indices(16, 4), [0, 4, 8, 12])
-  np.testing.assert_array_equal(evaluate_lib.select_indices(5, 5), np.arange(5))
-  idx = evaluate_lib.select_indices(3783, 2048)
+  np.testing.assert_array_equal(real.select_indices(16, 4), [0, 4, 8, 12])
+  np.testing.assert_array_equal(real.select_indices(5, 5), np.arange(5))
+  idx = real.select_indices(3783, 2048)
   assert len(np.unique(idx)) == 2048 and idx[-1] < 3783 and idx[-1] > 3700
   with pytest.raises(ValueError, match='without replacement'):
-    evaluate_lib.select_indices(10, 11)
+    real.select_indices(10, 11)
 
 
 def test_result_file_names_tell_apart_evaluation_settings():
@@ -108,7 +110,7 @@ def test_result_file_names_tell_apart_evaluation_settings():
 
   # The run's own settings keep the plain name PeriodicEvaluation writes.
   assert tag() == ''
-  assert evaluate_lib._result_name(600, 'unconditional', tag=tag()) == '600.json'
+  assert evaluate_lib.result_name(600, 'unconditional', tag=tag()) == '600.json'
   assert tag(guidance_weight=0.5, num=64) == '_w0.5_n64'
   assert tag(sampler='ancestral', num_steps=64, seed=1) == '_ancestral-64_seed1'
   assert tag(sampler='dpm++2m', num_steps=16) == '_dpm++2m-16'  # Steps apart from the '2m'.
@@ -117,7 +119,7 @@ def test_result_file_names_tell_apart_evaluation_settings():
   variants = [tag(), tag(num_steps=8), tag(time_grid='uniform_logsnr'),
               tag(guidance_weight=1.0), tag(num=7), tag(seed=2)]
   assert len(set(variants)) == len(variants)
-  assert evaluate_lib._result_name(2, 'predict', 2, tag='_w0') == '2_predict2_w0.json'
+  assert evaluate_lib.result_name(2, 'predict', 2, tag='_w0') == '2_predict2_w0.json'
 
 
 def test_evaluate_end_to_end(run, capsys, monkeypatch):
@@ -151,7 +153,7 @@ def test_evaluate_end_to_end(run, capsys, monkeypatch):
 def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypatch):
   config, workdir, _ = run
   # Fills the cache if this test runs alone; a cheap hit after the test above.
-  evaluate_lib.real_features(config, 'test', N, batch_size=N, with_labels=True)
+  real.real_features(config, 'test', N, batch_size=N, with_labels=True)
   before = _cache_files(config)
   counter = _CountPasses(monkeypatch)
   # The I3D path is the one tested above; here it only records the generated
@@ -161,7 +163,7 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   def fake_features(videos, mesh=None):
     seen.append(np.array(videos))
     return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
-  monkeypatch.setattr(evaluate_lib.i3d, 'batch_features', fake_features)
+  monkeypatch.setattr(i3d, 'batch_features', fake_features)
   # One sampling step: reconstruction guidance differentiates through the
   # network, which runs ~15x slower under jax_disable_most_optimizations.
   evaluate_lib.evaluate(workdir, num_samples=N, mode='predict', context_frames=2, w_r=1.0,
@@ -176,9 +178,9 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   # The generated clips start with the first 2 frames of the N real clips.
   (generated,) = seen
   assert generated.shape == (N, 10, 8, 8, 1) and generated.dtype == np.uint8
-  real = evaluate_lib._real_pass(config, 'test', evaluate_lib.select_indices(16, N), N,
-                                 features=False, keep_videos=True)['videos']
-  np.testing.assert_array_equal(generated[:, :2], real[:, :2])
+  clips = real.read_clips(config, 'test', real.select_indices(16, N), N,
+                          features=False, keep_videos=True)['videos']
+  np.testing.assert_array_equal(generated[:, :2], clips[:, :2])
 
 
 def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
@@ -191,7 +193,7 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
   def fake_features(videos, mesh=None):
     seen.append(np.array(videos))
     return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
-  monkeypatch.setattr(evaluate_lib.i3d, 'batch_features', fake_features)
+  monkeypatch.setattr(i3d, 'batch_features', fake_features)
   evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
                         long_method='independent', steps=1)
   line = _json_line(capsys.readouterr().out)
@@ -216,7 +218,7 @@ def test_periodic_evaluation_hook_matches_cli_and_writes_scalars(run, capsys):
   config = config.copy_and_resolve_references()
   config.eval.every_steps = 2
   writer = Writer()
-  hook = evaluate_lib.PeriodicEvaluation(config, workdir, writer=writer)
+  hook = periodic.PeriodicEvaluation(config, workdir, writer=writer)
   assert hook(1, state, None) is None  # Not an evaluation step.
   result = hook(2, state, None)
   # FVD, KVD and (single-digit data) the digit figures, as TensorBoard scalars.
@@ -233,7 +235,7 @@ def test_real_vs_real(run, capsys, monkeypatch):
   config, workdir, _ = run
   # Two sets of n = N / 2 select the same 2n = N clips as a model evaluation
   # with N samples, so the features come from the cache (no I3D run here).
-  evaluate_lib.real_features(config, 'test', N, batch_size=N)
+  real.real_features(config, 'test', N, batch_size=N)
   counter = _CountPasses(monkeypatch)
   n = N // 2
   result = evaluate_lib.evaluate(workdir, num_samples=n, real_vs_real_only=True)

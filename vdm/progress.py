@@ -49,3 +49,9 @@ class Progress:
     head = f'{note}, ' if note else ''
     print(f'{self.what}: {head}{done}/{self.total} {self.unit}, {elapsed:.1f}s, '
           f'ETA {eta:.0f}s', file=self.file or sys.stdout, flush=True)
+
+
+def log(msg: str) -> None:
+  """A one-off progress message on stderr, from process 0 only (stdout carries results)."""
+  if jax.process_index() == 0:
+    print(msg, file=sys.stderr, flush=True)

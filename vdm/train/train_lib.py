@@ -224,7 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     workdir: output directory: config.json (and config.<step>.json, every
       config the run has used), checkpoints/, samples/, events.
     hooks: called after every step as hook(step, state, checkpointer), on every
-      process: periodic evaluation (evaluate_lib.PeriodicEvaluation, passed
+      process: periodic evaluation (vdm.evaluation.periodic.PeriodicEvaluation, passed
       in by train.py), and tests that stop a run at a chosen step.
     start_over: move an existing run in ``workdir`` into
       workdir/superseded/<time>/ (nothing is deleted) and train from scratch.
