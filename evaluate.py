@@ -25,8 +25,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from vdm import cli
-from vdm.diffusion import samplers
 from vdm.evaluation import evaluate_lib
+
+cli.define_sampling_flags()  # --sampler, --steps, --guidance_weight, ... (shared with sample.py)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a train.py run.')
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,23 +44,9 @@ _MODE = flags.DEFINE_enum('mode', 'unconditional', list(evaluate_lib.MODES),
                           'conditioned on a first frame, e.g. TRIP) and also reports '
                           'first-frame PSNR/SSIM.')
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', None, '--mode=long: frames per video.')
-_LONG_METHOD = flags.DEFINE_enum('long_method', None, ('reconstruction', 'vidrd', 'independent'),
-                                 '--mode=long: how clips are joined; default: '
-                                 'config.sampling.long_method.')
 _CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', 1, 'Given frames in --mode=predict.')
-_CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint; newest if unset.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Videos per sampling / I3D batch; config.eval.batch_size if unset.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
-                             'Override config.sampling.sampler.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Override config.sampling.num_steps.')
-_TIME_GRID = flags.DEFINE_enum('time_grid', None, list(samplers.TIME_GRIDS),
-                               'Override config.sampling.time_grid.')
-_GUIDANCE_WEIGHT = flags.DEFINE_float(
-    'guidance_weight', None, 'Override config.sampling.guidance_weight (classifier-free).')
-_W_R = flags.DEFINE_float(
-    'w_r', None, 'Override config.sampling.w_r (reconstruction guidance, --mode=predict).')
 _REAL_VS_REAL = flags.DEFINE_bool(
     'real_vs_real', False, 'FVD/KVD between two disjoint sets of real clips (the floor); '
     'no checkpoint needed.')
@@ -69,14 +56,12 @@ _CACHE_DIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
-  evaluate_lib.evaluate(
-      _WORKDIR.value, config=_CONFIG.value, num_samples=_NUM_SAMPLES.value,
-      split=_SPLIT.value, mode=_MODE.value, context_frames=_CONTEXT_FRAMES.value,
-      checkpoint_step=_CHECKPOINT_STEP.value, batch_size=_BATCH_SIZE.value,
-      seed=_SEED.value, real_vs_real_only=_REAL_VS_REAL.value, sampler=_SAMPLER.value,
-      steps=_STEPS.value, time_grid=_TIME_GRID.value, guidance_weight=_GUIDANCE_WEIGHT.value,
-      w_r=_W_R.value, num_frames=_NUM_FRAMES.value, long_method=_LONG_METHOD.value,
-      cache_dir=_CACHE_DIR.value)
+  request = evaluate_lib.EvalRequest(
+      mode=_MODE.value, num_samples=_NUM_SAMPLES.value, split=_SPLIT.value,
+      context_frames=_CONTEXT_FRAMES.value, num_frames=_NUM_FRAMES.value,
+      checkpoint_step=flags.FLAGS.checkpoint_step, batch_size=_BATCH_SIZE.value,
+      seed=flags.FLAGS.seed, real_vs_real=_REAL_VS_REAL.value, cache_dir=_CACHE_DIR.value)
+  evaluate_lib.evaluate(_WORKDIR.value, request, cli.sampling_overrides(), config=_CONFIG.value)
 
 
 if __name__ == '__main__':

@@ -20,9 +20,10 @@ train.py's multi-host flags (--coordinator_address, --num_processes,
 from absl import flags
 
 from vdm import cli
-from vdm.sampling import sample_lib
 from vdm.sampling import conditional
-from vdm.diffusion import samplers
+from vdm.sampling import sample_lib
+
+cli.define_sampling_flags()  # --sampler, --steps, --guidance_weight, ... (shared with evaluate.py)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a train.py run.',
                                required=True)
@@ -45,34 +46,10 @@ _NUM_FRAMES = flags.DEFINE_integer(
     'num_frames', None, 'Frames per video. Default: the training clip length T '
     '(config.data.num_frames); extend: 2 T. interpolate keeps the largest '
     '(K - 1) * stride + 1 <= num_frames.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Denoising steps (default: config.sampling.num_steps).')
-_SAMPLER = flags.DEFINE_enum('sampler', None, samplers.SAMPLERS,
-                             'Sampler (default: config.sampling.sampler).')
-_TIME_GRID = flags.DEFINE_enum(
-    'time_grid', None, samplers.TIME_GRIDS,
-    'Times of the steps: uniform in t, uniform in log-SNR, or auto (each sampler\'s own: '
-    'uniform_logsnr for dpm++, uniform_t for the others). Default: config.sampling.time_grid.')
-_GUIDANCE_WEIGHT = flags.DEFINE_float(
-    'guidance_weight', None,
-    'Classifier-free guidance weight w, in the paper\'s convention eps~ = (1 + w) eps(z, c) '
-    '- w eps(z): 0 is the plain conditional model (diffusers\' guidance_scale = 1 + w). '
-    'Class-conditional models trained with config.diffusion.cond_drop_prob > 0 only. '
-    'Default: config.sampling.guidance_weight.')
-_W_R = flags.DEFINE_float('w_r', None, 'Reconstruction guidance weight of the conditional '
-                          'modes (paper: 50 BAIR, 9 Kinetics). Default: config.sampling.w_r.')
 _CONDITIONING = flags.DEFINE_enum(
     'conditioning', 'reconstruction', conditional.METHODS,
     'How known frames enter: reconstruction guidance (on top of replacement) or plain '
     'replacement.')
-_LONG_METHOD = flags.DEFINE_enum(
-    'long_method', None, sample_lib.LONG_METHODS,
-    'extend: reconstruction-guided extension, VidRD (noise reuse + staged guidance, no '
-    'backward pass), or independent clips. Default: config.sampling.long_method.')
-_VIDRD_OVERLAP = flags.DEFINE_integer('vidrd_overlap', None, 'VidRD: overlap M.')
-_VIDRD_NOISE_A = flags.DEFINE_float('vidrd_noise_a', None, 'VidRD: PNS weight a.')
-_VIDRD_BETA = flags.DEFINE_float('vidrd_beta', None, 'VidRD: staged-guidance strength beta.')
-_VIDRD_ORDER = flags.DEFINE_enum('vidrd_order', None, ('reversed', 'forward'),
-                                 'VidRD: overlap order (reversed is the paper\'s).')
 _INPUT_START = flags.DEFINE_integer('input_start', 0, 'First frame taken from --input.')
 _INPUT_STRIDE = flags.DEFINE_integer('input_stride', 1, 'Take every n-th frame of --input.')
 _STRICT_INPUT = flags.DEFINE_bool(
@@ -100,29 +77,20 @@ _CONTEXT_FRAMES = flags.DEFINE_integer(
     'clip is conditioned on (default T // 2).')
 _STRIDE = flags.DEFINE_integer('stride', 2, 'interpolate: frames from one keyframe to the next.')
 _LOWRES_FACTOR = flags.DEFINE_integer('lowres_factor', 2, 'superres: high / low resolution.')
-_CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None,
-                                        'Checkpoint to load (default: the newest).')
-_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed; the same seed gives the same videos.')
 _FPS = flags.DEFINE_integer('fps', 8, 'Frame rate of the mp4 and GIF.')
 
 
 def main(argv):
   del argv
-  sample_lib.sample(
-      _WORKDIR.value, _OUTPUT_DIR.value, mode=_MODE.value, num_samples=_NUM_SAMPLES.value,
-      num_frames=_NUM_FRAMES.value, steps=_STEPS.value, sampler=_SAMPLER.value,
-      time_grid=_TIME_GRID.value, guidance_weight=_GUIDANCE_WEIGHT.value, w_r=_W_R.value,
-      conditioning=_CONDITIONING.value,
-      label=_LABEL.value, input_path=_INPUT.value, cond_path=_COND_INPUT.value,
-      input_start=_INPUT_START.value, input_stride=_INPUT_STRIDE.value,
-      strict_input=_STRICT_INPUT.value,
-      long_method=_LONG_METHOD.value, vidrd_overlap=_VIDRD_OVERLAP.value,
-      vidrd_noise_a=_VIDRD_NOISE_A.value, vidrd_beta=_VIDRD_BETA.value,
-      vidrd_order=_VIDRD_ORDER.value,
-      context_frames=_CONTEXT_FRAMES.value,
-      stride=_STRIDE.value, lowres_factor=_LOWRES_FACTOR.value,
-      checkpoint_step=_CHECKPOINT_STEP.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
-      fps=_FPS.value)
+  request = sample_lib.SampleRequest(
+      mode=_MODE.value, num_samples=_NUM_SAMPLES.value, num_frames=_NUM_FRAMES.value,
+      context_frames=_CONTEXT_FRAMES.value, stride=_STRIDE.value,
+      lowres_factor=_LOWRES_FACTOR.value, conditioning=_CONDITIONING.value, label=_LABEL.value,
+      input_path=_INPUT.value, input_start=_INPUT_START.value, input_stride=_INPUT_STRIDE.value,
+      strict_input=_STRICT_INPUT.value, cond_path=_COND_INPUT.value,
+      checkpoint_step=flags.FLAGS.checkpoint_step, seed=flags.FLAGS.seed,
+      batch_size=_BATCH_SIZE.value, fps=_FPS.value)
+  sample_lib.sample(_WORKDIR.value, _OUTPUT_DIR.value, request, cli.sampling_overrides())
 
 
 if __name__ == '__main__':

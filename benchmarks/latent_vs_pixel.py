@@ -58,17 +58,17 @@ def run_side(side: str, args) -> dict:
   workdir = os.path.join(args.root, side)
   record = common.train_within(config_of(side, args), workdir, args.budget_s)
   start = time.time()
-  result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples, steps=args.steps,
-                                 batch_size=args.batch_size,
-                                 guidance_weight=args.guidance_weight)
+  overrides = {'sampling.num_steps': args.steps, 'sampling.guidance_weight': args.guidance_weight}
+  result = evaluate_lib.evaluate(
+      workdir, evaluate_lib.EvalRequest(num_samples=args.num_samples, batch_size=args.batch_size),
+      overrides)
   keep = ('fvd', 'kvd', 'digit_accuracy', 'digit_accuracy_ceiling', 'digit_consistency',
           'digit_consistency_ceiling', 'step', 'num_samples', 'sampling_steps')
   row = {k: result[k] for k in keep if k in result}
   # Ten videos, labels 0..9, to look at (samples.gif / samples.npz).
   sample_start = time.time()
-  sample_lib.sample(workdir, os.path.join(workdir, 'look'), mode='unconditional',
-                    num_samples=10, steps=args.steps, guidance_weight=args.guidance_weight,
-                    progress=False)
+  sample_lib.sample(workdir, os.path.join(workdir, 'look'), sample_lib.SampleRequest(
+      mode='unconditional', num_samples=10), overrides, progress=False)
   row['sample_10_seconds'] = round(time.time() - sample_start, 1)
   steps = record.get('steps', row.get('step', 0)) - record.get('first_step', 1)
   row.update(side=side, workdir=workdir, budget_s=args.budget_s, image_size=args.image_size,

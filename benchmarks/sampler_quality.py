@@ -201,8 +201,8 @@ def main(argv=None):
       raise ValueError(f'--append: {json_path} is for {record["workdir"]}, N = '
                        f'{record["num_samples"]}, seed {record["seed"]}.')
   if not args.no_floor:
-    record['floor'] = evaluate_lib.evaluate(args.workdir, num_samples=args.num_samples,
-                                            real_vs_real_only=True)['fvd']
+    record['floor'] = evaluate_lib.evaluate(args.workdir, evaluate_lib.EvalRequest(
+        num_samples=args.num_samples, real_vs_real=True))['fvd']
   specs = []
   for spec in args.samplers.split(','):
     sampler, _, grid = spec.partition(':')
@@ -216,8 +216,9 @@ def main(argv=None):
     for spec, sampler, grid in specs:
       steps = steps_for(sampler, evaluations)
       start = time.time()
-      result = evaluate_lib.evaluate(args.workdir, num_samples=args.num_samples, seed=args.seed,
-                                     sampler=sampler, steps=steps, time_grid=grid)
+      result = evaluate_lib.evaluate(
+          args.workdir, evaluate_lib.EvalRequest(num_samples=args.num_samples, seed=args.seed),
+          {'sampling.sampler': sampler, 'sampling.num_steps': steps, 'sampling.time_grid': grid})
       record['step'] = result['step']
       record['points'].append({
           'label': spec, 'sampler': sampler, 'time_grid': grid, 'steps': steps,

@@ -144,8 +144,9 @@ def main():
     from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     mesh = sharding.create_mesh((('data', -1), ('fsdp', 1)), jax.devices()[:min(devices)])
-    result = evaluate_lib.evaluate(args.workdir, num_samples=args.num_samples, batch_size=bs,
-                                   steps=args.steps or None, mesh=mesh)
+    result = evaluate_lib.evaluate(
+        args.workdir, evaluate_lib.EvalRequest(num_samples=args.num_samples, batch_size=bs),
+        {'sampling.num_steps': args.steps or None}, mesh=mesh)
     record['evaluate_measured_seconds'] = time.perf_counter() - start
     record['evaluate_predicted_seconds'] = args.num_samples * (sample_s + 2 * i3d_s)
     record['evaluate_fvd'] = result['fvd']

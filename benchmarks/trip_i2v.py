@@ -59,9 +59,10 @@ def run_variant(variant: str, args) -> dict:
   config = config_of(variant, args.max_steps)
   record = common.train_within(config, workdir, args.budget_s)
   mode = 'predict' if variant == 'recon' else 'i2v'
-  result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples, mode=mode,
-                                 context_frames=1, steps=args.steps,
-                                 batch_size=args.batch_size)
+  result = evaluate_lib.evaluate(
+      workdir, evaluate_lib.EvalRequest(mode=mode, num_samples=args.num_samples, context_frames=1,
+                                        batch_size=args.batch_size),
+      {'sampling.num_steps': args.steps})
   keep = ('fvd', 'kvd', 'first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',
           'real_later_frames_psnr', 'step', 'num_samples', 'sampling_steps', 'mode')
   row = {k: result[k] for k in keep if k in result}

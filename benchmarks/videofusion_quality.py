@@ -70,8 +70,8 @@ def run_variant(variant: str, args) -> dict:
   workdir = os.path.join(args.root, variant)
   record = common.train_within(config_of(variant, args.root, args.max_steps), workdir,
                                args.budget_s)
-  result = evaluate_lib.evaluate(workdir, num_samples=args.num_samples,
-                                 batch_size=args.batch_size)
+  result = evaluate_lib.evaluate(workdir, evaluate_lib.EvalRequest(
+      num_samples=args.num_samples, batch_size=args.batch_size))
   keep = ('fvd', 'kvd', 'digit_accuracy', 'digit_consistency', 'step', 'num_samples',
           'sampling_steps')
   row = {k: result[k] for k in keep if k in result}

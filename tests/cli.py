@@ -1,5 +1,7 @@
-"""Runs the entry points (train.py, sample.py, evaluate.py) as a user would, in subprocesses."""
+"""Runs the entry points (train.py, sample.py, evaluate.py) as a user would: in subprocesses,
+or their library functions in this process with the flags as keywords."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,3 +24,30 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[str, str]:
   out, err = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, err[-3000:]
   return out, err
+
+
+def _split_flags(request_type, flags: dict) -> tuple[dict, dict]:
+  """Flag-named keywords -> (request fields, config.sampling overrides)."""
+  from vdm import cli as vdm_cli  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(request_type)}
+  unknown = sorted(set(flags) - fields - set(vdm_cli.SAMPLING_FLAGS))
+  assert not unknown, f'not a field of {request_type.__name__} nor a sampling flag: {unknown}'
+  request = {k: v for k, v in flags.items() if k in fields}
+  return request, vdm_cli.sampling_overrides(
+      {k: v for k, v in flags.items() if k in vdm_cli.SAMPLING_FLAGS})
+
+
+def sample(workdir: str, output_dir: str, *, mesh=None, progress: bool = True, **flags):
+  """sample_lib.sample in this process, with sample.py's flag names as keywords."""
+  from vdm.sampling import sample_lib  # pylint: disable=g-import-not-at-top
+  request, overrides = _split_flags(sample_lib.SampleRequest, flags)
+  return sample_lib.sample(workdir, output_dir, sample_lib.SampleRequest(**request), overrides,
+                           mesh=mesh, progress=progress)
+
+
+def evaluate(workdir=None, *, config=None, mesh=None, **flags):
+  """evaluate_lib.evaluate in this process, with evaluate.py's flag names as keywords."""
+  from vdm.evaluation import evaluate_lib  # pylint: disable=g-import-not-at-top
+  request, overrides = _split_flags(evaluate_lib.EvalRequest, flags)
+  return evaluate_lib.evaluate(workdir, evaluate_lib.EvalRequest(**request), overrides,
+                               config=config, mesh=mesh)

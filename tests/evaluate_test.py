@@ -30,6 +30,9 @@ from vdm.evaluation import i3d
 from vdm.evaluation import periodic
 from vdm.evaluation import real
 
+sys.path.insert(0, os.path.dirname(__file__))
+import cli  # pylint: disable=g-import-not-at-top
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 4
 
@@ -125,7 +128,7 @@ def test_result_file_names_tell_apart_evaluation_settings():
 def test_evaluate_end_to_end(run, capsys, monkeypatch):
   config, workdir, _ = run
   counter = _CountPasses(monkeypatch)
-  result = evaluate_lib.evaluate(workdir, num_samples=N)
+  result = cli.evaluate(workdir, num_samples=N)
   line = _json_line(capsys.readouterr().out)
   assert line == result
   assert np.isfinite(line['fvd']) and line['fvd'] >= 0.0
@@ -166,7 +169,7 @@ def test_predict_mode_keeps_context_and_reuses_real_cache(run, capsys, monkeypat
   monkeypatch.setattr(i3d, 'batch_features', fake_features)
   # One sampling step: reconstruction guidance differentiates through the
   # network, which runs ~15x slower under jax_disable_most_optimizations.
-  evaluate_lib.evaluate(workdir, num_samples=N, mode='predict', context_frames=2, w_r=1.0,
+  cli.evaluate(workdir, num_samples=N, mode='predict', context_frames=2, w_r=1.0,
                         steps=1)
   line = _json_line(capsys.readouterr().out)
   assert counter.feature_passes == 0  # Cache hit: no I3D on real clips.
@@ -194,7 +197,7 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
     seen.append(np.array(videos))
     return np.random.default_rng(len(seen)).normal(size=(len(videos), i3d.NUM_CLASSES))
   monkeypatch.setattr(i3d, 'batch_features', fake_features)
-  evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
+  cli.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
                         long_method='independent', steps=1)
   line = _json_line(capsys.readouterr().out)
   assert line['mode'] == 'long' and line['frames'] == 15 and line['clip_frames'] == 10
@@ -202,7 +205,7 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
   assert [v.shape for v in seen] == [(N, 15, 8, 8, 1)] * 2  # Real clips, then generated.
   assert os.path.exists(os.path.join(workdir, 'eval', '2_long15_independent_ddim-1.json'))
   with pytest.raises(ValueError, match=r'needs num_frames > config.data.num_frames=10'):
-    evaluate_lib.evaluate(workdir, num_samples=N, mode='long', num_frames=10)
+    cli.evaluate(workdir, num_samples=N, mode='long', num_frames=10)
 
 
 def test_periodic_evaluation_hook_matches_cli_and_writes_scalars(run, capsys):
@@ -238,7 +241,7 @@ def test_real_vs_real(run, capsys, monkeypatch):
   real.real_features(config, 'test', N, batch_size=N)
   counter = _CountPasses(monkeypatch)
   n = N // 2
-  result = evaluate_lib.evaluate(workdir, num_samples=n, real_vs_real_only=True)
+  result = cli.evaluate(workdir, num_samples=n, real_vs_real=True)
   line = _json_line(capsys.readouterr().out)
   assert counter.feature_passes == 0
   assert line == result and line['mode'] == 'real_vs_real'
@@ -248,7 +251,7 @@ def test_real_vs_real(run, capsys, monkeypatch):
   assert line['replacement'] == 'without'
   assert os.path.exists(os.path.join(workdir, 'eval', f'real_vs_real_test_{n}.json'))
   # Without a run: the data described by a config alone; no file is written.
-  line2 = evaluate_lib.evaluate(config=config, num_samples=n, real_vs_real_only=True)
+  line2 = cli.evaluate(config=config, num_samples=n, real_vs_real=True)
   assert line2['fvd'] == line['fvd']
 
 
@@ -271,7 +274,7 @@ def test_bad_predict_context_and_config_misuse(run):
   with pytest.raises(ValueError, match='context_frames=10'):
     evaluate_lib.check_config(config, 'predict', 10)
   with pytest.raises(ValueError, match='only for --real_vs_real'):
-    evaluate_lib.evaluate(workdir, config=config, num_samples=N)
+    cli.evaluate(workdir, config=config, num_samples=N)
 
 
 def _free_port():
@@ -299,8 +302,8 @@ def test_fvd_on_eight_devices_and_on_two_hosts_is_the_one_device_figure(run, tmp
   _, workdir, _ = run
   whole = _on_the_whole_mesh(workdir, str(tmp_path / 'whole'))
   one_device = sharding.create_mesh((('data', -1), ('fsdp', 1)), jax.devices()[:1])
-  one = evaluate_lib.evaluate(whole, num_samples=N, mesh=one_device)
-  eight = evaluate_lib.evaluate(whole, num_samples=N)
+  one = cli.evaluate(whole, num_samples=N, mesh=one_device)
+  eight = cli.evaluate(whole, num_samples=N)
   capsys.readouterr()
   print(f"\nFVD 1 device {one['fvd']!r}, 8 devices {eight['fvd']!r}")
   assert eight['fvd'] == pytest.approx(one['fvd'], rel=1e-5)

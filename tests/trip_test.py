@@ -503,22 +503,22 @@ def test_i2v_requests_fail_before_anything_compiles(tmp_path):
   ]
   for kwargs, match in cases:
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-      sample_lib.sample(workdir, str(tmp_path / 'out'), num_samples=2, **kwargs)
+      cli.sample(workdir, str(tmp_path / 'out'), num_samples=2, **kwargs)
   # Without strict_input the same image is converted and sampling goes on to
   # look for the checkpoint (there is none here): no input check refused it.
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    sample_lib.sample(workdir, str(tmp_path / 'out'), num_samples=2, mode='i2v',
+    cli.sample(workdir, str(tmp_path / 'out'), num_samples=2, mode='i2v',
                       input_path=str(tmp_path / 'big.png'))
   plain = tiny_trip_config()
   del plain['trip']
   plain.method = 'vdm'
   plain_dir = config_only_workdir(tmp_path / 'vdm', plain)
   with pytest.raises(ValueError, match=r"mode=i2v needs a method .* 'vdm' is not.*predict"):
-    sample_lib.sample(plain_dir, str(tmp_path / 'out'), mode='i2v', num_samples=2)
+    cli.sample(plain_dir, str(tmp_path / 'out'), mode='i2v', num_samples=2)
   with pytest.raises(ValueError, match=r'mode=i2v needs a method'):
-    evaluate_lib.evaluate(plain_dir, mode='i2v', num_samples=2)
+    cli.evaluate(plain_dir, mode='i2v', num_samples=2)
   with pytest.raises(ValueError, match=r'use mode=i2v'):
-    evaluate_lib.evaluate(workdir, mode='unconditional', num_samples=2)
+    cli.evaluate(workdir, mode='unconditional', num_samples=2)
 
 
 # --- First-frame fidelity ------------------------------------------------------------

@@ -11,6 +11,9 @@
 * Multi-host: every entry point takes --coordinator_address, --num_processes
   and --process_id (or finds the cluster from SLURM / TPU environments) and
   starts JAX's runtime before main() runs.
+* The sampling flags sample.py and evaluate.py share are defined once here
+  (``define_sampling_flags``) and become config.sampling overrides
+  (``sampling_overrides``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Any, Callable, Mapping, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from vdm.diffusion import samplers
+from vdm.sampling import long_video
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 USAGE_ERROR_STATUS = 2
@@ -32,6 +38,75 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', '',
                                    'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
+
+# The flags of sample.py and evaluate.py that override the run's config.sampling.
+SAMPLING_FLAGS = {
+    'sampler': 'sampling.sampler',
+    'steps': 'sampling.num_steps',
+    'time_grid': 'sampling.time_grid',
+    'guidance_weight': 'sampling.guidance_weight',
+    'w_r': 'sampling.w_r',
+    'long_method': 'sampling.long_method',
+    'vidrd_overlap': 'sampling.vidrd_overlap',
+    'vidrd_noise_a': 'sampling.vidrd_noise_a',
+    'vidrd_beta': 'sampling.vidrd_beta',
+    'vidrd_order': 'sampling.vidrd_order',
+}
+
+
+def define_sampling_flags() -> None:
+  """Defines SAMPLING_FLAGS and --checkpoint_step, --seed (sample.py and evaluate.py).
+
+  Not defined at import, so that train.py, which samples with its own config,
+  does not accept them.
+  """
+  flags.DEFINE_enum('sampler', None, samplers.SAMPLERS,
+                    'Sampler; default: config.sampling.sampler.')
+  flags.DEFINE_integer('steps', None, 'Denoising steps; default: config.sampling.num_steps.')
+  flags.DEFINE_enum(
+      'time_grid', None, samplers.TIME_GRIDS,
+      'Times of the steps: uniform in t, uniform in log-SNR, or auto (each sampler\'s own: '
+      'uniform_logsnr for dpm++, uniform_t for the others). Default: config.sampling.time_grid.')
+  flags.DEFINE_float(
+      'guidance_weight', None,
+      'Classifier-free guidance weight w, in the paper\'s convention eps~ = (1 + w) eps(z, c) '
+      '- w eps(z): 0 is the plain conditional model (diffusers\' guidance_scale = 1 + w). '
+      'Class-conditional models trained with config.diffusion.cond_drop_prob > 0 only. '
+      'Default: config.sampling.guidance_weight.')
+  flags.DEFINE_float('w_r', None, 'Reconstruction guidance weight of the conditional modes '
+                     '(paper: 50 BAIR, 9 Kinetics). Default: config.sampling.w_r.')
+  flags.DEFINE_enum(
+      'long_method', None, long_video.LONG_METHODS,
+      'Long videos: reconstruction-guided extension, VidRD (noise reuse + staged guidance, no '
+      'backward pass), or independent clips. Default: config.sampling.long_method.')
+  flags.DEFINE_integer('vidrd_overlap', None, 'VidRD: overlap M.')
+  flags.DEFINE_float('vidrd_noise_a', None, 'VidRD: PNS weight a.')
+  flags.DEFINE_float('vidrd_beta', None, 'VidRD: staged-guidance strength beta.')
+  flags.DEFINE_enum('vidrd_order', None, long_video.ORDERS,
+                    'VidRD: overlap order (reversed is the paper\'s).')
+  flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to load; default: the newest.')
+  flags.DEFINE_integer('seed', 0, 'PRNG seed; the same seed gives the same videos.')
+
+
+def sampling_overrides(values: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+  """{config key: value} of the sampling flags, for config_lib.apply_overrides.
+
+  Args:
+    values: {flag name: value} (e.g. ``steps=2`` in a test); the parsed
+      SAMPLING_FLAGS when None.
+
+  Returns:
+    {'sampling.<key>': value} of every flag given a value (None: not given).
+
+  Raises:
+    KeyError: a name that is not in SAMPLING_FLAGS.
+  """
+  if values is None:
+    values = {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}
+  unknown = sorted(set(values) - set(SAMPLING_FLAGS))
+  if unknown:
+    raise KeyError(f'{unknown} are not sampling flags; known: {sorted(SAMPLING_FLAGS)}.')
+  return {SAMPLING_FLAGS[name]: v for name, v in values.items() if v is not None}
 
 
 def initialize_distributed() -> None:

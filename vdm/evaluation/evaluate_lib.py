@@ -50,10 +50,11 @@ pipeline) and clu (the writer passed in) are used lazily.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
@@ -292,20 +293,42 @@ def _load_run_config(workdir: Optional[str], config) -> ml_collections.ConfigDic
   return run_lib.load_config(workdir)
 
 
-def evaluate(workdir: Optional[str] = None, *, config=None,
-             num_samples: Optional[int] = None, split: Optional[str] = None,
-             mode: str = 'unconditional', context_frames: int = 1,
-             checkpoint_step: Optional[int] = None, batch_size: Optional[int] = None,
-             seed: int = 0, real_vs_real_only: bool = False,
-             sampler: Optional[str] = None, steps: Optional[int] = None,
-             time_grid: Optional[str] = None,
-             guidance_weight: Optional[float] = None, w_r: Optional[float] = None,
-             num_frames: Optional[int] = None, long_method: Optional[str] = None,
-             cache_dir: Optional[str] = None, mesh=None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class EvalRequest:
+  """What to evaluate, beside the run's config (its sampling section takes the overrides).
+
+  Attributes:
+    mode: 'unconditional', 'predict', 'long' (videos of num_frames frames,
+      clip by clip, FVD against real clips of that length) or 'i2v'.
+    num_samples: N; config.eval.num_samples when None.
+    split: real split; config.data.eval_split when None.
+    context_frames: k given frames in 'predict' mode.
+    num_frames: 'long' mode: frames per video.
+    checkpoint_step: the checkpoint; the newest when None.
+    batch_size: sampling / I3D batch; config.eval.batch_size when None.
+    seed: sampling seed.
+    real_vs_real: compute the real-vs-real floor instead (no checkpoint).
+    cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
+  """
+  mode: str = 'unconditional'
+  num_samples: Optional[int] = None
+  split: Optional[str] = None
+  context_frames: int = 1
+  num_frames: Optional[int] = None
+  checkpoint_step: Optional[int] = None
+  batch_size: Optional[int] = None
+  seed: int = 0
+  real_vs_real: bool = False
+  cache_dir: Optional[str] = None
+
+
+def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest(),
+             overrides: Optional[Mapping[str, Any]] = None, *, config=None,
+             mesh=None) -> dict:
   """Evaluates a checkpoint (or the real split against itself); prints JSON.
 
   Prints progress on stderr, then the result as ONE JSON line on stdout, and
-  writes it to workdir/eval/<step>.json ('predict' mode: <step>generated._predict<k>.json;
+  writes it to workdir/eval/<step>.json ('predict' mode: <step>_predict<k>.json;
   'long': <step>_long<F>_<long_method>.json; 'i2v': <step>_i2v.json; real vs
   real: real_vs_real_<split>_<N>.json, only
   when a workdir is given). Settings other than the run's own (sampler,
@@ -315,46 +338,33 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
 
   Args:
     workdir: a train.py --workdir (its config.json and checkpoints).
-    config: with real_vs_real_only, a config to use instead of
+    request: the mode, N, split and the rest (see EvalRequest).
+    overrides: {'sampling.<key>': value} changes to the run's saved
+      config.sampling (None values are skipped), e.g. from evaluate.py's flags
+      (vdm.cli.sampling_overrides): sampler, num_steps, time_grid,
+      guidance_weight, w_r, long_method and the vidrd_* keys.
+    config: with request.real_vs_real, a config to use instead of
       workdir/config.json (no training run needed); not allowed otherwise.
-    num_samples: N; config.eval.num_samples when None.
-    split: real split; config.data.eval_split when None.
-    mode: 'unconditional', 'predict', 'long' (videos of num_frames frames,
-      clip by clip, FVD against real clips of that length) or 'i2v'.
-    context_frames: k given frames in 'predict' mode.
-    checkpoint_step: the checkpoint; the newest when None.
-    batch_size: sampling / I3D batch; config.eval.batch_size when None.
-    seed: sampling seed.
-    real_vs_real_only: compute the real-vs-real floor instead (no checkpoint).
-    sampler, steps, time_grid, guidance_weight, w_r: override
-      config.sampling.sampler, num_steps, time_grid, guidance_weight
-      (classifier-free) and w_r (reconstruction guidance, 'predict' mode).
-    num_frames: 'long' mode: frames per video.
-    long_method: 'long' mode: override config.sampling.long_method
-      ('reconstruction', 'vidrd' or 'independent'; the vidrd_* keys of the
-      run's config apply).
-    cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
     mesh: the device mesh to sample and run the I3D on; config.sharding.mesh
       over all devices (the training layout) when None.
 
   Returns:
     The result dict that was printed.
   """
-  overrides = {'sampling.sampler': sampler, 'sampling.num_steps': steps,
-               'sampling.time_grid': time_grid,
-               'sampling.guidance_weight': guidance_weight, 'sampling.w_r': w_r,
-               'sampling.long_method': long_method}
+  r = request
+  mode, context_frames, num_frames, seed = r.mode, r.context_frames, r.num_frames, r.seed
+  overrides = dict(overrides or {})
   saved_config = _load_run_config(workdir, config)
   run_config = config_lib.apply_overrides(copy.deepcopy(saved_config), overrides)
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames, num_frames)
-  num = int(num_samples or run_config.eval.num_samples)
-  split = split or eval_split(run_config)
-  bs = int(batch_size or run_config.eval.batch_size)
+  num = int(r.num_samples or run_config.eval.num_samples)
+  split = r.split or eval_split(run_config)
+  bs = int(r.batch_size or run_config.eval.batch_size)
   progress_lib.log(f'FVD protocol {i3d.format_protocol()}')
-  if real_vs_real_only:
+  if r.real_vs_real:
     result = real_vs_real(run_config, num=num, split=split, batch_size=bs,
-                          cache_dir=cache_dir)
+                          cache_dir=r.cache_dir)
     path = (os.path.join(workdir, 'eval', f'real_vs_real_{split}_{num}.json')
             if workdir else None)
     emit(result, path)
@@ -365,7 +375,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
     raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
                      '--config; --config is only for --real_vs_real.')
   mesh = sharding.create_mesh(run_config.sharding.mesh) if mesh is None else mesh
-  run = run_lib.restore_run(workdir, checkpoint_step, {**overrides, 'eval.batch_size': bs},
+  run = run_lib.restore_run(workdir, r.checkpoint_step, {**overrides, 'eval.batch_size': bs},
                             mesh=mesh)
   step = run.step
   progress_lib.log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
@@ -377,7 +387,7 @@ def evaluate(workdir: Optional[str] = None, *, config=None,
                                     batch_size=bs, seed=seed))
   result = model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
-                       cache_dir=cache_dir, num_frames=num_frames, mesh=mesh)
+                       cache_dir=r.cache_dir, num_frames=num_frames, mesh=mesh)
   result['workdir'] = workdir
   emit(result, os.path.join(workdir, 'eval', name))
   return result
