@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # --- method: what is trained and sampled (vdm/methods/__init__.py lists them)
-  config.method = 'vdm'              # 'vdm': one space-time U-Net on i.i.d. noise (PAPERS.md 1).
+  config.method = 'vdm'              # 'vdm': one space-time U-Net on i.i.d. noise (docs/vdm.md).
 
   # --- data: what videos the model sees -------------------------------------
   config.data = data = ml_collections.ConfigDict()

@@ -1,6 +1,6 @@
 """The space a diffusion run lives in: pixels, or a trained autoencoder's latents.
 
-Latent video diffusion (PAPERS.md section 3): with ``config.latent.autoencoder``
+Latent video diffusion (docs/latent.md): with ``config.latent.autoencoder``
 naming the workdir of an autoencoder run (``config.method = 'autoencoder'``,
 vdm/methods/autoencoder.py), every frame is encoded to the posterior mean
 of its latent, times a scale factor that gives the latents unit variance,

@@ -1,6 +1,6 @@
 """Photo pan/zoom: natural RGB pseudo-videos from real photographs, offline.
 
-VidRD (PAPERS.md section 3) turns image datasets into videos by random
+VidRD (docs/vidrd.md) turns image datasets into videos by random
 zooming and panning. This dataset does the same with the real photographs
 that scikit-image installs with itself (an astronaut, a cat, coffee, a
 rocket, a motorcycle, the Hubble deep field, a retina, coins, grass, the

@@ -1,4 +1,4 @@
-"""VideoFusion's decomposed noise law (PAPERS.md section 2), parameter-free.
+"""VideoFusion's decomposed noise law (docs/videofusion.md), parameter-free.
 
 Every frame i of an N-frame clip carries the noise
   eps^i = sqrt(l^i) b + sqrt(1 - l^i) r^i,

@@ -8,7 +8,7 @@ sampler calls at every model evaluation; see vdm/diffusion/samplers.py.
 Conventions:
   * Classifier-free weight w is the paper's: eps~ = (1 + w) eps(z, c) - w eps(z);
     w = 0 is the plain conditional model (diffusers/imagen's scale s = 1 + w).
-  * Reconstruction guidance (PAPERS.md section 1):
+  * Reconstruction guidance (docs/vdm.md, "Conditional sampling"):
       x~^b = x_hat^b - (w_r alpha_t / 2) grad_{z_t^b} || x^a - x_hat^a(z_t) ||^2
     with the squared norm a sum over every known number, applied on top of
     replacement (z^a <- a fresh sample of q(z_t^a | x^a) before denoising), so

@@ -364,7 +364,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
            progress: Union[bool, Callable[[int, int], None]] = False):
   """Draws samples by running the reverse process from t = 1 to t = 0.
 
-  Samplers (see PAPERS.md section 1), each step t -> s:
+  Samplers (see docs/vdm.md, "Samplers"), each step t -> s:
     'ancestral': z_s = mu(z_t, x_hat) + sqrt(var_tilde^(1-gamma) var_ts^gamma) e.
     'ddim': z_s = alpha_s x_hat + sigma_s eps_hat (deterministic, eta = 0).
     'pc': the ancestral step followed by ``pc_corrections`` Langevin moves

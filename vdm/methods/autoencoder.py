@@ -1,7 +1,7 @@
 """The latent autoencoder as a trainable method (``config.method = 'autoencoder'``).
 
-Not a diffusion model: the first stage of latent video diffusion (PAPERS.md
-section 3). It is a method so that it trains through the same ``train.py``,
+Not a diffusion model: the first stage of latent video diffusion (docs/latent.md).
+It is a method so that it trains through the same ``train.py``,
 checkpoints, resume, sharding and TensorBoard as every diffusion run. The
 loss is VidRD's
 

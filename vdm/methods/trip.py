@@ -1,4 +1,4 @@
-"""TRIP image-to-video (Zhang et al., CVPR 2024; PAPERS.md section 4).
+"""TRIP image-to-video (Zhang et al., CVPR 2024; docs/trip.md).
 
 Given the clean first frame x^1 of a clip and its noisy frames z_t^1..z_t^N
 (frame 1 is noised and generated too), the noise of frame i is predicted from

@@ -1,6 +1,6 @@
 """Video Diffusion Models (Ho et al., 2022): one space-time U-Net, i.i.d. noise.
 
-The plain method of PAPERS.md section 1: the factorized U-Net predicts eps, v or
+The plain method (docs/vdm.md): the factorized U-Net predicts eps, v or
 x from z_t = alpha_t x + sigma_t eps with eps ~ N(0, I), trained jointly on
 videos and appended images, with per-frame labels dropped for classifier-free
 guidance.

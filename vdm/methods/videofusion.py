@@ -1,4 +1,4 @@
-"""VideoFusion (Luo et al., CVPR 2023): decomposed diffusion, PAPERS.md section 2.
+"""VideoFusion (Luo et al., CVPR 2023): decomposed diffusion; docs/videofusion.md.
 
 The noise of frame i of an N-frame clip is eps^i = sqrt(l^i) b + sqrt(1 - l^i) r^i,
 one base noise b shared by all frames, independent residuals r^i, and the key

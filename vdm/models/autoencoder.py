@@ -1,6 +1,6 @@
 """A KL-regularised convolutional autoencoder of video frames, in Flax NNX.
 
-The latent space of latent video diffusion (PAPERS.md section 3; Stable
+The latent space of latent video diffusion (docs/latent.md; Stable
 Diffusion's autoencoder in shape, sized for our data): every frame is encoded
 alone to a diagonal Gaussian posterior over a latent frame 2^(levels - 1)
 times smaller per side (e.g. 64x64x3 -> 16x16x4), and decoded back. With

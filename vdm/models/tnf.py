@@ -1,4 +1,4 @@
-"""TRIP's Temporal Noise Fusion module (Zhang et al., CVPR 2024; PAPERS.md 4).
+"""TRIP's Temporal Noise Fusion module (Zhang et al., CVPR 2024; docs/trip.md).
 
 For every noisy frame i of an image-to-video clip, TNF fuses two noise
 estimates into the one the sampler uses: the image noise prior

@@ -36,7 +36,7 @@ from vdm import sharding
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 
-# How known frames enter (PAPERS.md section 1). The reconstruction weight w_r
+# How known frames enter (docs/vdm.md). The reconstruction weight w_r
 # has no default here: its one default is config.sampling.w_r.
 METHODS = ('reconstruction', 'replacement')
 

@@ -7,7 +7,7 @@ vdm.diffusion.samplers.sample:
   * ``extend_video`` (defined in vdm.sampling, re-exported here): each new clip
     is sampled conditioned on the last frames so far, by reconstruction
     guidance (or replacement), and only its new frames are kept.
-  * ``vidrd_video``: VidRD (Gu et al., 2023; PAPERS.md section 3). Clip i of N
+  * ``vidrd_video``: VidRD (Gu et al., 2023; docs/vidrd.md). Clip i of N
     frames reuses clip i-1's initial noise and, during its first DDIM steps,
     clip i-1's latent trajectory on its first M (overlap) frames:
       - FNR, frame-level noise reversion: z_T^{i,j} = z_T^{i-1,s(j)}, j < M;
