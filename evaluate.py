@@ -7,7 +7,8 @@
   python evaluate.py --config=configs/default.py --real_vs_real    # no run needed
 
 Samples come from the EMA weights with the run's sampling config (override
-with --sampler, --steps, --time_grid, --guidance_weight, --w_r). Progress goes
+with --sampler, --steps, --time_grid, --guidance_weight, --w_r, --long_method and
+the --vidrd_* flags, shared with sample.py). Progress goes
 to stderr; the result is ONE JSON line on stdout (FVD, KVD and the protocol: sample
 count, split, frames, resolution, selection without replacement, protocol
 version), also written to <workdir>/eval/<step>.json (with a suffix naming any

@@ -38,7 +38,7 @@ RESULTS = os.path.join(common.RESULTS_DIR, f'{NAME}.json')
 EPS = {'diffusion.parameterization': 'eps', 'diffusion.loss_type': 'eps_mse'}
 CANDIDATES = {
     'default': {},
-    # Measured (BENCHMARKS.md, "Time to quality"): 700 steps, unguided samples.
+    # Measured (BENCHMARKS.md#time-to-quality): 700 steps, unguided samples.
     's16_bs8_eps': {**EPS, 'training.num_steps': 700, 'sampling.guidance_weight': 0.0},
     's16_bs8_v': {'training.num_steps': 700, 'sampling.guidance_weight': 0.0},
     # Not measured yet: the old resolution and batch at the old step count.

@@ -1,4 +1,4 @@
-"""TRIP image-to-video variants at equal training wall-clock time (README table).
+"""TRIP image-to-video variants at equal training wall-clock time.
 
 Trains each variant of configs/trip_digits.py for the same wall-clock budget
 (counted from the end of the first, compiling, step; the learning rate is
@@ -17,7 +17,8 @@ it on the first frames of N test clips with the run's own evaluate.py code:
 
 Prints one JSON line per variant and a Markdown table at the end; writes
 benchmarks/results/trip_i2v.json (merged with earlier variants of the same
-root). Every run's workdir keeps its checkpoints, config and eval JSON.
+root). Every run's workdir keeps its checkpoints, config and eval JSON. The
+measured table: BENCHMARKS.md#trip-image-to-video.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The latent autoencoder of latent diffusion on the bundled moving digits.
 
-Two stages (README, "Latent diffusion"): the image autoencoder on frames, then
+Two stages (docs/latent.md): the image autoencoder on frames, then
 VidRD's temporal-aware decoder (the encoder frozen, only the new temporal
 layers trained, on videos):
 
@@ -15,13 +15,12 @@ frame size; benchmarks/latent_vs_pixel.py compares it with the pixel model):
       --config.data.image_size=32 --config.latent.autoencoder=runs/ae_temporal
 
 Hardware: 2 CPU cores; 32x32 grey frames -> 8x8x4 latents. The image stage
-(400 steps) took about 6 minutes, the temporal stage (200 steps) about 3,
-at 1.1-1.3 steps/s (2026-12-02, lightly loaded). Expected result
-(benchmarks/autoencoder_quality.py, 128 test clips): PSNR 28.1 dB per frame
-after the image stage, frame-difference RMSE 13.6 (of 255); after the
-temporal stage 28.1 dB and 13.6 (both improve by under 1%: on these clips
-the per-frame decoder hardly flickers; BENCHMARKS.md, "Latent autoencoder");
-latent scale factor 0.83.
+(400 steps) takes a few minutes, the temporal stage (200 steps) about half
+as long. Expected result (benchmarks/autoencoder_quality.py, 128 test clips):
+reconstructions that keep each digit's shape and motion with slightly softer
+strokes; the temporal stage improves PSNR and frame-difference RMSE only
+marginally, since on these clips the per-frame decoder hardly flickers.
+Time, scores and the latent scale factor: BENCHMARKS.md#latent-autoencoder.
 """
 
 from configs import default

@@ -6,19 +6,14 @@ offline on first use):
 
   make train      # or: python train.py --config=configs/default.py --workdir=runs/default
 
-Hardware: 2 CPU cores: 13m24s-14m53s wall-clock for `make train` from a
-fresh clone on an idle machine (two runs, 2026-12-04: installing
-requirements.txt 53-67 s, then 12m31s-13m46s for 1,000 steps at 1.3-1.4
-steps/s, compile and the final samples included; 1.8-1.9 GB peak RSS).
-Expected result (2026-12-04; python evaluate.py --workdir=runs/default
---num_samples=256, about 9 minutes): loss from about 0.9 at step 10 to about
-0.05; ten sample videos, labels 0-9, each of which reads as its digit in most
-frames; digit accuracy 97.6% of generated frames (real frames: 94.8%, chance
-10%), 84.0% of videos one class throughout (real: 92.4%), FVD 63.4 at
-N = 256, 4.3x the real-vs-real floor of 14.7.
-The recipe (v-prediction, 16x16 frames, batch 8, learning rate 2e-3, 1,000
-steps, guidance w = 1, ancestral sampling) is the measured best of
-BENCHMARKS.md, "Time to quality".
+Hardware: 2 CPU cores, from a fresh clone, install included (about a quarter
+of an hour on an idle machine). Expected result (then: python evaluate.py
+--workdir=runs/default --num_samples=256): the loss falls steadily; ten sample
+videos, labels 0-9, each of which reads as its digit in most frames; digit
+accuracy near the real clips' and FVD within 5x the real-vs-real floor.
+Time, scores and samples: BENCHMARKS.md#make-train; the recipe (v-prediction,
+16x16 frames, batch 8, learning rate 2e-3, 1,000 steps, guidance w = 1,
+ancestral sampling) is the measured best of BENCHMARKS.md#time-to-quality.
 Any key can be overridden from the command line, e.g.
 --config.training.batch_size=16.
 """
@@ -48,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
   data.seed = 0                      # Seed of the data order and augmentation.
-  data.loader = 'threads'            # 'threads' (StepIterator) or 'grain' (worker processes); same batches (BENCHMARKS.md, "Input pipeline").
+  data.loader = 'threads'            # 'threads' (StepIterator) or 'grain' (worker processes); same batches (BENCHMARKS.md#input-pipeline).
   data.num_workers = 2               # Threads ('threads') or processes ('grain') preparing batches (0 = synchronous).
   data.prefetch = 2                  # Batches prepared ahead of the train step.
   data.shuffle_buffer = 256          # Shuffle buffer of the tf.data fallback (non-array_record data).
@@ -96,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- optimizer --------------------------------------------------------------
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = 'adam'                  # 'adam' or 'adamw'.
-  opt.learning_rate = 2e-3           # Peak learning rate (2e-3 beat 1e-3 here: BENCHMARKS.md, "Time to quality").
+  opt.learning_rate = 2e-3           # Peak learning rate (2e-3 against 1e-3: BENCHMARKS.md#one-change-at-a-time).
   opt.warmup_steps = 100             # Linear warmup steps from 0 to the peak.
   opt.decay = 'cosine'               # 'none' or 'cosine' decay to 0 at training.num_steps.
   opt.b1 = 0.9                       # Adam beta1.
@@ -109,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- training loop -----------------------------------------------------------
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 8            # Global batch size (videos), split over all devices.
-  training.num_steps = 1000          # Total optimizer steps (1,000: 600 gave FVD 107, not 63; BENCHMARKS.md).
+  training.num_steps = 1000          # Total optimizer steps (1,000 against 600: BENCHMARKS.md#make-train).
   training.grad_accum_steps = 1      # Micro-batches per step (batch_size must divide).
   training.seed = 0                  # Seed of initialisation, noise and dropout.
   training.log_every = 10            # Steps between metric writes and progress lines.

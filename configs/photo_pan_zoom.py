@@ -18,17 +18,17 @@ colour channels and no class embedding; v-prediction, ancestral sampling with
 32 steps.
 
 Hardware: 2 CPU cores, the same cost per step as `make train` (the colour
-channels touch only the first and last convolution): 600 steps in about 14
-minutes (measured 2026-12-03 beside another job, load 4-8, 0.7-1.2 steps/s).
-For a GPU, read the 64 px build at full size: --config.data.dataset=photo_pan_zoom/64
---config.data.image_size=64 with a larger model.
+channels touch only the first and last convolution): 600 steps in about a
+quarter of an hour. For a GPU, read the 64 px build at full size:
+--config.data.dataset=photo_pan_zoom/64 --config.data.image_size=64 with a
+larger model.
 
-Expected result (2026-12-03, N = 128, ancestral 32 steps): FVD 1061 and KVD 87
-against a real-vs-real floor of 63.8 (KVD -1.1) at the same N: 16.6x the
-floor. The samples are grey-brown textures that hold still or drift slowly,
-like the gravel, moon and grass windows of the data, with little colour and
-no recognisable object: 600 CPU steps learn the data's texture statistics and
-slow motion, not its photographs.
+Expected result (N = 128, ancestral 32 steps): FVD far above the
+real-vs-real floor at the same N. The samples are grey-brown textures that
+hold still or drift slowly, like the gravel, moon and grass windows of the
+data, with little colour and no recognisable object: 600 CPU steps learn the
+data's texture statistics and slow motion, not its photographs. Time, scores
+and samples: BENCHMARKS.md#natural-video-photo-pan-and-zoom.
 """
 
 from configs import default

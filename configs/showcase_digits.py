@@ -7,13 +7,14 @@
 Rerunning the first command after an interruption resumes from the last
 checkpoint (one every 1,000 steps, all kept so the curve can score them).
 
-Hardware: 2 CPU cores, 1.3 steps/s: 76 minutes of training (2026-12-03).
-Expected result at N = 256 (32 ancestral steps, no guidance: this config's
-w = 0): digit accuracy 98.75%, consistency 89.5%, FVD 29.2 (1.99x the floor),
-KVD 0.85; with --guidance_weight=1 (the default config's): 99.96%, 99.6%,
-FVD 31.5, KVD 1.1 (real test clips: 94.8%, 92.4%, FVD floor 14.7).
-BENCHMARKS.md, "Time to quality", has the curve over the checkpoints, scored
-at w = 1 (--fvd_floor=54.4 is the floor at the curve's N = 64).
+Hardware: 2 CPU cores, about an hour and a quarter of training. Expected
+result at N = 256 (32 ancestral steps, no guidance: this config's w = 0):
+nearly every frame shows its label's digit (more often than real clips do)
+and FVD is about twice the real-vs-real floor; with --guidance_weight=1 (the
+default config's), slightly higher accuracy and consistency for a slightly
+higher FVD. Scores, the curve over the checkpoints (scored at w = 1;
+--fvd_floor=54.4 is the floor at the curve's N = 64) and samples:
+BENCHMARKS.md#the-showcase-six-times-the-steps.
 """
 
 from configs import default
@@ -28,9 +29,8 @@ def get_config():
   config.training.checkpoint_every = 1000
   config.training.keep_checkpoints = 6
   config.training.sample_every = 1000
-  # Trained this long, the conditional model alone draws the right digit
-  # (98.75% of frames); guidance w = 1 only trades variety for typical
-  # digits: FVD 31.5 against 29.2, consistency 99.6% against the real
-  # clips' 92.4%, and twice the sampling cost.
+  # Trained this long, the conditional model alone draws the right digit;
+  # guidance w = 1 only trades variety for typical digits, at twice the
+  # sampling cost (BENCHMARKS.md#the-showcase-six-times-the-steps).
   config.sampling.guidance_weight = 0.0
   return config

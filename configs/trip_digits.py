@@ -1,8 +1,7 @@
 """TRIP image-to-video on the bundled moving digits, CPU-sized like default.py.
 
 Each clip's first frame conditions the generation of the whole clip (frame 1
-included); config.trip.fusion picks the variant (README, "TRIP
-image-to-video"):
+included); config.trip.fusion picks the variant (docs/trip.md):
 
   python train.py --config=configs/trip_digits.py --workdir=runs/trip_tnf
   python train.py --config=configs/trip_digits.py --workdir=runs/trip_linear \\
@@ -21,12 +20,14 @@ then
   python evaluate.py --workdir=runs/trip_tnf --mode=i2v --num_samples=64 --steps=16
 
 Hardware: 2 CPU cores, 220 steps (about 5 minutes of training on an idle
-machine). Expected result (2026-12-02, measured after 230 steps in 300 s of
-training with a constant learning rate, benchmarks/trip_i2v.py; README, "TRIP
-image-to-video"): with TNF, FVD 188 at N = 64 (floor 54), generated frame 1
-at 25.5 dB PSNR / SSIM 0.87 from the given image; linear fusion FVD 304 with
-frame 1 exact; TRIP^- 527, TRIP_C 807, the reconstruction-guided plain model
-328. Fine-tuning from a trained plain run, the paper's way:
+machine). Expected result (benchmarks/trip_i2v.py, the variants at equal
+training time): TNF has the best FVD, with generated frame 1 close to the
+given image; linear fusion makes frame 1 exact but copies it into the next
+frames; TRIP^- and TRIP_C draw a frame 1 barely related to the image and
+score worst; the reconstruction-guided plain model scores between linear
+fusion and TRIP^-. Scores: BENCHMARKS.md#trip-image-to-video; samples of
+this config: docs/trip.md#a-short-run-looked-at. Fine-tuning from a trained
+plain run, the paper's way:
 --config.trip.init_from=runs/trip_vdm --config.optimizer.learning_rate=2e-4
 --config.trip.unet_lr_multiplier=0.01.
 """

@@ -3,11 +3,11 @@
   python train.py --config=configs/ucf101_64.py --workdir=runs/ucf101_64 \
       --config.data.data_dir=/path/to/tfds
 
-Data: TFDS 'ucf101' (manual download; see README "Datasets"). Hardware: the
-paper trained on TPU-v4 with batch 128; on 8 H100/H200 GPUs use the default
-mesh (('data', -1), ('fsdp', 1)) and bfloat16. Expected result: the paper
-reports FVD 295 for the unconditional 16x64x64 model with joint training
-(K = 8 appended images), after roughly 450k steps.
+Data: TFDS 'ucf101' (manual download: docs/data.md#other-tfds-datasets).
+Hardware: the paper trained on TPU-v4 with batch 128; on 8 H100/H200 GPUs use
+the default mesh (('data', -1), ('fsdp', 1)) and bfloat16. Expected result:
+the paper reports FVD 295 for the unconditional 16x64x64 model with joint
+training (K = 8 appended images), after roughly 450k steps.
 """
 
 from configs import default

@@ -6,19 +6,18 @@
       --config.videofusion.base_init_workdir=runs/default --config.videofusion.base_lr_mult=0.1
   python evaluate.py --workdir=runs/vf_digits --num_samples=64 --steps=16
 
-Networks: the base generator is configs/default.py's U-Net (1,259,969
-parameters, the model `make train` trains, so its checkpoint initialises the
-base); the residual generator is the same U-Net at half the width (16
-channels) with an absolute frame-index embedding (318,561). Together they have
-as many parameters as the plain U-Net at 36 channels (1,574,345, within 0.3%),
-the plain model VideoFusion is compared with in BENCHMARKS.md.
+Networks: the base generator is configs/default.py's U-Net (the model `make
+train` trains, so its checkpoint initialises the base); the residual
+generator is the same U-Net at half the width (16 channels) with an absolute
+frame-index embedding. Together they have as many parameters as the plain
+U-Net at 36 channels (within 0.3%), the plain model VideoFusion is compared
+with; the counts: BENCHMARKS.md#videofusion-speed.
 
-Hardware: 2 CPU cores. Expected result (BENCHMARKS.md, "VideoFusion against
-the plain model of equal parameter count", measured at 32x32): a training step
-about 2x as fast as the 36-channel plain model's, with 40% less XLA working
-memory. Quality at equal training time (BENCHMARKS.md, 300 s each, N = 64,
-floor 54.4): FVD 445 from scratch and 305 with the base initialised from a
-plain run, against 1108-1653 for the plain model; digit accuracy 29% and 41%.
+Hardware: 2 CPU cores. Expected result: a training step about twice as fast
+as the 36-channel plain model's, with less XLA working memory
+(BENCHMARKS.md#videofusion-speed, measured at 32x32); at equal training time
+a much lower FVD than the plain models', lowest with the base initialised
+from a plain run (BENCHMARKS.md#videofusion-quality).
 """
 
 from configs import default
