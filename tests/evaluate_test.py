@@ -23,12 +23,12 @@ from configs import tiny
 from vdm import config_lib
 from vdm import run_lib
 from vdm import sharding
-from vdm.train import train_lib
 from vdm.data import moving_digits
 from vdm.evaluation import evaluate_lib
 from vdm.evaluation import i3d
 from vdm.evaluation import periodic
 from vdm.evaluation import real
+from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top

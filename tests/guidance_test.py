@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.sampling import conditional
 from vdm.diffusion import gaussian
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 from vdm.diffusion import schedules
+from vdm.sampling import conditional
 
 sys.path.insert(0, os.path.dirname(__file__))
 from samplers_test import DATA, LOGSNR_FN, exact_model, stationary_gaussian  # pylint: disable=g-import-not-at-top

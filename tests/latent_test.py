@@ -25,14 +25,14 @@ from flax import nnx
 from configs import tiny
 from vdm import latent
 from vdm import run_lib
-from vdm.sampling import sample_lib
-from vdm.train import train_lib
 from vdm.data import moving_digits
 from vdm.methods import autoencoder as autoencoder_method
 from vdm.methods import base
 from vdm.models import autoencoder
 from vdm.models import layers
 from vdm.models import unet3d
+from vdm.sampling import sample_lib
+from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top

@@ -13,9 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from vdm.sampling import long_video
-from vdm.sampling import conditional
 from vdm.diffusion import samplers
+from vdm.sampling import conditional
+from vdm.sampling import long_video
 
 sys.path.insert(0, os.path.dirname(__file__))
 from samplers_test import LOGSNR_FN, exact_model, stationary_gaussian  # pylint: disable=g-import-not-at-top

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from tests import samplers_test
-from vdm.sampling import mesh_sampling
-from vdm.sampling import conditional
 from vdm import sharding
 from vdm.diffusion import decomposed
 from vdm.diffusion import samplers
+from vdm.sampling import conditional
+from vdm.sampling import mesh_sampling
 
 DATA = samplers_test.DATA  # [T=4, 2, 2, 1] Gaussian video law.
 # v (the default config's): an eps model's x_hat at t = 1 divides by alpha ~

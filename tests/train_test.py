@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from vdm import run_lib
+from vdm import sharding
 from vdm.train import checkpoints
 from vdm.train import preemption
 from vdm.train import run_dir
-from vdm import run_lib
-from vdm import sharding
 from vdm.train import train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

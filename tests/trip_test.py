@@ -29,8 +29,6 @@ from configs import tiny
 from configs import trip_digits
 from vdm import config_lib
 from vdm import run_lib
-from vdm.sampling import sample_lib
-from vdm.train import train_state
 from vdm.data import moving_digits
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -39,6 +37,8 @@ from vdm.evaluation import fidelity
 from vdm.methods import base
 from vdm.methods import trip
 from vdm.models import tnf
+from vdm.sampling import sample_lib
+from vdm.train import train_state
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top

@@ -23,11 +23,8 @@ import pytest
 from flax import nnx
 
 from configs import videofusion_tiny
-from vdm.train import checkpoints
 from vdm import config_lib
 from vdm import run_lib
-from vdm.sampling import conditional
-from vdm.train import train_state
 from vdm.data import moving_digits
 from vdm.diffusion import analytic
 from vdm.diffusion import decomposed
@@ -37,6 +34,9 @@ from vdm.diffusion import samplers
 from vdm.diffusion import schedules
 from vdm.methods import vdm as vdm_method
 from vdm.methods import videofusion
+from vdm.sampling import conditional
+from vdm.train import checkpoints
+from vdm.train import train_state
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top

@@ -21,13 +21,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vdm.train import checkpoints
 from vdm import config_lib
-from vdm.train import train_state
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 from vdm.methods import autoencoder
 from vdm.methods import base
+from vdm.train import checkpoints
+from vdm.train import train_state
 
 
 def read_autoencoder_config(workdir: str) -> ml_collections.ConfigDict:

@@ -42,8 +42,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
-from vdm.data import grain_loader
 from vdm.data import clips
+from vdm.data import grain_loader
 from vdm.data import sources
 from vdm.data import tf_stream
 from vdm.data import thread_loader

@@ -65,9 +65,9 @@ from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sharding
 from vdm.evaluation import digits
+from vdm.evaluation import fidelity
 from vdm.evaluation import generated
 from vdm.evaluation import i3d
-from vdm.evaluation import fidelity
 from vdm.evaluation import real as real_lib
 from vdm.evaluation import scores as scores_lib
 from vdm.sampling import long_video

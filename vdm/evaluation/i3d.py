@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdm.sampling import mesh_sampling
 from vdm import sharding
+from vdm.sampling import mesh_sampling
 
 NUM_CLASSES = 400
 INPUT_SIZE = 224

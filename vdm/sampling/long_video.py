@@ -55,9 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import progress as progress_lib
-from vdm.sampling import conditional
 from vdm import sharding
 from vdm.diffusion import samplers
+from vdm.sampling import conditional
 from vdm.sampling.conditional import extend_video  # noqa: F401  (re-exported: one home for long-video drivers)
 
 ORDERS = ('reversed', 'forward')

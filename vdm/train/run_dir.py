@@ -33,9 +33,9 @@ from typing import Any, Mapping, Optional
 import jax
 import ml_collections
 
-from vdm.train import checkpoints
 from vdm import config_lib
 from vdm import run_lib
+from vdm.train import checkpoints
 
 # Keys a resumed run may change. Each leaves the checkpoint's content and its
 # meaning alone: how long and how often (the state holds no trace of these),

@@ -19,15 +19,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdm.train import checkpoints
-from vdm.train import host_memory
 from vdm import latent
 from vdm import run_lib
+from vdm import sharding
+from vdm import video_io
+from vdm.train import checkpoints
+from vdm.train import host_memory
 from vdm.train import preemption
 from vdm.train import run_dir
-from vdm import sharding
 from vdm.train import train_state
-from vdm import video_io
 
 
 TrainState = train_state.TrainState

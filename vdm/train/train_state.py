@@ -19,9 +19,9 @@ import optax
 from flax import nnx
 
 from vdm import config_lib
-from vdm.train import host_memory
 from vdm import methods
 from vdm import sharding
+from vdm.train import host_memory
 
 
 @flax.struct.dataclass
