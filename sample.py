@@ -47,7 +47,7 @@ _NUM_FRAMES = flags.DEFINE_integer(
     '(config.data.num_frames); extend: 2 T. interpolate keeps the largest '
     '(K - 1) * stride + 1 <= num_frames.')
 _CONDITIONING = flags.DEFINE_enum(
-    'conditioning', 'reconstruction', conditional.METHODS,
+    'conditioning', 'reconstruction', conditional.CONDITIONINGS,
     'How known frames enter: reconstruction guidance (on top of replacement) or plain '
     'replacement.')
 _INPUT_START = flags.DEFINE_integer('input_start', 0, 'First frame taken from --input.')

@@ -1,11 +1,20 @@
-"""Test set-up: 8 fake CPU devices for the sharding tests, repo on sys.path."""
+"""Test set-up: 8 fake CPU devices for the sharding tests, repo on sys.path, one
+compilation cache for the whole session."""
 
 import os
 import sys
+import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Many tests (and the entry points they start in subprocesses, which inherit
+# the environment) compile the same tiny programs: XLA's persistent cache
+# lets the second compile of a program read the first one's result. A new
+# directory per session, so nothing carries over from an older checkout.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='vdm_tests_xla_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402

@@ -121,8 +121,8 @@ def test_reconstruction_guidance_beats_replacement(task):
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, ::3], 3,
         num_steps=128, **SAMPLER, **kw)
   results = {}
-  for method in conditional.METHODS:
-    out = np.asarray(run(method=method, w_r=weight))
+  for method in conditional.CONDITIONINGS:
+    out = np.asarray(run(conditioning=method, w_r=weight))
     np.testing.assert_array_equal(out[:, mask], frames[:, mask])
     groups = out.reshape((videos, per_video) + DATA.shape)
     per = np.array([conditional_errors(g, DATA, mask, x) for g, x in zip(groups, x_true)])
@@ -145,9 +145,9 @@ def test_dpm_solver_under_replacement_and_reconstruction_guidance():
   x_true = DATA.sample(jax.random.PRNGKey(5), 1)[0]  # [T, H, W, C]
   frames = jnp.broadcast_to(x_true, (n,) + DATA.shape)
   errors = {}
-  for method in conditional.METHODS:
+  for method in conditional.CONDITIONINGS:
     out = conditional.predict_frames(
-        exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, :2], 4, method=method,
+        exact_model(DATA, 'eps'), jax.random.PRNGKey(0), frames[:, :2], 4, conditioning=method,
         w_r=weight, num_steps=20, **dict(SAMPLER, sampler='dpm++2m'))
     assert bool(np.all(np.isfinite(out)))
     np.testing.assert_array_equal(out[:, :2], frames[:, :2])
@@ -240,10 +240,10 @@ def test_extend_video():
   init = jnp.broadcast_to(x_true[:1], (n, 1) + x_true.shape[1:])
   mask = np.arange(length) < 1
   results = {}
-  for method in conditional.METHODS:
+  for method in conditional.CONDITIONINGS:
     video = conditional.extend_video(
         exact_model(DATA, 'eps'), jax.random.PRNGKey(0), length, clip_frames=4,
-        context_frames=2, init_frames=init, method=method, w_r=3.0,
+        context_frames=2, init_frames=init, conditioning=method, w_r=3.0,
         num_steps=128, **SAMPLER)
     assert video.shape == (n, length) + x_true.shape[1:]
     np.testing.assert_array_equal(video[:, :1], init)

@@ -174,6 +174,34 @@ def test_convergence_order_on_the_exact_ode():
   assert errors['dpm++2m'][1] < errors['ddim'][3]  # 10 steps beat 40.
 
 
+def test_exact_ode_flow_carries_the_marginals_under_correlated_noise():
+  # analytic.GaussianData.ode_solution with a noise covariance C: the flow is
+  # linear, z_s - alpha_s m = M (z_t - alpha_t m), and must carry the marginal
+  # covariance alpha_t^2 S + sigma_t^2 C to alpha_s^2 S + sigma_s^2 C; flowing
+  # t -> u -> s must equal t -> s.
+  rng = np.random.default_rng(0)
+  d, shape = 6, (3, 1, 1, 2)
+  a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+  cov, noise_cov = a @ a.T / d, b @ b.T / d + 0.5 * np.eye(d)
+  data = analytic.GaussianData.create(rng.normal(size=d), cov, shape, noise_cov=noise_cov)
+  lam_t, lam_u, lam_s = -2.0, 0.5, 3.0
+  alpha_sigma = lambda lam: (1 / (1 + np.exp(-lam)), 1 / (1 + np.exp(lam)))  # squares
+
+  def flow(z, lt, ls):
+    n = z.shape[0]
+    return np.asarray(data.ode_solution(jnp.asarray(z, jnp.float32).reshape((n,) + shape),
+                                        jnp.full((n,), lt), jnp.full((n,), ls))).reshape(n, d)
+
+  at, _ = alpha_sigma(lam_t)
+  origin = np.sqrt(at) * np.asarray(data.mean)
+  m = flow(origin + np.eye(d), lam_t, lam_s) - flow(origin[None], lam_t, lam_s)  # rows: M^T
+  marginal = lambda lam: alpha_sigma(lam)[0] * cov + alpha_sigma(lam)[1] * noise_cov
+  np.testing.assert_allclose(m.T @ marginal(lam_t) @ m, marginal(lam_s), rtol=1e-3, atol=1e-4)
+  z = rng.normal(size=(4, d))
+  np.testing.assert_allclose(flow(flow(z, lam_t, lam_u), lam_u, lam_s), flow(z, lam_t, lam_s),
+                             rtol=1e-4, atol=1e-4)
+
+
 def test_time_grids():
   steps = 8
   t, logsnr = samplers.make_time_grid(LOGSNR_FN, steps, 'uniform_t')

@@ -24,6 +24,7 @@ from vdm.train import checkpoints
 from vdm.train import preemption
 from vdm.train import run_dir
 from vdm.train import train_lib
+from vdm.train import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'train_worker.py')
@@ -67,6 +68,35 @@ def test_sharded_steps_match_single_device():
     # FSDP really shards: some kernel is split over the 'fsdp' axis.
     specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
     assert any('fsdp' in spec for spec in specs)
+
+
+def test_frozen_gradients_neither_clip_nor_move_the_trained_group():
+  # Two Adam steps of a trained group 'a' (gradient norm under the clip) beside
+  # a frozen group 'b' whose gradient is huge in the first step only: the
+  # trained group must move exactly as it does alone. Were 'b' in the clipping
+  # norm, 'a''s first gradient would shrink 1e6-fold and Adam's moments, which
+  # mix the two steps, would give other updates.
+  config = tiny.get_config()
+  config.optimizer.grad_clip = 1.0
+  config.optimizer.warmup_steps = 0
+  config.optimizer.decay = 'none'  # The full learning rate from the first step.
+  params = {'a': jnp.array([0.3, -0.2]), 'b': jnp.array([1.0, 2.0, 3.0])}
+  labels = {'a': 'trained', 'b': 'frozen'}
+  tx, _ = train_state.make_optimizer(config, labels, {'trained': 1.0, 'frozen': 0.0})
+  alone, _ = train_state.make_optimizer(config)
+  grads = [{'a': jnp.array([0.1, 0.2]), 'b': jnp.full(3, 1e6)},
+           {'a': jnp.array([-0.3, 0.05]), 'b': jnp.zeros(3)}]
+  state, alone_state = tx.init(params), alone.init({'a': params['a']})
+  for g in grads:
+    updates, state = tx.update(g, state, params)
+    alone_updates, alone_state = alone.update({'a': g['a']}, alone_state, {'a': params['a']})
+    assert float(jnp.abs(alone_updates['a']).min()) > 1e-5
+    np.testing.assert_allclose(updates['a'], alone_updates['a'], rtol=1e-6)
+    np.testing.assert_array_equal(updates['b'], 0.0)
+  mask = train_state.frozen_mask(labels, {'trained': 1.0, 'frozen': 0.0})
+  assert float(jnp.linalg.norm(train_state.zero_frozen(grads[0], mask)['a'])) == pytest.approx(
+      float(jnp.linalg.norm(grads[0]['a'])))
+  assert train_state.frozen_mask(labels, {'trained': 1.0, 'frozen': 0.5}) is None
 
 
 def test_init_state_twice_gives_the_same_state():

@@ -285,7 +285,7 @@ def test_reconstruction_guidance_gives_the_exact_conditional_under_the_law():
 
   def run(method, noise_cov):
     return conditional.predict_frames(exact_model(CORRELATED, 'eps'), jax.random.PRNGKey(0),
-                                   context, T, method=method, w_r=2.0, num_steps=steps,
+                                   context, T, conditioning=method, w_r=2.0, num_steps=steps,
                                    noise_fn=METHOD.noise, noise_cov=noise_cov, **SAMPLER)
   results = {}
   for name, method, cov in (('reconstruction', 'reconstruction', METHOD.noise_frame_covariance),

@@ -146,13 +146,17 @@ class GaussianData:
                    logsnr_s: jax.Array) -> jax.Array:
     """The exact flow of the probability-flow ODE from lambda_t to lambda_s.
 
-    z_t ~ N(alpha_t m, alpha_t^2 S + sigma_t^2 I), whose score is linear in z
-    and diagonal in S's eigenbasis; so is the ODE, and each eigen-coordinate k
+    z_t ~ N(alpha_t m, alpha_t^2 S + sigma_t^2 C), whose score is linear in z.
+    In the whitened coordinates w = L^-1 z (C = L L^T; L = I for i.i.d.
+    noise) the noise is i.i.d. and the data covariance is S' = L^-1 S L^-T,
+    so the ODE is diagonal in S''s eigenbasis U' and each eigen-coordinate k
     evolves on its own. A linear flow is orientation preserving (it starts at
-    the identity and never degenerates) and carries N(alpha_t m_k, v_t) to
-    N(alpha_s m_k, v_s), v = alpha^2 l_k + sigma^2, so it scales the centred
-    coordinate by sqrt(v_s / v_t):
-      z_s = alpha_s m + U diag(sqrt(v_s / v_t)) U^T (z_t - alpha_t m).
+    the identity and never degenerates) and carries N(alpha_t m'_k, v_t) to
+    N(alpha_s m'_k, v_s), v = alpha^2 l'_k + sigma^2, so it scales the centred
+    coordinate by sqrt(v_s / v_t); mapped back by L:
+      z_s = alpha_s m + L U' diag(sqrt(v_s / v_t)) U'^T L^-1 (z_t - alpha_t m).
+    The deterministic samplers discretize this same flow: their updates are
+    linear in z, x_hat and eps_hat, so they commute with L.
     lambda_s = +inf gives the data end of the trajectory (alpha = 1, sigma = 0).
 
     Args:
@@ -164,12 +168,13 @@ class GaussianData:
       z_s [B, *shape].
     """
     b = z.shape[0]
+    vals, analysis, synthesis = self._basis()
     alpha_t, sigma_t = schedules.alpha_sigma(jnp.asarray(logsnr_t, jnp.float32).reshape(b, 1))
     alpha_s, sigma_s = schedules.alpha_sigma(jnp.asarray(logsnr_s, jnp.float32).reshape(b, 1))
     r = z.reshape(b, -1) - alpha_t * self.mean  # [B, D]
-    scale = jnp.sqrt((alpha_s**2 * self.eigvals + sigma_s**2) /
-                     (alpha_t**2 * self.eigvals + sigma_t**2))  # [B, D]
-    z_s = alpha_s * self.mean + ((r @ self.eigvecs) * scale) @ self.eigvecs.T
+    scale = jnp.sqrt((alpha_s**2 * vals + sigma_s**2) /
+                     (alpha_t**2 * vals + sigma_t**2))  # [B, D]
+    z_s = alpha_s * self.mean + ((r @ analysis) * scale) @ synthesis
     return z_s.reshape(z.shape)
 
   def expected_eps_loss(self, logsnr: float) -> float:

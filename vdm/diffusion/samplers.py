@@ -302,6 +302,12 @@ def multistep_x(x: jax.Array, history: tuple[jax.Array, ...], h: jax.Array,
       x + a v + b v^2 / 2, integrated exactly against e^l:
       D = x + (phi2 a - phi3 b) / (1 - e^-h), phi2 = 1 - (1 - e^-h) / h,
       phi3 = phi2 / h - 1/2 (third order, DPM-Solver++(3M)).
+  The second difference b = 2 (d0 - d1) / (r0 + r1) carries the factor 2 of
+  the quadratic's v^2 / 2 term; implementations that drop it (diffusers, the
+  official DPM-Solver code) are second order (docs/vdm.md, "Samplers";
+  pinned by tests/samplers_test.py::test_convergence_order_on_the_exact_ode).
+  The first step has no history (DDIM, first order), so on grids whose first
+  step is no longer than the rest the global order is at most 2.
 
   Args:
     x: x_hat at the current step, [B, ...].

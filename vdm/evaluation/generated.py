@@ -26,7 +26,7 @@ from vdm.sampling import mesh_sampling
 @functools.partial(jax.jit, static_argnames=('num_frames', 'options'))
 def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, options):
   """'First k frames given' sampling, compiled once per shape and options."""
-  return conditional.predict_frames(fn, rng, context, num_frames, method='reconstruction',
+  return conditional.predict_frames(fn, rng, context, num_frames, conditioning='reconstruction',
                                  w_r=w_r, sample_ids=sample_ids, **dict(options))
 
 

@@ -13,9 +13,12 @@ Choices the paper leaves open, made here:
   * Features: a projection of both noises of a pixel (so the fusion can see
     how far they disagree), layer-normalised, plus a sinusoidal embedding of
     the frame index i (the linear fusion's weight depends on i; TNF may learn
-    that too). The self-attention is the project's temporal attention (along
-    time at each pixel, relative position bias), which is cheap at full
-    resolution; spatial context is left to the U-Net.
+    that too). The self-attention is the project's temporal attention block:
+    the attention itself runs along time at each pixel (relative position
+    bias), which is cheap at full resolution, but its GroupNorm, as in the
+    U-Net, normalises with statistics over the whole clip (every pixel of
+    every frame), so each pixel's input also shifts every other pixel's
+    normalised features. Spatial context is otherwise left to the U-Net.
   * Values are the raw noises through linear maps, so the output is, per head,
     a convex combination of linear maps of eps^{i->1} and d_eps^i: TNF is an
     adaptive, per-pixel linear fusion. Keys see layer-normalised noise

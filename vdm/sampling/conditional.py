@@ -38,21 +38,21 @@ from vdm.diffusion import samplers
 
 # How known frames enter (docs/vdm.md). The reconstruction weight w_r
 # has no default here: its one default is config.sampling.w_r.
-METHODS = ('reconstruction', 'replacement')
+CONDITIONINGS = ('reconstruction', 'replacement')
 
 
-def _frames_guide(x_known: jax.Array, frame_mask: jax.Array, method: str,
+def _frames_guide(x_known: jax.Array, frame_mask: jax.Array, conditioning: str,
                   w_r) -> samplers.Guide:
-  if method == 'reconstruction':
+  if conditioning == 'reconstruction':
     return guidance.reconstruction_guide(x_known, frame_mask, w_r)
-  if method == 'replacement':
+  if conditioning == 'replacement':
     return guidance.replacement_guide(x_known, frame_mask)
-  raise ValueError(f'method={method!r} is unknown; choose one of {METHODS}.')
+  raise ValueError(f'conditioning={conditioning!r} is unknown; choose one of {CONDITIONINGS}.')
 
 
 def sample_given_frames(model_fn: samplers.ModelFn, rng: jax.Array,
                         x_known: jax.Array, frame_mask: jax.Array, *,
-                        method: str = 'reconstruction', w_r, **sampler_kwargs) -> jax.Array:
+                        conditioning: str = 'reconstruction', w_r, **sampler_kwargs) -> jax.Array:
   """Samples the unknown frames of a clip given its known frames.
 
   Args:
@@ -61,7 +61,7 @@ def sample_given_frames(model_fn: samplers.ModelFn, rng: jax.Array,
     x_known: [B, T, H, W, C]; the frames where frame_mask is True are x^a,
       the others are ignored (zeros are fine).
     frame_mask: [T] bool, True for known frames (may be traced).
-    method: 'reconstruction' (replacement plus reconstruction guidance) or
+    conditioning: 'reconstruction' (replacement plus reconstruction guidance) or
       'replacement'.
     w_r: the reconstruction guidance weight (ignored by replacement).
     **sampler_kwargs: passed to samplers.sample (logsnr_fn and
@@ -71,7 +71,7 @@ def sample_given_frames(model_fn: samplers.ModelFn, rng: jax.Array,
     [B, T, H, W, C] video; the known frames equal x_known exactly.
   """
   x_known = jnp.asarray(x_known, jnp.float32)
-  guide = _frames_guide(x_known, frame_mask, method, w_r)
+  guide = _frames_guide(x_known, frame_mask, conditioning, w_r)
   return samplers.sample(model_fn, rng, x_known.shape, guide=guide, **sampler_kwargs)
 
 
@@ -94,7 +94,7 @@ def predict_frames(model_fn: samplers.ModelFn, rng: jax.Array, context: jax.Arra
     rng: PRNG key.
     context: [B, k, H, W, C], the first frames (k < num_frames).
     num_frames: T, the clip length the model runs on (BAIR: 1 given -> 16).
-    **kwargs: method, w_r and sampler options, as for
+    **kwargs: conditioning, w_r and sampler options, as for
       sample_given_frames.
 
   Returns:
@@ -116,7 +116,7 @@ def interpolate_frames(model_fn: samplers.ModelFn, rng: jax.Array,
     rng: PRNG key.
     keyframes: [B, K, H, W, C], K >= 2.
     stride: distance between keyframes in the output (>= 2).
-    **kwargs: method, w_r and sampler options, as for
+    **kwargs: conditioning, w_r and sampler options, as for
       sample_given_frames.
 
   Returns:
@@ -166,7 +166,7 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
                  clip_frames: int, context_frames: int,
                  init_frames: Optional[jax.Array] = None,
                  clip_shape: Optional[tuple[int, int, int, int]] = None,
-                 method: str = 'reconstruction', w_r: float, verbose: bool = False,
+                 conditioning: str = 'reconstruction', w_r: float, verbose: bool = False,
                  sample_ids: Optional[jax.Array] = None, mesh=None,
                  **sampler_kwargs) -> np.ndarray:
   """Generates a video of any length, clip by clip.
@@ -188,7 +188,7 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     init_frames: [B, n0, H, W, C] given first frames, kept in the output; None
       starts with an unconditional clip.
     clip_shape: (B, H, W, C), needed when init_frames is None.
-    method: 'reconstruction' or 'replacement'.
+    conditioning: 'reconstruction' or 'replacement'.
     w_r: the reconstruction guidance weight (needed with 'reconstruction').
     verbose: print one progress line per clip.
     sample_ids: optional int32 [B] global sample indices (see
@@ -208,7 +208,7 @@ def extend_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
 
   @jax.jit
   def conditional_clip(fn, rng, x_known, frame_mask, ids):
-    return sample_given_frames(fn, rng, x_known, frame_mask, method=method, w_r=w_r,
+    return sample_given_frames(fn, rng, x_known, frame_mask, conditioning=conditioning, w_r=w_r,
                                sample_ids=ids, **sampler_kwargs)
 
   progress = progress_lib.Progress('extend_video', num_frames, 'frames')

@@ -30,6 +30,12 @@ vdm.diffusion.samplers.sample:
         forward overlap sources it is still a permutation of the previous
         clip's frames, so no two frames of a clip share a noise.
 
+VidRD with a method whose noise couples the frames (VideoFusion's shared
+base noise, covariance C across frames): FNR and PNS act on the whitened noise
+L^-1 z_T (C = L L^T), where the frames are i.i.d., and the result is mapped
+back, so every clip's initial noise follows the method's law exactly
+(``next_initial_noise``).
+
 VidRD with other samplers: FNR and PNS only set z_init; DSG pins the overlap
 frames to the latents the previous clip's model saw at the same step, which is
 defined for any sampler, so 'ancestral' and 'pc' are allowed (for 'pc' the
@@ -156,8 +162,18 @@ def past_dependent_noise(z_prev: jax.Array, fresh: jax.Array, overlap: int,
 
 
 def next_initial_noise(z_prev: jax.Array, fresh: jax.Array, *, overlap: int,
-                       noise_a: float, order: str = 'reversed') -> jax.Array:
+                       noise_a: float, order: str = 'reversed',
+                       frame_cov: Optional[np.ndarray] = None) -> jax.Array:
   """The next clip's initial noise z_T: FNR on frames < M, PNS on the rest.
+
+  FNR and PNS move noise between frames, which keeps the law only when the
+  frames are i.i.d. For a law that couples the frames with a covariance C
+  (VideoFusion's shared base noise), both act on the whitened noise
+  L^-1 z (C = L L^T, i.i.d. standard normal frames), and the result is
+  mapped back by L: a permutation of i.i.d. frames mixed with fresh i.i.d.
+  frames is again i.i.d., so the new clip's noise has covariance C exactly.
+  Whitening serves any method's covariance; splitting a law into its parts
+  (VideoFusion's base and residuals) would serve that law alone.
 
   Args:
     z_prev: the previous clip's initial noise [B, N, H, W, C].
@@ -165,12 +181,21 @@ def next_initial_noise(z_prev: jax.Array, fresh: jax.Array, *, overlap: int,
     overlap: M.
     noise_a: PNS's a.
     order: as for overlap_sources.
+    frame_cov: [N, N] covariance of the law across frames (the method's
+      noise_frame_covariance); None for i.i.d. frames.
 
   Returns:
     [B, N, H, W, C]; with M = 0 and a = 0 exactly ``fresh``.
   """
-  return jnp.concatenate([frame_noise_reversion(z_prev, overlap, order),
-                          past_dependent_noise(z_prev, fresh, overlap, noise_a)], axis=1)
+  chol = None
+  if frame_cov is not None:
+    chol = jnp.asarray(np.linalg.cholesky(np.asarray(frame_cov, np.float64)), jnp.float32)
+    whiten = lambda z: jnp.moveaxis(jax.scipy.linalg.solve_triangular(
+        chol, jnp.moveaxis(z, 1, -2), lower=True), -2, 1)  # L^-1 along frames
+    z_prev, fresh = whiten(z_prev), whiten(fresh)
+  z = jnp.concatenate([frame_noise_reversion(z_prev, overlap, order),
+                       past_dependent_noise(z_prev, fresh, overlap, noise_a)], axis=1)
+  return z if chol is None else jnp.einsum('ij,bj...->bi...', chol, z)
 
 
 def staged_guide(stored: jax.Array, pinned: jax.Array) -> samplers.Guide:
@@ -206,7 +231,8 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
                 clip_frames: int, clip_shape: tuple[int, int, int, int],
                 overlap: int = 4, noise_a: float = 4.0, beta: float = 0.4,
                 order: str = 'reversed', num_steps: int = 50, sampler: str = 'ddim',
-                noise_fn: Optional[samplers.NoiseFn] = None, verbose: bool = False,
+                noise_fn: Optional[samplers.NoiseFn] = None,
+                noise_cov: Optional[samplers.NoiseCovFn] = None, verbose: bool = False,
                 sample_ids: Optional[jax.Array] = None,
                 **sampler_kwargs) -> np.ndarray:
   """Generates a long video clip by clip with VidRD's FNR, PNS and DSG.
@@ -244,6 +270,9 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     noise_fn: (rng, shape) -> float32 noise of ``shape``, the method's law,
       used for every fresh draw (clip 0's z_T, PNS's innovation, and the
       sampler's own step noise); samplers.standard_normal when None.
+    noise_cov: the law's covariance across frames (samplers.NoiseCovFn);
+      FNR and PNS then act on whitened noise (next_initial_noise). None:
+      i.i.d. frames.
     verbose: print one progress line per clip.
     sample_ids: optional int32 [B] global sample indices: every draw then
       goes through samplers.per_sample_noise, so sample i is the same in any
@@ -284,10 +313,12 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   def sample_clip(fn, rng, z_init, stored, pinned, ids):
     if not num_stored:
       x = samplers.sample(fn, rng, shape, z_init=z_init, num_steps=num_steps,
-                          sampler=sampler, noise_fn=noise_fn, sample_ids=ids, **sampler_kwargs)
+                          sampler=sampler, noise_fn=noise_fn, noise_cov=noise_cov,
+                          sample_ids=ids, **sampler_kwargs)
       return x, stored
     return samplers.sample(fn, rng, shape, z_init=z_init, num_steps=num_steps,
-                           sampler=sampler, noise_fn=noise_fn, guide=staged_guide(stored, pinned),
+                           sampler=sampler, noise_fn=noise_fn, noise_cov=noise_cov,
+                           guide=staged_guide(stored, pinned),
                            return_trajectory=True, trajectory_steps=num_stored,
                            trajectory_frames=sources, sample_ids=ids, **sampler_kwargs)
 
@@ -295,8 +326,10 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
     return samplers.noise_law(noise_fn, ids)(rng, shape)
 
   first_noise = jax.jit(draw)
+  frame_cov = None if noise_cov is None else noise_cov(clip_frames)
   next_noise = jax.jit(lambda rng, ids, z_prev: next_initial_noise(
-      z_prev, draw(rng, ids), overlap=overlap, noise_a=noise_a, order=order))
+      z_prev, draw(rng, ids), overlap=overlap, noise_a=noise_a, order=order,
+      frame_cov=frame_cov))
 
   skip = overlap if order == 'forward' else 0  # Leading frames of clips > 0 not output.
   num_clips = 1 + math.ceil(max(0, num_frames - clip_frames) / (clip_frames - skip))
@@ -386,7 +419,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   if s.long_method == 'reconstruction':
     return conditional.extend_video(
         model_fn, rng, num_frames, clip_frames=clip_frames, context_frames=context_frames,
-        init_frames=init_frames, clip_shape=clip_shape, method=conditioning,
+        init_frames=init_frames, clip_shape=clip_shape, conditioning=conditioning,
         w_r=float(s.w_r), verbose=verbose, sample_ids=sample_ids, mesh=mesh, **sampler_kwargs)
   if init_frames is not None:
     raise ValueError(f'long_method={s.long_method!r} starts from noise and takes no given '

@@ -325,9 +325,9 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
           f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
           'but this run had config.diffusion.cond_drop_prob = 0, so its unconditional '
           'branch was never trained. Use guidance_weight=0.')
-  if conditioning not in conditional.METHODS:
+  if conditioning not in conditional.CONDITIONINGS:
     raise ValueError(f'conditioning={conditioning!r} is unknown; choose one of '
-                     f'{conditional.METHODS}.')
+                     f'{conditional.CONDITIONINGS}.')
   if mode == 'superres' and conditioning != 'reconstruction':
     raise ValueError('superres guides the whole video towards the low-resolution one; '
                      f'conditioning={conditioning!r} has no frames to replace. Use '
@@ -444,7 +444,7 @@ def _single_clip_sampler(frame_shape: tuple[int, int], mode: str, plan: inputs.P
 
   def run(model_fn, rng, cond, w_r, sample_ids):
     kwargs = dict(sampler_kwargs, sample_ids=sample_ids)
-    frames_kwargs = dict(method=conditioning, w_r=w_r, **kwargs)
+    frames_kwargs = dict(conditioning=conditioning, w_r=w_r, **kwargs)
     if mode in ('unconditional', 'i2v'):  # i2v: the first frame is inside model_fn.
       shape = (batch, plan.out_frames, size, size, channels)
       return samplers.sample(model_fn, rng, shape, **kwargs)

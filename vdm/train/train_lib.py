@@ -129,7 +129,9 @@ class Trainer(train_state.StateLayout):
     step = state.step.astype(jnp.float32)
     decay = jnp.minimum(self.config.optimizer.ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)
-    metrics = {**extra, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
+    # The norm of what trains (the one clipping sees): frozen groups left out.
+    grad_norm = optax.tree.norm(train_state.zero_frozen(grads, self.frozen_mask))
+    metrics = {**extra, 'loss': loss, 'grad_norm': grad_norm,
                'learning_rate': self.lr_schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, ema_params=ema,
                          opt_state=opt_state), metrics

@@ -42,10 +42,36 @@ class TrainState:
   rng: jax.Array
 
 
+def frozen_mask(param_labels: Optional[Any], lr_multipliers: Optional[dict]) -> Optional[Any]:
+  """A tree like the params, True where the group's learning-rate multiplier is 0.
+
+  Returns:
+    The tree, or None when no parameter is frozen.
+  """
+  if param_labels is None:
+    return None
+  frozen = {g for g, m in (lr_multipliers or {}).items() if m == 0}
+  if not frozen & set(jax.tree.leaves(param_labels)):
+    return None
+  return jax.tree.map(lambda group: group in frozen, param_labels)
+
+
+def zero_frozen(tree: Any, mask: Optional[Any]) -> Any:
+  """``tree`` (gradients) with the leaves of frozen groups set to zero (``frozen_mask``)."""
+  if mask is None:
+    return tree
+  return jax.tree.map(lambda x, frozen: jnp.zeros_like(x) if frozen else x, tree, mask)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, param_labels: Optional[Any] = None,
                    lr_multipliers: Optional[dict] = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Adam/AdamW with linear warmup, optional cosine decay and grad clipping.
+
+  Gradient clipping sees only the groups that train: frozen groups' gradients
+  are zeroed first, so a frozen encoder or base generator cannot shrink the
+  trained layers' steps. The zeroing holds no state, so the optimizer state
+  has the structure it always had (older checkpoints restore).
 
   Args:
     config: the full config (optimizer and training sections).
@@ -87,6 +113,13 @@ def make_optimizer(config: ml_collections.ConfigDict, param_labels: Optional[Any
                                param_labels)
   if opt.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
+  mask = frozen_mask(param_labels, lr_multipliers)
+  if mask is not None:
+    inner = tx
+    tx = optax.GradientTransformation(
+        inner.init,
+        lambda updates, state, params=None: inner.update(zero_frozen(updates, mask), state,
+                                                         params))
   return tx, schedule(opt.learning_rate)
 
 
@@ -99,7 +132,8 @@ class StateLayout:
 
   Attributes:
     config, mesh, method, graphdef (the networks' nnx GraphDef), tx,
-    lr_schedule, param_shardings, state_shardings, abstract_state.
+    lr_schedule, frozen_mask (``frozen_mask`` of the method's groups),
+    param_shardings, state_shardings, abstract_state.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
@@ -109,8 +143,10 @@ class StateLayout:
     self.method = methods.get_method(config)
     abstract = nnx.eval_shape(lambda: self.method.build(nnx.Rngs(0)))
     self.graphdef, abstract_params = nnx.split(abstract)
-    self.tx, self.lr_schedule = make_optimizer(
-        config, self.method.param_labels(abstract_params), self.method.lr_multipliers())
+    labels, multipliers = self.method.param_labels(abstract_params), self.method.lr_multipliers()
+    self.tx, self.lr_schedule = make_optimizer(config, labels, multipliers)
+    # Frozen groups' gradients are left out of the logged norm, as they are of the clipping.
+    self.frozen_mask = frozen_mask(labels, multipliers)
     self.param_shardings = sharding.param_shardings(abstract_params, self.mesh,
                                                     config.sharding.rules)
     # Compiled once: its output shardings (the optimizer state's are inferred
