@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 
-.PHONY: train test sample benchmark clean-venv
+.PHONY: train test test-fast sample benchmark clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,14 @@ sample: $(VENV)/.installed
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/compare_peer.py --workload=tiny
 
-# The whole test suite (what .ci/run calls).
+# The whole test suite (what .ci/run calls): the test files spread over two
+# worker processes, each file on one worker (its module fixtures built once).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+
+# The fast tier for iteration: everything not marked slow or multiprocess.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not multiprocess" tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -94,6 +94,7 @@ def test_render_samples_the_window_at_sub_pixel_precision():
   assert np.abs(half[:, 1:-1] - mean[:, 1:-1]).max() <= 1.0
 
 
+@pytest.mark.slow
 def test_prepare_builds_once_and_checks_sizes(data_dir):
   b = photo_pan_zoom.prepare(data_dir, 32)
   assert b.info.splits['train'].num_examples == NUM_TRAIN

@@ -18,6 +18,7 @@ import shutil
 import sys
 
 import numpy as np
+import pytest
 
 from configs import tiny
 from vdm import config_lib
@@ -25,6 +26,9 @@ from vdm import run_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top
+
+# Every test here samples from, or trains, a run.
+pytestmark = pytest.mark.slow
 
 OLD_RUN = os.path.join(os.path.dirname(__file__), 'testdata', 'tiny_run_2026_12_05')
 

@@ -388,6 +388,7 @@ def assert_same_batches(xs, ys):
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_grain_loader_equals_threads_loader(data_dir):
   # Ten steps of batch 8 over 64 videos cross the epoch boundary at step 8.
   c = make_config(data_dir, num_images=2, random_flip=True, num_workers=2)
@@ -418,6 +419,7 @@ def test_grain_processes_split_the_global_batch(data_dir):
           np.concatenate([p0[s][key], p1[s][key]]), full[s][key])
 
 
+@pytest.mark.slow
 def test_grain_close_leaves_no_child_processes(data_dir):
   import multiprocessing  # pylint: disable=g-import-not-at-top
   before = {p.pid for p in multiprocessing.active_children()}

@@ -33,6 +33,9 @@ from vdm.train import train_lib
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top
 
+# Every test here samples from, or trains, a run.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 4
 
@@ -293,6 +296,7 @@ def _on_the_whole_mesh(workdir, path):
   return path
 
 
+@pytest.mark.multiprocess
 def test_fvd_on_eight_devices_and_on_two_hosts_is_the_one_device_figure(run, tmp_path, capsys):
   # Sample i is drawn with the noise of index i wherever it runs, so the
   # figure does not depend on the devices: 1 device, 8 (4 videos padded to one

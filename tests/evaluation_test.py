@@ -266,6 +266,7 @@ def test_weights_loaded(model):
     assert model.logits.kernel[...].shape == (1, 1, 1, 1024, 400)
 
 
+@pytest.mark.slow
 def test_i3d_features_shape_finite_and_sensible(feats):
     assert feats.shape == (4, 400) and feats.dtype == np.float64
     assert np.all(np.isfinite(feats))
@@ -273,6 +274,7 @@ def test_i3d_features_shape_finite_and_sensible(feats):
     assert np.all(feats.std(axis=1) > 0.1)
 
 
+@pytest.mark.slow
 def test_i3d_deterministic_and_padding(model, clips, feats):
     seen = []
     # N=3 with batch 2: the last batch is padded; same compiled shape.

@@ -55,6 +55,7 @@ def conditional_errors(samples, data, frame_mask, x_true):
   return err, ratio, se, gap
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler', ['ancestral', 'pc'])
 def test_zero_weight_reconstruction_is_replacement(sampler):
   n = 256
@@ -101,6 +102,7 @@ def test_known_latents_are_fresh_forward_samples(weight):
   assert np.abs(np.mean(e[1:] * e[:-1], axis=1)).max() < 5 / np.sqrt(m)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', ['prediction', 'interpolation'])
 def test_reconstruction_guidance_beats_replacement(task):
   # Over 8 given videos (500 samples each): how far one method's conditional
@@ -136,6 +138,7 @@ def test_reconstruction_guidance_beats_replacement(task):
   assert err_rg < 0.5 * err_rep
 
 
+@pytest.mark.slow
 def test_dpm_solver_under_replacement_and_reconstruction_guidance():
   # The guide runs at every evaluation of the multistep solver too: known
   # frames come out exact, and in 20 steps reconstruction guidance is still
@@ -175,6 +178,7 @@ def label_model(counter):
   return fn
 
 
+@pytest.mark.slow
 def test_classifier_free_guidance():
   n = 64
   label = jnp.arange(n) % 2
@@ -204,6 +208,7 @@ def test_classifier_free_guidance():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_super_resolution():
   n, size, low = 1000, (4, 4), (2, 2)
   data = stationary_gaussian(2, *size, amplitude=1.0, length_scale=1.5, nugget=0.05)
@@ -233,6 +238,7 @@ def test_super_resolution():
   assert errors[10.0][1] < 0.05 < errors[0.0][1]
 
 
+@pytest.mark.slow
 def test_extend_video():
   n, length = 2000, 8
   long = stationary_gaussian(length)  # The same process as DATA, over 8 frames.
@@ -268,6 +274,7 @@ def test_extend_video():
   assert video.shape == (3, 7, 2, 2, 1) and np.all(np.isfinite(video))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('logsnr', [-2.0, 1.5])
 def test_reconstruction_guidance_step_matches_closed_form(logsnr):
   # Linear-Gaussian data: x_hat(z) = m + K (z - alpha m) with

@@ -184,6 +184,7 @@ def boundary_stats(video, start):
   return lag1, lag2, worst
 
 
+@pytest.mark.slow
 def test_ar1_statistics_across_clip_boundaries():
   # Two clips of each driver from the exact denoiser, DDIM 50 steps, the
   # official VidRD setting (M = 4, a = 4, beta = 0.4). The boundary is before

@@ -45,6 +45,7 @@ def _sample(ids, mesh, **kwargs):
   return np.asarray(out, np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler', samplers.SAMPLERS)
 def test_sample_i_is_the_same_on_eight_devices_and_in_any_chunk(sampler):
   kwargs = dict(sampler=sampler)
@@ -58,6 +59,7 @@ def test_sample_i_is_the_same_on_eight_devices_and_in_any_chunk(sampler):
   assert np.abs(whole[0] - whole[1]).max() > 0.1
 
 
+@pytest.mark.slow
 def test_reconstruction_guided_prediction_on_eight_devices():
   # predict_frames differentiates through the denoiser and fills the unknown
   # frames; the given frames are split over the devices with the noise.
@@ -78,6 +80,7 @@ def test_reconstruction_guided_prediction_on_eight_devices():
   np.testing.assert_array_equal(whole[:, :1], context)  # Given frames are kept.
 
 
+@pytest.mark.slow
 def test_per_sample_noise_keeps_the_gaussian_law():
   # The same 5-standard-error demands as samplers_test, with every draw made
   # row by row from fold_in(key, i).

@@ -37,6 +37,7 @@ def randomized(model, seed=0, scale=0.3):
 apply = nnx.jit(lambda model, z, logsnr, **kw: model(z, logsnr, **kw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('labels,dtype', list(itertools.product([False, True], ['float32', 'bfloat16'])))
 def test_shapes_and_finiteness(labels, dtype):
   cfg = tiny_config(num_classes=5 if labels else 0, dtype=dtype)
@@ -51,6 +52,7 @@ def test_shapes_and_finiteness(labels, dtype):
     assert np.isfinite(np.asarray(out, np.float32)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('parameterization', ['eps', 'v'])
 def test_loss_is_finite_with_labels_and_images(parameterization):
   model = unet3d.UNet3D(tiny_config(num_classes=5), rngs=nnx.Rngs(0))
@@ -70,6 +72,7 @@ def test_loss_is_finite_with_labels_and_images(parameterization):
   assert np.isfinite(loss).all() and (loss > 0).all()
 
 
+@pytest.mark.slow
 def test_dropout_only_with_rng():
   model = randomized(unet3d.UNet3D(tiny_config(dropout=0.5), rngs=nnx.Rngs(0)))
   x = jax.random.normal(jax.random.key(0), (1, 2, 8, 8, 3))
@@ -109,6 +112,7 @@ def test_video_frames_do_not_reach_images():
   assert not np.allclose(out[:, 0], base[:, 0], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_appended_images_leave_video_model_unchanged():
   model, x, logsnr, kw, nv = _masked_setup()
   joint = apply(model, x, logsnr, **kw)
@@ -137,6 +141,7 @@ def test_interleaved_images_leave_video_positions_unchanged():
   assert not np.allclose(unmasked[:, video_slots], plain, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_per_frame_labels_reach_their_own_frame_only():
   model, x, logsnr, kw, nv = _masked_setup()
   t = x.shape[1]
@@ -182,6 +187,7 @@ def test_relative_bias_is_translation_invariant():
     np.testing.assert_allclose(bias[:, shift:, shift:], bias[:, :-shift, :-shift])
 
 
+@pytest.mark.slow
 def test_temporal_block_same_clip_at_start_or_end_of_context():
   """A clip gives the same output wherever it sits among identical context frames.
 
@@ -202,6 +208,7 @@ def test_temporal_block_same_clip_at_start_or_end_of_context():
   np.testing.assert_allclose(block(clip), out_start, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_temporal_block_distinguishes_order():
   block = _temporal_block()
   clip = jax.random.normal(jax.random.key(1), (1, 5, 2, 2, 8))
@@ -246,6 +253,7 @@ def test_bad_inputs_are_explained():
     model(x, jnp.zeros(3))
 
 
+@pytest.mark.slow
 def test_cond_channels_and_remat_match():
   cfg = tiny_config(cond_channels=2)
   model = randomized(unet3d.UNet3D(cfg, rngs=nnx.Rngs(0)))
@@ -264,6 +272,7 @@ def test_cond_channels_and_remat_match():
     model(x, jnp.ones(1))
 
 
+@pytest.mark.slow
 def test_absolute_frame_index_embedding():
   # Off by default: no parameter of absolute position. On: frame i of the
   # clip reads row i (rows past the clip get no gradient), appended images

@@ -29,6 +29,9 @@ from vdm.train import train_lib
 sys.path.insert(0, os.path.dirname(__file__))
 import cli as entry_points  # pylint: disable=g-import-not-at-top
 
+# Every test here samples from, or trains, a run.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 N = 2  # Samples per run.

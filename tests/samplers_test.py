@@ -90,6 +90,7 @@ def moment_z_scores(x: np.ndarray, data: analytic.GaussianData) -> tuple[float, 
   return float(np.abs(z_mean).max()), float(np.abs(z_cov).max()), float(z_trace)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler,gamma,parameterization', [
     ('ancestral', 0.0, 'eps'),
     ('ancestral', 0.1, 'eps'),
@@ -132,6 +133,7 @@ def test_dpm_solver_reproduces_gaussian_moments_in_20_steps(sampler):
   assert abs(z_trace) < 5
 
 
+@pytest.mark.slow
 def test_convergence_order_on_the_exact_ode():
   # The deterministic samplers discretize the probability-flow ODE, whose flow
   # is closed form for Gaussian data (analytic.GaussianData.ode_solution). As
@@ -268,6 +270,7 @@ def test_options_clip_trajectory_progress_and_one_step():
                     logsnr_fn=LOGSNR_FN, parameterization='eps', sampler='euler')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler', ['ddim', 'pc'])
 def test_partial_trajectory(sampler):
   # trajectory_steps / trajectory_frames keep a slice of the full trajectory,
@@ -304,6 +307,7 @@ def tiny_unet(num_classes: int = 0):
   return lambda z, logsnr, label=None: nnx.merge(graphdef, state)(z, logsnr, label=label)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler', samplers.SAMPLERS)
 def test_unet_smoke(sampler):
   # Each sampler, jitted, with the real network: 'ancestral' under

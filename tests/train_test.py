@@ -54,6 +54,7 @@ def _run_steps(config, mesh, num_steps=2):
   return losses, jax.device_get(state.params), state
 
 
+@pytest.mark.slow
 def test_sharded_steps_match_single_device():
   config = tiny.get_config()
   config.training.batch_size = 8
@@ -99,6 +100,7 @@ def test_frozen_gradients_neither_clip_nor_move_the_trained_group():
   assert train_state.frozen_mask(labels, {'trained': 1.0, 'frozen': 0.5}) is None
 
 
+@pytest.mark.slow
 def test_init_state_twice_gives_the_same_state():
   # The compiled initialiser is dropped after its first use; a second call
   # compiles it again and must give the same (seeded) state.
@@ -110,6 +112,7 @@ def test_init_state_twice_gives_the_same_state():
   assert dict(jax.tree.leaves(second.params)[0].sharding.mesh.shape) == {'data': 2, 'fsdp': 1}
 
 
+@pytest.mark.slow
 def test_batch_size_must_fit_mesh():
   config = tiny.get_config()
   config.training.batch_size = 6
@@ -117,6 +120,7 @@ def test_batch_size_must_fit_mesh():
     train_lib.Trainer(config, mesh=sharding.create_mesh((('data', 4), ('fsdp', 1))))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_runs():
   config = tiny.get_config()
   config.training.batch_size = 4
@@ -175,6 +179,8 @@ def uninterrupted_run(tmp_path_factory, data_dir, jax_cache):
   return workdir + '.npz'
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_dir, jax_cache,
                                                                uninterrupted_run):
   env = _worker_env(jax_cache)
@@ -215,6 +221,8 @@ def _two_hosts(workdir, data_dir, jax_cache, *extra):
   return [p.returncode for p in procs], outputs
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_dir, jax_cache,
                                                                  uninterrupted_run):
   """Two CPU processes as two hosts, one of them SIGTERM'd, reach the
@@ -250,6 +258,7 @@ def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_
   _assert_same_state(two + '.npz', uninterrupted_run)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
   config = tiny.get_config()
   config.data.data_dir = data_dir
@@ -377,6 +386,7 @@ def finished_run(tmp_path, uninterrupted_run):
   return workdir
 
 
+@pytest.mark.slow
 def test_rerun_with_changed_model_is_refused_and_num_steps_may_change(finished_run, data_dir,
                                                                       capsys):
   """The issue's two commands: a changed model.base_channels must not destroy the run."""

@@ -5,15 +5,11 @@ denoiser, the true noise, fixed arrays), so no network has to be trained:
 the image noise prior, the linear fusion, that the prepended frame's output
 never reaches the loss, and the closed form of Gaussian video data given its
 first frame. The TNF is checked on tiny inputs (shapes, time modulation, small
-fits). One tiny run goes through the command line end to end: train, resume,
-sample.py --mode=i2v from a PNG, evaluate.py --mode=i2v; its training starts
-in a subprocess when the module starts, so the unit tests run meanwhile.
+fits). The run through the command line end to end is in trip_cli_test.py.
 """
 
 import functools
-import json
 import os
-import subprocess
 import sys
 import types
 
@@ -29,15 +25,12 @@ from configs import tiny
 from configs import trip_digits
 from vdm import config_lib
 from vdm import run_lib
-from vdm.data import moving_digits
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
-from vdm.evaluation import evaluate_lib
 from vdm.evaluation import fidelity
 from vdm.methods import base
 from vdm.methods import trip
 from vdm.models import tnf
-from vdm.sampling import sample_lib
 from vdm.train import train_state
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -94,23 +87,6 @@ def cli_flags(data_dir, workdir):
           '--config.data.num_workers=0', '--config.training.async_checkpoints=False',
           '--config.training.checkpoint_every=1', '--config.eval.num_samples=2',
           '--config.eval.batch_size=2']
-
-
-@pytest.fixture(scope='module', autouse=True)
-def cli_run(tmp_path_factory):
-  """Builds a small dataset and starts `train.py` on a tiny TRIP config (1 step).
-
-  Yields (data_dir, workdir, the training process).
-  """
-  base = tmp_path_factory.mktemp('cli')
-  data_dir = str(base / 'tfds')
-  moving_digits.prepare(data_dir, 32, num_train=32, num_test=8, verbose=False)
-  workdir = str(base / 'run')
-  proc = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=1')
-  yield data_dir, workdir, proc
-  if proc.poll() is None:
-    proc.kill()
-    proc.communicate()
 
 
 # --- The image noise prior and the linear fusion ------------------------------
@@ -228,6 +204,7 @@ def per_example_loss(eps, pred):
   return np.asarray(jnp.mean(jnp.square(eps - pred), axis=(1, 2, 3, 4)), np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('logsnr', [-2.0, 0.0, 3.0])
 def test_gaussian_exact_conditional_loss_and_linear_trip_never_below_it(logsnr):
   n = 8000
@@ -294,6 +271,7 @@ def noises(shape, seed=0):
   return jax.random.normal(kp, shape), jax.random.normal(kr, shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', [(2, 5, 4, 4, 1), (1, 1, 2, 2, 3)])
 def test_tnf_output_shapes(shape):
   module = tiny_tnf(shape[-1])
@@ -349,6 +327,7 @@ def _fit(module, p, r, logsnr, target):
   return [float(v) for v in _fit_program(graphdef, params, p, r, logsnr, target)]
 
 
+@pytest.mark.slow
 def test_tnf_with_prior_values_fits_the_prior():
   """Values [prior, prior]: from a random value map and a zero output map, a fit
   reaches the prior (W_out W_value = I)."""
@@ -411,6 +390,7 @@ def channels_params():
   return build_params(method_of(condition='channels'))
 
 
+@pytest.mark.slow
 def test_unet_and_tnf_train_at_their_own_learning_rates(channels_params):
   config = tiny_trip_config(condition='channels', unet_lr_multiplier=0.0, tnf_lr_multiplier=1.0)
   method = trip.Method(config)
@@ -430,6 +410,7 @@ def test_unet_and_tnf_train_at_their_own_learning_rates(channels_params):
   assert all(float(jnp.max(jnp.abs(u))) > 0 for u in jax.tree.leaves(updates['tnf']))
 
 
+@pytest.mark.slow
 def test_init_from_a_plain_run_through_the_state_layout(monkeypatch, channels_params):
   """The declared pretrained run, restored as the trainer does, reaches the
   method's initial_params hook through StateLayout.init_state: the U-Net gets
@@ -546,36 +527,3 @@ def test_psnr_and_ssim():
 
 
 # --- End to end through the command line ---------------------------------------------
-
-
-def test_train_resume_sample_i2v_and_evaluate_through_the_command_line(cli_run, tmp_path):
-  data_dir, workdir, proc = cli_run
-  out, _ = cli.finish(proc)
-  assert 'Done: 1 steps' in out
-  resumed = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=2')
-  out, _ = cli.finish(resumed)
-  assert 'Resumed from step 1' in out and 'Done: 2 steps' in out
-  # A grey image saved as RGB, as image files often are.
-  image = np.random.default_rng(4).integers(0, 256, (S, S), np.uint8)
-  iio.imwrite(tmp_path / 'first.png', np.repeat(image[..., None], 3, axis=-1))
-  out_dir = tmp_path / 'i2v'
-  sample = cli.start('sample.py', f'--workdir={workdir}', '--mode=i2v',
-                f'--input={tmp_path / "first.png"}', '--num_samples=2', '--steps=2',
-                f'--output_dir={out_dir}')
-  evaluate = cli.start('evaluate.py', f'--workdir={workdir}', '--mode=i2v', '--num_samples=2',
-                  '--batch_size=2', '--steps=2')
-  out, _ = cli.finish(sample)
-  assert str(out_dir / 'samples.gif') in out
-  with np.load(out_dir / 'samples.npz') as saved:
-    assert saved['videos'].shape == (2, T, S, S, 1) and saved['videos'].dtype == np.uint8
-    np.testing.assert_array_equal(saved['conditioning'][:, 0, ..., 0], [image, image])
-  assert iio.imread(out_dir / 'samples.gif', index=None).shape[0] == T
-  out, _ = cli.finish(evaluate)
-  (line,) = [l for l in out.splitlines() if l.startswith('{')]
-  result = json.loads(line)
-  assert result['mode'] == 'i2v' and result['step'] == 2 and result['method'] == 'trip'
-  assert np.isfinite(result['fvd'])
-  for key in ('first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',
-              'real_later_frames_psnr'):
-    assert np.isfinite(result[key]), key
-  assert os.path.exists(os.path.join(workdir, 'eval', '2_i2v_ddim-2.json'))

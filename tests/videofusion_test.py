@@ -160,6 +160,7 @@ def test_exact_predictor_is_the_closed_form(logsnr):
   assert np.abs(iid - sigma * solve @ c).max() > 0.05
 
 
+@pytest.mark.slow
 def test_loss_of_the_exact_predictor_is_its_closed_form_value():
   # The training loss (gaussian.diffusion_loss with the method's noise law) of
   # the exact predictor at fixed log-SNRs, against
@@ -211,6 +212,7 @@ def run_law_sampler(n, *, noise_fn, z_init_fn=None, num_steps=300, **kwargs):
   return np.asarray(fn(jax.random.PRNGKey(0)), np.float64).reshape(n, -1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler,gamma', [('ancestral', 0.1), ('ddim', 0.0), ('pc', 0.0)])
 def test_samplers_reproduce_gaussian_moments_under_the_law(sampler, gamma):
   # Moments within 5 standard errors, as samplers_test checks i.i.d. noise;
@@ -221,6 +223,7 @@ def test_samplers_reproduce_gaussian_moments_under_the_law(sampler, gamma):
   assert z[0] < 5 and z[1] < 5 and abs(z[2]) < 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sampler,iid', [('ancestral', 'step noise'), ('ddim', 'z_1')])
 def test_iid_noise_measurably_fails(sampler, iid):
   # The same sampler and exact predictor, with i.i.d. step noise (DDIM has
@@ -272,6 +275,7 @@ def test_reconstruction_guidance_step_is_the_closed_form_under_the_law(logsnr):
                              sigma * np.asarray(eps_tilde), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reconstruction_guidance_gives_the_exact_conditional_under_the_law():
   # Prediction of frames 2, 3 (the key frame among them) from frames 0, 1,
   # against the exact conditional of the Gaussian data. With the noise metric
@@ -370,6 +374,7 @@ def toy_batch(seed=0):
           'is_image': jnp.array([False] * T + [True] * K)}
 
 
+@pytest.mark.slow
 def test_l_zero_is_the_plain_model(networks):
   # VideoFusion's loss with l = 0 is the plain method's loss of the same
   # predictor: the same times, noise (bit for bit), label dropout, dropout
@@ -541,6 +546,7 @@ def plain_run(tmp_path_factory):
   return workdir, jax.device_get(state.ema_params)
 
 
+@pytest.mark.slow
 def test_command_line_train_resume_sample_evaluate(plain_run, tmp_path):
   # train.py with the base initialised from the plain run and frozen; then,
   # side by side, train.py again (resumes), sample.py and evaluate.py.
