@@ -3,6 +3,7 @@ or their library functions in this process with the flags as keywords."""
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 
@@ -17,6 +18,13 @@ def start(script: str, *flags: str) -> subprocess.Popen:
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', XLA_FLAGS='', PYTHONPATH=REPO)
   return subprocess.Popen([sys.executable, script, *flags], cwd=REPO, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def free_port() -> int:
+  """A free TCP port on 127.0.0.1, for a coordinator of processes run as hosts."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[str, str]:

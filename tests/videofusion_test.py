@@ -10,10 +10,8 @@ are those of samplers_test.py and guidance_test.py. The networks are checked
 on tiny U-Nets, and the command line end to end on a tiny run.
 """
 
-import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 
 import jax

@@ -93,23 +93,6 @@ class Run(NamedTuple):
   step: int
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Optional[Mapping[str, Any]]) -> ml_collections.ConfigDict:
-  """Sets {'section.key': value} entries (None values are skipped) in place.
-
-  Raises:
-    ValueError: a key that is not in the config.
-  """
-  for dotted, value in (overrides or {}).items():
-    if value is None:
-      continue
-    section, key = dotted.split('.', 1)
-    if section not in config or key not in config[section]:
-      raise ValueError(f'config.{dotted} is not a config key.')
-    config[section][key] = value
-  return config
-
-
 def restore_run(workdir: str, step: Optional[int] = None,
                 overrides: Optional[Mapping[str, Any]] = None, mesh=None) -> Run:
   """Loads a run for sampling or evaluation: its saved config and EMA weights.

@@ -179,15 +179,7 @@ def open_split(spec: Spec, split: str) -> Dataset:
 
   info = builder.info
   features = info.features
-  keys = sorted(features.keys())
-  if spec.video_key not in features:
-    raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '
-                   f'of dataset {name!r}; its features are {keys}.')
-  label_key = spec.label_key or None
-  if label_key is not None and label_key not in features:
-    raise KeyError(f'config.data.label_key={label_key!r} is not a feature of '
-                   f'dataset {name!r}; its features are {keys} (set it to '
-                   "'' for none).")
+  label_key = _checked_label_key(spec, features)
   if split not in info.splits:
     raise ValueError(f'Dataset {name!r} has no split {split!r}; its splits are '
                      f'{sorted(info.splits.keys())}.')
@@ -227,6 +219,24 @@ def _keep_encoded_decoder(tfds):
   return KeepEncoded()
 
 
+def _checked_label_key(spec: Spec, features) -> Optional[str]:
+  """config.data.label_key (None for '') once both keys are checked against ``features``.
+
+  Raises:
+    KeyError: video_key or label_key is not a feature, naming the ones there are.
+  """
+  keys = sorted(features.keys())
+  if spec.video_key not in features:
+    raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '
+                   f'of dataset {spec.dataset!r}; its features are {keys}.')
+  label_key = spec.label_key or None
+  if label_key is not None and label_key not in features:
+    raise KeyError(f'config.data.label_key={label_key!r} is not a feature of '
+                   f'dataset {spec.dataset!r}; its features are {keys} (set it to '
+                   "'' for none).")
+  return label_key
+
+
 def _open_generated(spec: Spec, split: str, offline) -> Dataset:
   """A bundled dataset without TFDS: its numpy generator, in memory."""
   if split not in offline.SPLITS:
@@ -236,14 +246,7 @@ def _open_generated(spec: Spec, split: str, offline) -> Dataset:
         f'{split} in memory (the same videos as a default TFDS build).',
         flush=True)
   arrays = offline.in_memory(offline.parse_name(spec.dataset), split)
-  keys = sorted(arrays)
-  if spec.video_key not in arrays:
-    raise KeyError(f'config.data.video_key={spec.video_key!r} is not a feature '
-                   f'of dataset {spec.dataset!r}; its features are {keys}.')
-  label_key = spec.label_key or None
-  if label_key is not None and label_key not in arrays:
-    raise KeyError(f'config.data.label_key={label_key!r} is not a feature of '
-                   f'dataset {spec.dataset!r}; its features are {keys}.')
+  label_key = _checked_label_key(spec, arrays)
   return Dataset(
       name=spec.dataset, split=split, num_examples=len(arrays['video']),
       video_key=spec.video_key, label_key=label_key,

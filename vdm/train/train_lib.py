@@ -47,18 +47,20 @@ class Trainer(train_state.StateLayout):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
-    super().__init__(run_lib.resolve_latent_shape(config), mesh)
-    # Pixels, or the frozen autoencoder whose latents this run diffuses in.
-    self.space = latent.space(config, self.mesh)
-    divisor = sharding.batch_size_divisor(self.mesh) * config.training.grad_accum_steps
+    mesh = mesh if mesh is not None else sharding.create_mesh(config.sharding.mesh)
+    # Checked before the state layout compiles its initialiser: a batch that
+    # does not fit the mesh fails at once.
+    divisor = sharding.batch_size_divisor(mesh) * config.training.grad_accum_steps
     if config.training.batch_size % divisor:
       raise ValueError(
           f'config.training.batch_size={config.training.batch_size} must be a multiple of '
-          f'{divisor} (batch shards of the mesh {dict(self.mesh.shape)} x '
+          f'{divisor} (batch shards of the mesh {dict(mesh.shape)} x '
           'config.training.grad_accum_steps).')
+    super().__init__(run_lib.resolve_latent_shape(config), mesh)
+    # Pixels, or the frozen autoencoder whose latents this run diffuses in.
+    self.space = latent.space(config, self.mesh)
     self.train_step = jax.jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
-
 
   def init_state(self) -> TrainState:
     """A fresh state, with the pretrained runs the method declares restored into it."""
