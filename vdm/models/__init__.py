@@ -1,1 +1,2 @@
-"""The denoiser network: (z_t, logsnr, label, cond, is_image) -> prediction."""
+"""Networks only: the factorized space-time U-Net (unet3d, layers, attention),
+TRIP's Temporal Noise Fusion (tnf) and the frame autoencoder (autoencoder)."""
