@@ -4,10 +4,15 @@ run may change only the keys on run_dir's allow-list."""
 import importlib
 import json
 import os
+import re
+import sys
 
 import pytest
 
 from vdm import config_lib
+
+sys.path.insert(0, os.path.dirname(__file__))
+import cli  # pylint: disable=g-import-not-at-top
 
 
 SHIPPED = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(
@@ -124,3 +129,28 @@ def test_record_config_keeps_every_config(tmp_path):
     assert json.load(f)['training']['num_steps'] == first_steps
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['training']['num_steps'] == first_steps + 10
+
+
+@pytest.mark.slow
+def test_bad_config_overrides_print_one_line_and_exit_2(tmp_path):
+  # Raised while absl parses the flags, before main(): a misspelt key, a
+  # misspelt section, a value of the wrong type, on both entry points that
+  # take --config overrides. Nothing may be written.
+  train = ['train.py', '--config=configs/tiny.py', f'--workdir={tmp_path / "run"}']
+  evaluate = ['evaluate.py', '--config=configs/tiny.py', '--real_vs_real']
+  cases = [
+      (train + ['--config.training.num_step=5'],
+       r'--config.training.num_step: .num_step. is not a key .*"num_steps"'),
+      (train + ['--config.training.batchsize=4'], r'"batch_size" instead of "batchsize"'),
+      (train + ['--config.trainin.num_steps=3'], r'--config.trainin.num_steps: .trainin. .*"training"'),
+      (train + ['--config.training.num_steps=abc'], r'--config.training.num_steps=abc: invalid'),
+      (evaluate + ['--config.data.num_framez=3'], r'"num_frames" instead of "num_framez"'),
+  ]
+  procs = [cli.start(*args) for args, _ in cases]
+  for proc, (args, pattern) in zip(procs, cases):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (args, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), (args, err[-2000:])
+    assert re.search(pattern, lines[0]), lines[0]
+  assert not os.path.exists(tmp_path / 'run')

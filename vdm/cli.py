@@ -2,6 +2,9 @@
 
 * Orbax and TFDS log every file operation at INFO: the console is kept at
   WARNING unless --verbosity (or -v) is given.
+* A flag that does not parse (unknown, a wrong type, an override of a config
+  key or section that does not exist) prints one ``error:`` line and exits
+  with status 2 before main() runs.
 * An error the code raises on purpose about the user's input (a ValueError,
   FileNotFoundError or KeyError raised inside this repository: a config typo,
   a missing workdir, a wrong input shape) prints its message alone on stderr
@@ -142,6 +145,46 @@ def user_error_message(error: BaseException) -> str:
   return str(error)
 
 
+def _config_key_error(error: BaseException, argv: list[str]) -> str:
+  """One line for an override of a config key or section that does not exist.
+
+  ml_collections raises a KeyError (re-raised as an AttributeError for a key
+  of a section) while absl parses ``--config.section.key=value``; the
+  KeyError's message is the key in quotes, then a guess on the next line.
+  """
+  text, cause = str(error), error
+  while cause is not None:
+    if isinstance(cause, KeyError) and len(cause.args) == 1 and '\n' in str(cause.args[0]):
+      text = str(cause.args[0])
+      break
+    cause = cause.__context__
+  key, _, guess = text.partition('\n')
+  key = key.strip("'")
+  names = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
+  flag = next((n for n in names if n.endswith('.' + key) or f'.{key}.' in n),
+              names[0] if names else '--config')
+  return f'{flag}: {key!r} is not a key of the config. {guess}'.strip()
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one ``error:`` line and exit status 2 for bad flags.
+
+  A misspelt flag, a value of the wrong type and an override of a config key
+  or section that does not exist (``--config.training.num_step=5``) all stop
+  here, before main() runs.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (KeyError, AttributeError) as e:
+    if not any(a.startswith('--config.') for a in argv[1:]):
+      raise
+    message = _config_key_error(e, argv[1:])
+  print(f'error: {message} (see --help)', file=sys.stderr, flush=True)
+  sys.exit(USAGE_ERROR_STATUS)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """app.run(main) with quiet library logs, clean user errors and the multi-host
   runtime started (see module docstring)."""
@@ -159,4 +202,4 @@ def run(main: Callable[[list[str]], None]) -> None:
       print(f'error: {user_error_message(e)}', file=sys.stderr, flush=True)
       sys.exit(USAGE_ERROR_STATUS)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)
