@@ -40,7 +40,7 @@ def _prepare_frames(ds: sources.Dataset, spec: sources.Spec, frames: np.ndarray
 
 
 def read_clip(ds: sources.Dataset, spec: sources.Spec, video, u_start: float, index: Any,
-          num_frames: Optional[int] = None) -> np.ndarray:
+              num_frames: Optional[int] = None) -> np.ndarray:
   """`num_frames` frames, `frameskip` apart, from a start chosen by u_start.
 
   Args:
@@ -100,7 +100,7 @@ def draw_row(rng: np.random.Generator, spec: sources.Spec, num_sources: int) -> 
 
 
 def train_row(ds: sources.Dataset, spec: sources.Spec, example, image_examples,
-               d: RowDraws, index) -> np.ndarray:
+              d: RowDraws, index) -> np.ndarray:
   """One training row: uint8 [T + K, S, S, C] (clip frames, then images)."""
   clip = read_clip(ds, spec, example[ds.video_key], d.u_start, index)
   if d.flip:  # Flip the whole clip, so the motion stays consistent.
@@ -126,7 +126,7 @@ _TO_UNIT = (np.arange(256) / 127.5 - 1.0).astype(np.float32)
 
 
 def to_batch(rows: List[np.ndarray], labels: Optional[List[Any]], spec: sources.Spec
-            ) -> Dict[str, np.ndarray]:
+             ) -> Dict[str, np.ndarray]:
   # uint8 -> [-1, 1] as x / 127.5 - 1, through a 256-entry table: one pass
   # over the batch instead of three, and exactly rounded.
   video = _TO_UNIT[np.stack(rows)]  # [B_local, T+K, S, S, C] float32

@@ -11,7 +11,7 @@ from vdm.data import sources
 
 
 def train_iterator(ds: sources.Dataset, spec: sources.Spec, start_step: int,
-                           pi: int, pc: int, b_local: int) -> Iterator[dict]:
+                   pi: int, pc: int, b_local: int) -> Iterator[dict]:
   """tf.data fallback for non-array_record builds (best-effort resume)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   split = tfds.even_splits(ds.split, n=pc, drop_remainder=True)[pi]

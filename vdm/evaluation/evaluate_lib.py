@@ -168,8 +168,8 @@ def emit(result: dict, path: Optional[str]) -> None:
 
 
 def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
-                batch_size: int, seed: int, cache_dir: Optional[str],
-                num_frames: Optional[int] = None, mesh=None) -> dict:
+               batch_size: int, seed: int, cache_dir: Optional[str],
+               num_frames: Optional[int] = None, mesh=None) -> dict:
   """FVD/KVD of a run's samples against N real clips; returns the result."""
   check_config(run.config, mode, context_frames, num_frames)
   config = run.config
@@ -189,9 +189,10 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   if mode in ('predict', 'i2v'):
     # The whole clips, read once: their first frames condition the samples and
     # all their frames give the real side of the first-frame fidelity.
-    real_clips = real_lib.read_clips(config, split, real_lib.select_indices(real_lib.split_size(config, split), num),
-                            batch_size, features=False, keep_videos=True,
-                            what='real clips to condition on')['videos']  # [N, T, H, W, C]
+    indices = real_lib.select_indices(real_lib.split_size(config, split), num)
+    real_clips = real_lib.read_clips(config, split, indices, batch_size, features=False,
+                                     keep_videos=True,
+                                     what='real clips to condition on')['videos']  # [N, T, H, W, C]
     contexts = real_clips[:, :context_frames if mode == 'predict' else 1]
     first = contexts[:, 0]  # [N, H, W, C]
 
@@ -437,8 +438,8 @@ def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigD
 
 
 def result_name(step: int, mode: str, context_frames: int = 1,
-                 num_frames: Optional[int] = None, long_method: str = '',
-                 tag: str = '') -> str:
+                num_frames: Optional[int] = None, long_method: str = '',
+                tag: str = '') -> str:
   """workdir/eval/ file name of a result; tag is _settings_tag's suffix."""
   stem = {'unconditional': f'{step}', 'i2v': f'{step}_i2v',
           'predict': f'{step}_predict{context_frames}',

@@ -22,7 +22,7 @@ class PeriodicEvaluation:
   weights lie, and uses config.eval.num_samples,
   config.eval.batch_size, the eval split, seed 0 and unconditional mode ('i2v'
   for methods conditioned on a first frame), so
-  the figure equals what `python evaluate_lib.evaluate.py --workdir=...
+  the figure equals what `python evaluate.py --workdir=...
   --checkpoint_step=<step>` reports for the same checkpoint. Every process
   calls it (sampling is one jitted program); process 0 writes
   workdir/eval/<step>.json, prints the JSON line and logs the scalars 'fvd'
@@ -63,10 +63,12 @@ class PeriodicEvaluation:
                          batch_size=int(self.config.eval.batch_size), seed=0, cache_dir=None,
                          mesh=mesh)
     result['workdir'] = self.workdir
-    evaluate_lib.emit(result, os.path.join(self.workdir, 'eval', evaluate_lib.result_name(step, self.mode, 1)))
+    evaluate_lib.emit(result, os.path.join(self.workdir, 'eval',
+                                           evaluate_lib.result_name(step, self.mode, 1)))
     if jax.process_index() == 0:
       if self._writer is None:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
         self._writer = metric_writers.create_default_writer(self.workdir)
-      self._writer.write_scalars(step, {k: result[k] for k in evaluate_lib.SCALARS if k in result})
+      self._writer.write_scalars(
+          step, {k: result[k] for k in evaluate_lib.SCALARS if k in result})
     return result

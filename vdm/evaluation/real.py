@@ -1,4 +1,4 @@
-"""The real side of the protocol: which clips of a split, read like training clips, and their cached I3D features.
+"""The real side of FVD: which clips, read like training clips, and their cached features.
 
 The N clips of a split of S examples are the examples floor(i * S / N), i =
 0..N-1, in stored order: distinct and spread over the whole split, so a split

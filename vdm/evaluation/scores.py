@@ -1,4 +1,4 @@
-"""Scores of generated videos beside FVD: FVD/KVD of features, the digit classifier, first-frame fidelity."""
+"""Scores of generated videos: FVD/KVD of features, the digit classifier, first-frame fidelity."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Sampling a trained run: conditional drivers, long videos, sampling on the mesh, sample.py's library."""
+"""Sampling a trained run: conditional and long-video drivers, the mesh, sample.py's library."""

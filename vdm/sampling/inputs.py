@@ -1,4 +1,4 @@
-"""What a sample.py run conditions on: frames from a file or a dataset, the extra channels, the frame layout.
+"""What sample.py conditions on: frames from a file or a dataset, extra channels, the frame plan.
 
 A file (mp4, GIF or npz video; PNG, JPEG or npz images for i2v) is read and
 converted like training clips (centre crop, resize, grey/RGB) with one line
@@ -110,9 +110,9 @@ class InputFrames(NamedTuple):
 
 
 def conditioning_frames(config, mode: str, plan: Plan, input_path: Optional[str],
-                  num_samples: int, select: InputFrames = InputFrames()
-                  ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-  """The conditioning frames of every sample_lib.sample, checked against the model.
+                        num_samples: int, select: InputFrames = InputFrames()
+                        ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+  """The conditioning frames of every sample, checked against the model.
 
   Args:
     config: the run's config.
@@ -272,7 +272,7 @@ def _dataset_conditioning(config, mode: str, plan: Plan, num_samples: int,
 
 
 def extra_conditioning(config, cond_path: Optional[str], num_samples: int,
-                        num_frames: int) -> Optional[dict]:
+                       num_frames: int) -> Optional[dict]:
   """The 'cond' channels of a model trained with config.model.cond_channels.
 
   Args:
