@@ -8,12 +8,15 @@
 
 Samples come from the EMA weights with the run's sampling config (override
 with --sampler, --steps, --time_grid, --guidance_weight, --w_r, --long_method and
-the --vidrd_* flags, shared with sample.py). Progress goes
-to stderr; the result is ONE JSON line on stdout (FVD, KVD and the protocol: sample
-count, split, frames, resolution, selection without replacement, protocol
-version), also written to <workdir>/eval/<step>.json (with a suffix naming any
-setting that is not the run's own, e.g. <step>_w0_n64.json). The I3D features
-of the real clips are cached under <config.data.data_dir>/fvd_cache.
+the --vidrd_* flags, shared with sample.py). A flag that does not apply to the
+mode (--num_frames outside --mode=long, sampling flags with --real_vs_real) is
+refused before anything runs. Progress and a one-line summary of the figures
+go to stderr; the result is ONE JSON line on stdout (FVD, KVD and the
+protocol: sample count, split, frames, resolution, selection without
+replacement, protocol version), also written to <workdir>/eval/<step>.json
+(with a suffix naming any setting that is not the run's own, e.g.
+<step>_w0_n64.json). The I3D features of the real clips are cached under
+<config.data.data_dir>/fvd_cache.
 
 Sampling and the I3D use every device of the run's mesh (config.sharding.mesh).
 On several hosts, launch one process per host with train.py's multi-host
@@ -37,15 +40,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', None, 'N generated and N real videos; config.eval.num_samples if unset.')
 _SPLIT = flags.DEFINE_string('split', None, 'Real split; config.data.eval_split if unset.')
-_MODE = flags.DEFINE_enum('mode', 'unconditional', list(evaluate_lib.MODES),
-                          "'unconditional' samples; 'predict' conditions on the first "
-                          "--context_frames frames of the real clips; 'long' makes videos "
+_MODE = flags.DEFINE_enum('mode', None, list(evaluate_lib.MODES),
+                          "'unconditional' samples (the default); 'predict' conditions on the "
+                          "first --context_frames frames of the real clips; 'long' makes videos "
                           "of --num_frames frames clip by clip (--long_method); 'i2v' "
                           'generates from the first frame of each real clip (methods '
                           'conditioned on a first frame, e.g. TRIP) and also reports '
                           'first-frame PSNR/SSIM.')
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', None, '--mode=long: frames per video.')
-_CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', 1, 'Given frames in --mode=predict.')
+_CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', None,
+                                       'Given frames in --mode=predict (default 1).')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Videos per sampling / I3D batch; config.eval.batch_size if unset.')
 _REAL_VS_REAL = flags.DEFINE_bool(
@@ -66,4 +70,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, interrupted='no result written')

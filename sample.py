@@ -7,6 +7,9 @@
   python sample.py --workdir=runs/default --mode=superres --lowres_factor=2 --output_dir=out/sr
   python sample.py --workdir=runs/trip_tnf --mode=i2v --input=image.png --output_dir=out/i2v
 
+A flag that does not apply to the mode (--stride outside interpolate, ...)
+is refused before anything is loaded.
+
 Writes OUTPUT_DIR/samples.npz (uint8 'videos' [N, T, H, W, C], plus the
 'conditioning' frames and 'labels' when used), samples.mp4 and samples.gif (a
 grid of all videos). See vdm/sampling/sample_lib.py for what each mode does.
@@ -35,8 +38,8 @@ _MODE = flags.DEFINE_enum(
     'superres: a low-resolution video given, the full-resolution one sampled. '
     'i2v: a clip generated from an --input image (methods conditioned on a first frame, '
     'e.g. TRIP; frame 1 is generated too).')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where samples.{npz,mp4,gif} go.',
-                                  required=True)
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', None, 'Where samples.{npz,mp4,gif} go; default: <workdir>/sample_out/<mode>.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to draw.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Videos per sampler call, split over the devices of the run\'s mesh '
@@ -47,20 +50,24 @@ _NUM_FRAMES = flags.DEFINE_integer(
     '(config.data.num_frames); extend: 2 T. interpolate keeps the largest '
     '(K - 1) * stride + 1 <= num_frames.')
 _CONDITIONING = flags.DEFINE_enum(
-    'conditioning', 'reconstruction', conditional.CONDITIONINGS,
-    'How known frames enter: reconstruction guidance (on top of replacement) or plain '
-    'replacement.')
-_INPUT_START = flags.DEFINE_integer('input_start', 0, 'First frame taken from --input.')
-_INPUT_STRIDE = flags.DEFINE_integer('input_stride', 1, 'Take every n-th frame of --input.')
+    'conditioning', None, conditional.CONDITIONINGS,
+    'Modes with given frames: how they enter, by reconstruction guidance (on top of '
+    'replacement; the default) or plain replacement.')
+_INPUT_START = flags.DEFINE_integer('input_start', None,
+                                    'An --input file: first frame taken (default 0).')
+_INPUT_STRIDE = flags.DEFINE_integer('input_stride', None,
+                                     'An --input file: take every n-th frame (default 1).')
 _STRICT_INPUT = flags.DEFINE_bool(
-    'strict_input', False, 'Refuse an --input file whose frames are not already the model\'s '
+    'strict_input', None, 'Refuse an --input file whose frames are not already the model\'s '
     'size and channels, instead of centre-cropping, resizing and converting it.')
 _COND_INPUT = flags.DEFINE_string(
     'cond_input', None, "npz with 'cond' [N, T, H, W, C]: the extra input channels of a "
     'model trained with config.model.cond_channels > 0.')
-_LABEL = flags.DEFINE_integer('label', None, 'Class of every sample (class-conditional models). '
-                              'Default: the dataset clips\' labels when conditioning on them, '
-                              'else 0, 1, 2, ... in turn.')
+_LABEL = flags.DEFINE_integer(
+    'label', None, 'Class of every sample (class-conditional models). Default: the run\'s '
+    'dataset clips\' labels when conditioning on them; the null label (the unconditional '
+    'branch) when conditioning on a file or another dataset, whose class is unknown; else '
+    '0, 1, 2, ... in turn.')
 _INPUT = flags.DEFINE_string(
     'input', None, 'Conditioning video: an mp4/GIF, an npz (\'videos\' [N, T, H, W, C] or '
     '[T, H, W, C]), "dataset" for the first clips of config.data.eval_split, or '
@@ -75,8 +82,10 @@ _INPUT = flags.DEFINE_string(
 _CONTEXT_FRAMES = flags.DEFINE_integer(
     'context_frames', None, 'predict: known first frames (default 1). extend: frames each new '
     'clip is conditioned on (default T // 2).')
-_STRIDE = flags.DEFINE_integer('stride', 2, 'interpolate: frames from one keyframe to the next.')
-_LOWRES_FACTOR = flags.DEFINE_integer('lowres_factor', 2, 'superres: high / low resolution.')
+_STRIDE = flags.DEFINE_integer('stride', None,
+                               'interpolate: frames from one keyframe to the next (default 2).')
+_LOWRES_FACTOR = flags.DEFINE_integer('lowres_factor', None,
+                                      'superres: high / low resolution (default 2).')
 _FPS = flags.DEFINE_integer('fps', 8, 'Frame rate of the mp4 and GIF.')
 
 

@@ -43,4 +43,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  # Ctrl-C in the loop saves a checkpoint first (vdm.train.preemption); before
+  # the loop, or at a second Ctrl-C, the process stops at once.
+  cli.run(main, interrupted='stopped; the checkpoints on disk are complete, and a rerun '
+                            'resumes from the newest')

@@ -20,7 +20,6 @@ num_frames=8, loss_type='l2') on a batch of 2 x 3 x 8 x 32 x 32.
 
 import argparse
 import json
-import os
 import sys
 import time
 

@@ -61,7 +61,7 @@ def run_variant(variant: str, args) -> dict:
   record = common.train_within(config, workdir, args.budget_s)
   mode = 'predict' if variant == 'recon' else 'i2v'
   result = evaluate_lib.evaluate(
-      workdir, evaluate_lib.EvalRequest(mode=mode, num_samples=args.num_samples, context_frames=1,
+      workdir, evaluate_lib.EvalRequest(mode=mode, num_samples=args.num_samples,
                                         batch_size=args.batch_size),
       {'sampling.num_steps': args.steps})
   keep = ('fvd', 'kvd', 'first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',

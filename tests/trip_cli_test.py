@@ -1,5 +1,6 @@
-"""TRIP end to end through the command line: train.py, a resumed run,
-sample.py --mode=i2v from a PNG and evaluate.py --mode=i2v on a tiny run.
+"""TRIP end to end through the command line: train.py, a resumed run stopped
+by Ctrl-C, sample.py --mode=i2v from a PNG and evaluate.py --mode=i2v on a
+tiny run.
 
 The training starts in a subprocess when the module starts. The mathematics
 of TRIP is tested with stand-in networks in trip_test.py.
@@ -7,6 +8,8 @@ of TRIP is tested with stand-in networks in trip_test.py.
 
 import json
 import os
+import re
+import signal
 import sys
 
 import imageio.v3 as iio
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 
 from vdm.data import moving_digits
+from vdm.train import checkpoints
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli  # pylint: disable=g-import-not-at-top
@@ -43,9 +47,28 @@ def test_train_resume_sample_i2v_and_evaluate_through_the_command_line(cli_run, 
   data_dir, workdir, proc = cli_run
   out, _ = cli.finish(proc)
   assert 'Done: 1 steps' in out
-  resumed = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=2')
-  out, _ = cli.finish(resumed)
-  assert 'Resumed from step 1' in out and 'Done: 2 steps' in out
+  # Resumed for 1000 steps and stopped by Ctrl-C once it logs step 2: it saves
+  # a checkpoint at the end of the step it is in and exits with status 130.
+  resumed = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=1000')
+  try:
+    seen = []
+    for line in resumed.stderr:
+      seen.append(line)
+      if line.startswith('step 2/1000'):
+        break
+    resumed.send_signal(signal.SIGINT)
+    out, err = resumed.communicate(timeout=300)
+  finally:
+    if resumed.poll() is None:
+      resumed.kill()
+  err = ''.join(seen) + err
+  assert resumed.returncode == 130, err[-3000:]
+  assert 'Resumed from step 1' in err and 'Ctrl-C: saving a checkpoint after this step' in err
+  assert 'Traceback' not in err
+  saved = re.search(r'Interrupted \(Ctrl-C\): saved checkpoint (\d+)', out)
+  assert saved, out
+  step = int(saved.group(1))
+  assert step >= 2 and checkpoints.list_steps(os.path.join(workdir, 'checkpoints'))[-1] == step
   # A grey image saved as RGB, as image files often are.
   image = np.random.default_rng(4).integers(0, 256, (S, S), np.uint8)
   iio.imwrite(tmp_path / 'first.png', np.repeat(image[..., None], 3, axis=-1))
@@ -64,9 +87,9 @@ def test_train_resume_sample_i2v_and_evaluate_through_the_command_line(cli_run, 
   out, _ = cli.finish(evaluate)
   (line,) = [l for l in out.splitlines() if l.startswith('{')]
   result = json.loads(line)
-  assert result['mode'] == 'i2v' and result['step'] == 2 and result['method'] == 'trip'
+  assert result['mode'] == 'i2v' and result['step'] == step and result['method'] == 'trip'
   assert np.isfinite(result['fvd'])
   for key in ('first_frame_psnr', 'first_frame_ssim', 'later_frames_psnr',
               'real_later_frames_psnr'):
     assert np.isfinite(result[key]), key
-  assert os.path.exists(os.path.join(workdir, 'eval', '2_i2v_ddim-2.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval', f'{step}_i2v_ddim-2.json'))

@@ -557,9 +557,9 @@ def test_command_line_train_resume_sample_evaluate(plain_run, tmp_path):
       "--config.sharding.mesh=(('data', 1), ('fsdp', 1))", '--config.training.num_steps=2',
       '--config.training.num_samples=0', '--config.training.async_checkpoints=False',
       f'--config.videofusion.base_init_workdir={plain_dir}', '--config.videofusion.base_lr_mult=0']
-  out, _ = cli.finish(cli.start('train.py', '--config=configs/videofusion_tiny.py',
+  out, err = cli.finish(cli.start('train.py', '--config=configs/videofusion_tiny.py',
                         f'--workdir={workdir}', *flags))
-  assert 'base generator initialised from the EMA weights of step 0' in out
+  assert 'base generator initialised from the EMA weights of step 0' in err
   assert 'Done: 2 steps' in out
   resumed = str(tmp_path / 'resumed')
   shutil.copytree(workdir, resumed)
@@ -576,8 +576,8 @@ def test_command_line_train_resume_sample_evaluate(plain_run, tmp_path):
   assert run.step == 2 and run.config.method == 'videofusion'
   for got, want in zip(jax.tree.leaves(run.params['base']), jax.tree.leaves(plain_params)):
     np.testing.assert_array_equal(got, want)
-  (train_out, _), (_, sample_err), (eval_out, _) = (cli.finish(p) for p in procs)
-  assert 'Resumed from step 2' in train_out and 'Done: 3 steps' in train_out
+  (train_out, train_err), (_, sample_err), (eval_out, _) = (cli.finish(p) for p in procs)
+  assert 'Resumed from step 2' in train_err and 'Done: 3 steps' in train_out
   assert 'sampling step 2/2' in sample_err
   with np.load(tmp_path / 'samples' / 'samples.npz') as saved:
     assert saved['videos'].shape == (2, 10, S, S, 1)

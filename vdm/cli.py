@@ -11,6 +11,10 @@
   and exits with status 2. Anything else (an error raised inside a library,
   or any other exception) is a bug and keeps its traceback; --verbosity=1
   shows the traceback of user errors too.
+* TensorFlow's C++ start-up notices are silenced (``_QuietTensorFlowImport``).
+* Ctrl-C prints one ``interrupted:`` line saying what was kept and exits
+  with status 130 within moments, even mid-compile; training first saves a
+  checkpoint at the end of the step (vdm.train.preemption).
 * Multi-host: every entry point takes --coordinator_address, --num_processes
   and --process_id (or finds the cluster from SLURM / TPU environments) and
   starts JAX's runtime before main() runs.
@@ -22,8 +26,17 @@
 from __future__ import annotations
 
 import os
-import sys
-import traceback
+
+# TensorFlow (used by TFDS and clu) logs C++ INFO lines; warnings and errors
+# still show. Set before anything imports it.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+import importlib.abc  # pylint: disable=g-import-not-at-top,wrong-import-position
+import importlib.util  # pylint: disable=g-import-not-at-top,wrong-import-position
+import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+import threading  # pylint: disable=g-import-not-at-top,wrong-import-position
+import traceback  # pylint: disable=g-import-not-at-top,wrong-import-position
 from typing import Any, Callable, Mapping, Optional
 
 from absl import app
@@ -32,6 +45,8 @@ from absl import logging
 
 from vdm.diffusion import samplers
 from vdm.sampling import long_video
+from vdm.sampling import sample_lib
+from vdm.train import preemption
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 USAGE_ERROR_STATUS = 2
@@ -43,18 +58,7 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
 
 # The flags of sample.py and evaluate.py that override the run's config.sampling.
-SAMPLING_FLAGS = {
-    'sampler': 'sampling.sampler',
-    'steps': 'sampling.num_steps',
-    'time_grid': 'sampling.time_grid',
-    'guidance_weight': 'sampling.guidance_weight',
-    'w_r': 'sampling.w_r',
-    'long_method': 'sampling.long_method',
-    'vidrd_overlap': 'sampling.vidrd_overlap',
-    'vidrd_noise_a': 'sampling.vidrd_noise_a',
-    'vidrd_beta': 'sampling.vidrd_beta',
-    'vidrd_order': 'sampling.vidrd_order',
-}
+SAMPLING_FLAGS = sample_lib.SAMPLING_FLAGS
 
 
 def define_sampling_flags() -> None:
@@ -64,7 +68,8 @@ def define_sampling_flags() -> None:
   does not accept them.
   """
   flags.DEFINE_enum('sampler', None, samplers.SAMPLERS,
-                    'Sampler; default: config.sampling.sampler.')
+                    'Sampler; default: config.sampling.sampler (long_method=vidrd or '
+                    'independent: config.sampling.vidrd_sampler, DDIM).')
   flags.DEFINE_integer('steps', None, 'Denoising steps; default: config.sampling.num_steps.')
   flags.DEFINE_enum(
       'time_grid', None, samplers.TIME_GRIDS,
@@ -88,7 +93,8 @@ def define_sampling_flags() -> None:
   flags.DEFINE_enum('vidrd_order', None, long_video.ORDERS,
                     'VidRD: overlap order (reversed is the paper\'s).')
   flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to load; default: the newest.')
-  flags.DEFINE_integer('seed', 0, 'PRNG seed; the same seed gives the same videos.')
+  flags.DEFINE_integer('seed', None, 'PRNG seed (default 0); the same seed gives the same '
+                       'videos.')
 
 
 def sampling_overrides(values: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
@@ -99,7 +105,8 @@ def sampling_overrides(values: Optional[Mapping[str, Any]] = None) -> dict[str, 
       SAMPLING_FLAGS when None.
 
   Returns:
-    {'sampling.<key>': value} of every flag given a value (None: not given).
+    {'sampling.<key>': value} of every flag given a value (None: not given);
+    --sampler sets sampling.vidrd_sampler too.
 
   Raises:
     KeyError: a name that is not in SAMPLING_FLAGS.
@@ -109,7 +116,12 @@ def sampling_overrides(values: Optional[Mapping[str, Any]] = None) -> dict[str, 
   unknown = sorted(set(values) - set(SAMPLING_FLAGS))
   if unknown:
     raise KeyError(f'{unknown} are not sampling flags; known: {sorted(SAMPLING_FLAGS)}.')
-  return {SAMPLING_FLAGS[name]: v for name, v in values.items() if v is not None}
+  overrides = {SAMPLING_FLAGS[name]: v for name, v in values.items() if v is not None}
+  if 'sampling.sampler' in overrides:
+    # A sampler named on the command line is the one used, VidRD's included
+    # (config.sampling.vidrd_sampler, DDIM unless named).
+    overrides['sampling.vidrd_sampler'] = overrides['sampling.sampler']
+  return overrides
 
 
 def initialize_distributed() -> None:
@@ -185,14 +197,92 @@ def _parse_flags(argv: list[str]) -> list[str]:
   sys.exit(USAGE_ERROR_STATUS)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """app.run(main) with quiet library logs, clean user errors and the multi-host
-  runtime started (see module docstring)."""
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+  """Silences stderr (file descriptor 2) while TensorFlow first loads.
+
+  Its C++ libraries print start-up notices (oneDNN, CPU features, "All log
+  messages before absl::InitializeLog()") on every run, before any log level
+  applies; they say nothing about this run. Errors still raise as usual.
+  """
+
+  def find_spec(self, name, path, target=None):
+    del path, target
+    if name != 'tensorflow':
+      return None
+    sys.meta_path.remove(self)  # Only the first import; find the real spec.
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def quiet_exec_module(module):
+      sys.stderr.flush()
+      saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 2)
+      try:
+        exec_module(module)
+      finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+    spec.loader.exec_module = quiet_exec_module
+    return spec
+
+
+def _watch_interrupts(message: str) -> None:
+  """Ends the process at Ctrl-C within moments, with one line and status 130.
+
+  Python runs signal handlers in the main thread only between bytecodes, so a
+  KeyboardInterrupt waits out an XLA compile or a whole jitted sampling loop,
+  and its traceback (or a crash while tearing down XLA's threads) follows.
+  Instead the signal's wake-up byte is read by a thread of its own, which
+  prints ``interrupted: <message>`` and leaves with os._exit, skipping the
+  teardown. While a training loop saves on Ctrl-C
+  (vdm.train.preemption.interrupt_saves), the first Ctrl-C is left to it.
+
+  Args:
+    message: what an interruption leaves behind, e.g. 'nothing written'.
+  """
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  signal.signal(signal.SIGINT, lambda signum, frame: None)  # No KeyboardInterrupt.
+  signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+  def watch():
+    first = True
+    while True:
+      for signum in os.read(read_fd, 64):
+        if signum != signal.SIGINT:
+          continue  # SIGTERM's byte: preemption's handler has it.
+        if first and preemption.interrupt_saves():
+          first = False
+          os.write(2, b'Ctrl-C: saving a checkpoint after this step, then stopping '
+                      b'(Ctrl-C again stops at once, without it).\n')
+          continue
+        sys.stdout.flush()
+        os.write(2, f'interrupted: {message}\n'.encode())
+        os._exit(preemption.INTERRUPTED_EXIT_CODE)
+
+  threading.Thread(target=watch, name='interrupt-watch', daemon=True).start()
+
+
+def run(main: Callable[[list[str]], None], *, interrupted: str = 'nothing written') -> None:
+  """app.run(main) with quiet library logs, clean user errors, Ctrl-C ending in
+  one line and the multi-host runtime started (see module docstring).
+
+  Args:
+    main: the entry point's main(argv).
+    interrupted: what a Ctrl-C leaves behind, printed after 'interrupted: '.
+  """
 
   def wrapped(argv):
     verbose = any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:])
     if not verbose:
       logging.set_verbosity(logging.WARNING)
+    _watch_interrupts(interrupted)
+    if 'tensorflow' not in sys.modules:
+      sys.meta_path.insert(0, _QuietTensorFlowImport())
     try:
       initialize_distributed()
       main(argv)

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from vdm import config_lib
+from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm.data import pipeline
 from vdm.methods import autoencoder
@@ -75,9 +76,10 @@ class LatentSpace:
     self._graphdef, self._params = run.graphdef, run.params
     self.scale = self._measured_scale()
     size = self.ae_config.latent_size
-    print(f'Latent space: {workdir} (step {self.step}), {self.ae_config.image_size}^2 x '
-          f'{self.ae_config.channels} frames -> {size}^2 x {self.ae_config.latent_channels} '
-          f'latents, scale factor {self.scale:.4f}.', flush=True)
+    ae = self.ae_config
+    progress_lib.log(f'Latent space: {workdir} (step {self.step}), {ae.image_size}^2 x '
+                     f'{ae.channels} frames -> {size}^2 x {ae.latent_channels} latents, '
+                     f'scale factor {self.scale:.4f}.')
 
   def _model(self):
     return nnx.merge(self._graphdef, self._params)
@@ -128,8 +130,8 @@ class LatentSpace:
         json.dump({'step': self.step, 'scale': scale, 'latent_std': std,
                    'frames': count // int(np.prod(latents.shape[2:]))}, f, indent=2)
       os.replace(tmp, path)
-    print(f'Measured the latent scale of {self.workdir}: posterior std {std:.4f} over '
-          f'{clips} training clips.', flush=True)
+    progress_lib.log(f'Measured the latent scale of {self.workdir}: posterior std {std:.4f} over '
+                     f'{clips} training clips.')
     return scale
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from vdm import config_lib
+from vdm import progress as progress_lib
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 from vdm.methods import autoencoder
@@ -120,6 +121,9 @@ def restore_run(workdir: str, step: Optional[int] = None,
   if state is None:
     raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first with '
                             f'python train.py --workdir={workdir}.')
+  if ckpt.skipped:
+    progress_lib.log(f'warning: {checkpoints.describe_skipped(ckpt.skipped)}; using step '
+                     f'{restored_step} (the unreadable one is left in {ckpt.directory}).')
   return Run(config, layout.method, layout.graphdef, state.ema_params, restored_step)
 
 

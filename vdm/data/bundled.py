@@ -28,8 +28,11 @@ check its sizes, or build it once in the array_record format.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -132,16 +135,22 @@ def prepare_build(name: str, config: str, version: str, data_dir: Optional[str],
   builder = make_builder(data_dir)
   t0 = time.time()
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # Nothing is downloaded: TFDS's "Downloading and preparing" lines (on
+    # stdout, which carries results) and progress bars would mislead.
+    tfds.display_progress_bar(False)
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   except Exception:  # pylint: disable=broad-except
     if not os.path.exists(info_file):
       raise
     return tfds.builder_from_directory(version_dir)
+  finally:
+    tfds.display_progress_bar(True)
   if verbose:
     print(f'Built {name}/{config} ({builder.info.splits.total_num_examples} '
           f'videos) in {time.time() - t0:.1f}s at {builder.data_dir}',
-          flush=True)
+          file=sys.stderr, flush=True)
   return builder
 
 

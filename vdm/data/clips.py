@@ -18,8 +18,6 @@ from vdm.data import sources
 
 # First element of every seed tuple, so that the random streams used for
 # different purposes can never coincide.
-# First element of every seed tuple, so that the random streams used for
-# different purposes can never coincide.
 TAG_PERMUTATION = 0
 TAG_TRAIN_ROW = 1
 TAG_STREAM = 2

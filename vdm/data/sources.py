@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from vdm import config_lib
+from vdm import progress as progress_lib
 from vdm.data import bundled
 
 
@@ -242,9 +243,8 @@ def _open_generated(spec: Spec, split: str, offline) -> Dataset:
   if split not in offline.SPLITS:
     raise ValueError(f'Dataset {spec.dataset!r} has no split {split!r}; its '
                      f'splits are {sorted(offline.SPLITS)}.')
-  print(f'tensorflow_datasets is not installed: generating {spec.dataset} '
-        f'{split} in memory (the same videos as a default TFDS build).',
-        flush=True)
+  progress_lib.log(f'tensorflow_datasets is not installed: generating {spec.dataset} '
+                   f'{split} in memory (the same videos as a default TFDS build).')
   arrays = offline.in_memory(offline.parse_name(spec.dataset), split)
   label_key = _checked_label_key(spec, arrays)
   return Dataset(

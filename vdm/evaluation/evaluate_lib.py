@@ -71,6 +71,7 @@ from vdm.evaluation import i3d
 from vdm.evaluation import real as real_lib
 from vdm.evaluation import scores as scores_lib
 from vdm.sampling import long_video
+from vdm.sampling import sample_lib
 
 
 MODES = ('unconditional', 'predict', 'long', 'i2v')
@@ -108,7 +109,6 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
         f'{i3d.MIN_FRAMES} or more to evaluate FVD.')
   if mode not in MODES:
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
-  from vdm.sampling import sample_lib  # pylint: disable=g-import-not-at-top
   sample_lib.check_mode(config, mode)
   if mode == 'predict' and not 0 < context_frames < t:
     raise ValueError(f'context_frames={context_frames} must be in (0, '
@@ -155,16 +155,43 @@ def _write_json(path: str, result: dict) -> None:
   os.replace(tmp, path)
 
 
+# (result key, label, format) of the figures summary_line shows, where present.
+_SUMMARY_FIGURES = (
+    ('fvd', 'FVD', '.1f'), ('kvd', 'KVD', '.4g'),
+    ('digit_accuracy', 'digit accuracy', '.3f'),
+    ('digit_consistency', 'digit consistency', '.3f'),
+    ('first_frame_psnr', 'first-frame PSNR', '.2f'),
+    ('first_frame_ssim', 'first-frame SSIM', '.3f'),
+    ('later_frames_psnr', 'later-frames PSNR', '.2f'),
+)
+
+
+def summary_line(result: dict) -> str:
+  """The result for a person: its figures, then what they were measured on.
+
+  E.g. 'FVD 412.3  KVD 0.1021  digit accuracy 0.812  (step 500, unconditional,
+  64 samples vs 64 real clips of test, 10 frames)'.
+  """
+  figures = '  '.join(f'{label} {result[key]:{fmt}}' for key, label, fmt in _SUMMARY_FIGURES
+                      if isinstance(result.get(key), (int, float)))
+  what = [f'step {result["step"]}'] if 'step' in result else []
+  what += [str(result.get('mode', '')),
+           f'{result.get("num_samples")} samples vs {result.get("num_real")} real clips of '
+           f'{result.get("split")}', f'{result.get("frames")} frames']
+  return f'{figures}  ({", ".join(w for w in what if w)})'
+
+
 def emit(result: dict, path: Optional[str]) -> None:
-  """Prints the result as one JSON line on stdout and writes it to `path`."""
+  """Writes the result to `path` and prints it twice: as one JSON line on
+  stdout (for scripts) and as a short line of figures on stderr (for a person).
+  """
   if jax.process_index() != 0:
     return
   if path:
     result['output'] = path
     _write_json(path, result)
   print(json.dumps(result, sort_keys=True), flush=True)
-  if path:
-    progress_lib.log(f'Wrote {path}')
+  progress_lib.log(summary_line(result) + (f'; written to {path}' if path else ''))
 
 
 def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
@@ -214,7 +241,7 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       'mode': mode,
       'method': str(config.get('method', 'vdm')),
       **protocol_fields(config, split, num),
-      'sampler': str(sc.sampler),
+      'sampler': long_video.driver_sampler(sc) if mode == 'long' else str(sc.sampler),
       'sampling_steps': int(sc.num_steps),
       'time_grid': str(sc.time_grid),
       'clip_x': bool(sc.clip_x),
@@ -299,28 +326,65 @@ class EvalRequest:
   """What to evaluate, beside the run's config (its sampling section takes the overrides).
 
   Attributes:
-    mode: 'unconditional', 'predict', 'long' (videos of num_frames frames,
-      clip by clip, FVD against real clips of that length) or 'i2v'.
+    mode: 'unconditional' (the default), 'predict', 'long' (videos of
+      num_frames frames, clip by clip, FVD against real clips of that length)
+      or 'i2v'.
     num_samples: N; config.eval.num_samples when None.
     split: real split; config.data.eval_split when None.
-    context_frames: k given frames in 'predict' mode.
+    context_frames: k given frames in 'predict' mode (default 1).
     num_frames: 'long' mode: frames per video.
     checkpoint_step: the checkpoint; the newest when None.
     batch_size: sampling / I3D batch; config.eval.batch_size when None.
-    seed: sampling seed.
+    seed: sampling seed (default 0).
+
+  An option left at None takes its default; one given where it has no effect
+  (num_frames outside mode='long', any sampling setting with real_vs_real)
+  is an error (``check_options_apply``).
     real_vs_real: compute the real-vs-real floor instead (no checkpoint).
     cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
   """
-  mode: str = 'unconditional'
+  mode: Optional[str] = None
   num_samples: Optional[int] = None
   split: Optional[str] = None
-  context_frames: int = 1
+  context_frames: Optional[int] = None
   num_frames: Optional[int] = None
   checkpoint_step: Optional[int] = None
   batch_size: Optional[int] = None
-  seed: int = 0
+  seed: Optional[int] = None
   real_vs_real: bool = False
   cache_dir: Optional[str] = None
+
+  def check_options_apply(self, config, overrides: Mapping[str, Any]) -> None:
+    """Refuses options given a value where they have no effect (see
+    sample_lib.refuse_unused): --num_frames outside --mode=long, ...
+
+    Args:
+      config: the run's config with the overrides applied.
+      overrides: the {'sampling.<key>': value} overrides given.
+    """
+    given = sample_lib.given_options(overrides)
+    model = not self.real_vs_real
+    mode = self.mode or 'unconditional'
+    long_method = config.sampling.long_method
+    not_real = 'a model evaluation (not real_vs_real)'
+    sample_lib.refuse_unused([
+        ('mode', self.mode, model, not_real),
+        ('checkpoint_step', self.checkpoint_step, model, not_real),
+        ('seed', self.seed, model, not_real),
+        *[(key, value, model, not_real) for key, value in given.items()],
+    ])
+    sample_lib.refuse_unused([
+        ('context_frames', self.context_frames, mode == 'predict', 'mode=predict'),
+        ('num_frames', self.num_frames, mode == 'long', 'mode=long'),
+        ('w_r', given.get('w_r'), mode == 'predict' or (
+            mode == 'long' and long_method == 'reconstruction'),
+         'mode=predict and mode=long with long_method=reconstruction'),
+        ('long_method', given.get('long_method'), mode == 'long', 'mode=long'),
+        *[(key, given.get(key), mode == 'long' and long_method == 'vidrd',
+           'mode=long with long_method=vidrd')
+          for key in ('vidrd_overlap', 'vidrd_noise_a', 'vidrd_beta', 'vidrd_order')],
+    ])
+    sample_lib.check_guidance_weight(config, given.get('guidance_weight'))
 
 
 def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest(),
@@ -353,10 +417,13 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
     The result dict that was printed.
   """
   r = request
-  mode, context_frames, num_frames, seed = r.mode, r.context_frames, r.num_frames, r.seed
   overrides = dict(overrides or {})
   saved_config = _load_run_config(workdir, config)
   run_config = config_lib.apply_overrides(copy.deepcopy(saved_config), overrides)
+  r.check_options_apply(run_config, overrides)
+  mode, num_frames = r.mode or 'unconditional', r.num_frames
+  context_frames = 1 if r.context_frames is None else r.context_frames
+  seed = r.seed or 0
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames, num_frames)
   num = int(r.num_samples or run_config.eval.num_samples)

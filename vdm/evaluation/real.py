@@ -26,8 +26,6 @@ from vdm.sampling import mesh_sampling
 
 # Versions the choice of real clips; part of the cache key, so a change in how
 # clips are selected can never reuse stale features.
-# Versions the choice of real clips; part of the cache key, so a change in how
-# clips are selected can never reuse stale features.
 REAL_SELECTION = 'evenly-spaced-v1'
 CACHE_SUBDIR = 'fvd_cache'
 

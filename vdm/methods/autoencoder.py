@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import progress as progress_lib
 from vdm.methods import base
 from vdm.models import autoencoder
 
@@ -175,6 +176,6 @@ class Method(base.Method):
     source, run = self.ae.init_from, pretrained['init_from']
     loaded, params = base.copy_matching_params(params, run.params, f'config.autoencoder.'
                                                f'init_from={source!r}')
-    print(f'Autoencoder: {loaded} parameter arrays initialised from step {run.step} of '
-          f'{source}.', flush=True)
+    progress_lib.log(f'Autoencoder: {loaded} parameter arrays initialised from step {run.step} of '
+                     f'{source}.')
     return params

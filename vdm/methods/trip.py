@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import progress as progress_lib
 from vdm.diffusion import gaussian
 from vdm.methods import base
 from vdm.models import tnf
@@ -316,7 +317,7 @@ class Method(base.Method):
 
     params = jax.tree_util.tree_map_with_path(load, params)
     unused = sorted(set(flat) - used)
-    print(f'Initialised the U-Net from the EMA weights of step {plain.step} of {source}'
-          + (f'; not used there: {unused}.' if unused else '.'), flush=True)
+    progress_lib.log(f'Initialised the U-Net from the EMA weights of step {plain.step} of {source}'
+                     + (f'; not used there: {unused}.' if unused else '.'))
     return params
 

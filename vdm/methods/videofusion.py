@@ -52,6 +52,7 @@ import numpy as np
 from flax import nnx
 
 from vdm import config_lib
+from vdm import progress as progress_lib
 from vdm.diffusion import decomposed
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -310,8 +311,8 @@ class Method(base.Method):
 
     def load(path, leaf):
       return source[path[1:]] if path[0].key == BASE else leaf
-    print(f'VideoFusion: base generator initialised from the EMA weights of step '
-          f'{plain.step} of {workdir}.', flush=True)
+    progress_lib.log(f'VideoFusion: base generator initialised from the EMA weights of step '
+                     f'{plain.step} of {workdir}.')
     return jax.tree_util.tree_map_with_path(load, params)
 
   def validate(self) -> None:

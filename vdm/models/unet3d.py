@@ -13,7 +13,7 @@ Inputs and outputs are channels-last video [B, T, H, W, C].
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

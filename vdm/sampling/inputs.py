@@ -16,16 +16,15 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from vdm import progress as progress_lib
 from vdm import video_io
 from vdm.data import frames as frames_lib
 from vdm.data import pipeline
+from vdm.data import sources
 from vdm.diffusion import guidance
 
 # input_path value that takes conditioning clips from config.data.eval_split.
-# input_path value that takes conditioning clips from config.data.eval_split.
 DATASET_INPUT = 'dataset'
-# A 3-channel input counts as grey for a 1-channel model when its channels
-# differ by at most this many levels (video codecs add small chroma noise).
 # A 3-channel input counts as grey for a 1-channel model when its channels
 # differ by at most this many levels (video codecs add small chroma noise).
 _GREY_TOLERANCE = 8
@@ -56,6 +55,24 @@ class Plan:
   context_frames: int = 0
 
 
+# What --input accepts, for the message about a file that cannot be read.
+VIDEO_FORMATS = ("a video file (mp4, GIF, or another format ffmpeg reads) or an npz with "
+                 "'videos' [N, T, H, W, C] or [T, H, W, C]")
+IMAGE_FORMATS = ("an image (PNG, JPEG) or an npz with 'images' [N, H, W, C] or 'videos' "
+                 "[N, T, H, W, C]")
+
+
+def _read(reader, path: str, accepted: str) -> np.ndarray:
+  """reader(path), with one message naming the file and what is accepted when it fails."""
+  try:
+    return reader(path)
+  except Exception as e:  # pylint: disable=broad-except
+    # Decoders fail in many ways (OSError, ValueError, zipfile.BadZipFile,
+    # av.error.*); to the user each means the same thing.
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise ValueError(f'cannot read {path} ({reason}); expected {accepted}.') from None
+
+
 def read_input(path: str) -> np.ndarray:
   """A conditioning video file as uint8 [N', T, H, W, C].
 
@@ -68,7 +85,7 @@ def read_input(path: str) -> np.ndarray:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'input video {path!r} does not exist.')
-  video = video_io.read_video(path)
+  video = _read(video_io.read_video, path, VIDEO_FORMATS)
   if video.ndim == 4:
     video = video[None]
   if video.ndim != 5:
@@ -92,7 +109,7 @@ def read_image_input(path: str) -> np.ndarray:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'input image {path!r} does not exist.')
-  images = video_io.read_images(path)
+  images = _read(video_io.read_images, path, IMAGE_FORMATS)
   if images.ndim != 4:
     raise ValueError(f'{path} holds an array of shape {images.shape}; expected images '
                      "[N, H, W, C] or [H, W, C] ('images'), or videos [N, T, H, W, C] "
@@ -195,9 +212,9 @@ def _conform_input(video: np.ndarray, path: str, size: int, channels: int,
   last = select.start + (t - 1) * select.stride
   step = f' every {select.stride}' if select.stride > 1 else ''
   h, w, c = video.shape[2:]
-  print(f'{os.path.basename(path)}: {h}x{w}x{c}, {video.shape[1]} frames -> '
-        f'{frames_lib.describe_conform(flat.shape, size, channels)}; frames '
-        f'{select.start}..{last}{step}', flush=True)
+  progress_lib.log(f'{os.path.basename(path)}: {h}x{w}x{c}, {video.shape[1]} frames -> '
+                   f'{frames_lib.describe_conform(flat.shape, size, channels)}; frames '
+                   f'{select.start}..{last}{step}')
   return out.reshape((n, t) + out.shape[1:])
 
 
@@ -250,12 +267,20 @@ def _dataset_conditioning(config, mode: str, plan: Plan, num_samples: int,
   Returns:
     (uint8 [N, n, s, s, C], labels int32 [N] or None).
   """
+  converted = ''
   if dataset:
     config = copy.deepcopy(config)
     config.data.dataset = dataset
     config.data.label_key = ''  # Another dataset's classes mean nothing to the model.
-  print(f'Conditioning on the first {num_samples} clips of {config.data.dataset} '
-        f'{config.data.eval_split!r}.', flush=True)
+    # Builds it on first use (one line); its frames are converted like a file's.
+    shape = sources.open_split(sources.read_spec(config),
+                               config.data.eval_split).video_shape  # (T0, H0, W0, C0)
+    if None not in shape[1:]:
+      h, w, c = shape[1:]
+      converted = (f': {h}x{w}x{c} -> ' + frames_lib.describe_conform(
+          (1, h, w, c), config.data.image_size, config.data.channels))
+  progress_lib.log(f'Conditioning on the first {num_samples} clips of {config.data.dataset} '
+                   f'{config.data.eval_split!r}{converted}.')
   batches = pipeline.make_eval_iterator(
       config, num_examples=num_samples, batch_size=num_samples,
       num_frames=plan.dataset_frames, process_index=0, process_count=1)

@@ -39,8 +39,13 @@ back, so every clip's initial noise follows the method's law exactly
 VidRD with other samplers: FNR and PNS only set z_init; DSG pins the overlap
 frames to the latents the previous clip's model saw at the same step, which is
 defined for any sampler, so 'ancestral' and 'pc' are allowed (for 'pc' the
-Langevin corrections of a pinned step see the same pinned latents). The paper
-and its official code use DDIM only, which is the driver's default.
+Langevin corrections of a pinned step see the same pinned latents). But the
+pinning only ties the clips together when the steps after it are
+deterministic: a stochastic sampler adds fresh noise to the overlap frames at
+every unpinned step, so they drift away from the previous clip's frames
+(docs/vidrd.md measures how far). The paper and its official code use DDIM,
+which is the default of this driver and of config.sampling.vidrd_sampler
+(``driver_sampler``).
 
 Memory: DSG needs clip i-1's latents only at its first K = ceil(beta T) steps
 and only at the M source frames; samplers.sample records exactly that
@@ -336,9 +341,9 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   # [K, B, M, H, W, C]; numpy, so that a multi-host jit takes it as replicated.
   stored = np.zeros((num_stored, b, overlap, h, w, c), np.float32)
   if verbose:
-    print(f'vidrd_video: {num_clips} clips of {clip_frames} frames, overlap {overlap} '
-          f'({order}), a={noise_a}, beta={beta}: pinned steps {schedule.tolist()}, '
-          f'stored latents {stored.nbytes / 1e6:.3g} MB', flush=True)
+    progress_lib.log(f'vidrd_video: {num_clips} clips of {clip_frames} frames, overlap {overlap} '
+                     f'({order}), a={noise_a}, beta={beta}: pinned steps {schedule.tolist()}, '
+                     f'stored latents {stored.nbytes / 1e6:.3g} MB')
   progress = progress_lib.Progress('vidrd_video', num_frames, 'frames')
   video, z_prev, done = [], None, 0
   for clip in range(num_clips):
@@ -369,6 +374,11 @@ def check_long_method(sampling_config, clip_frames: int) -> None:
   s = sampling_config
   if s.long_method not in LONG_METHODS:
     raise ValueError(f'long_method={s.long_method!r} is unknown; choose one of {LONG_METHODS}.')
+  if s.long_method == 'reconstruction':
+    return
+  if driver_sampler(s) not in samplers.SAMPLERS:
+    raise ValueError(f'vidrd_sampler={s.vidrd_sampler!r} is unknown; choose one of '
+                     f'{samplers.SAMPLERS} (or \'\' for sampling.sampler).')
   if s.long_method != 'vidrd':
     return
   _check_order(s.vidrd_order)
@@ -378,6 +388,19 @@ def check_long_method(sampling_config, clip_frames: int) -> None:
   if not 0.0 <= s.vidrd_beta <= 1.0 or s.vidrd_noise_a < 0:
     raise ValueError(f'vidrd_beta={s.vidrd_beta} must be in [0, 1] and '
                      f'vidrd_noise_a={s.vidrd_noise_a} >= 0.')
+
+
+def driver_sampler(sampling_config) -> str:
+  """The sampler a long video is drawn with under config.sampling.
+
+  VidRD and the independent-clips baseline run sampling.vidrd_sampler ('ddim'
+  unless set: DSG relies on deterministic steps; '' means sampling.sampler);
+  reconstruction-guided extension runs sampling.sampler.
+  """
+  s = sampling_config
+  if s.long_method == 'reconstruction' or not s.get('vidrd_sampler', ''):
+    return str(s.sampler)
+  return str(s.vidrd_sampler)
 
 
 def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
@@ -424,6 +447,7 @@ def generate(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   if init_frames is not None:
     raise ValueError(f'long_method={s.long_method!r} starts from noise and takes no given '
                      'frames; use long_method=reconstruction to continue a video.')
+  sampler_kwargs = dict(sampler_kwargs, sampler=driver_sampler(s))
   if s.long_method == 'independent':
     knobs = dict(overlap=0, noise_a=0.0, beta=0.0)
   else:

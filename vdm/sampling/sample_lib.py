@@ -51,6 +51,7 @@ import numpy as np
 from vdm import config_lib
 from vdm import latent
 from vdm import methods
+from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sharding
 from vdm import video_io
@@ -62,7 +63,20 @@ from vdm.sampling import mesh_sampling
 from vdm.train import checkpoints
 
 MODES = ('unconditional', 'extend', 'interpolate', 'predict', 'superres', 'i2v')
-# How extend joins clips (config.sampling.long_method).
+# The sampling options of sample.py and evaluate.py, as their flags spell them,
+# and the config.sampling key each overrides.
+SAMPLING_FLAGS = {
+    'sampler': 'sampling.sampler',
+    'steps': 'sampling.num_steps',
+    'time_grid': 'sampling.time_grid',
+    'guidance_weight': 'sampling.guidance_weight',
+    'w_r': 'sampling.w_r',
+    'long_method': 'sampling.long_method',
+    'vidrd_overlap': 'sampling.vidrd_overlap',
+    'vidrd_noise_a': 'sampling.vidrd_noise_a',
+    'vidrd_beta': 'sampling.vidrd_beta',
+    'vidrd_order': 'sampling.vidrd_order',
+}
 # How extend joins clips (config.sampling.long_method).
 LONG_METHODS = long_video.LONG_METHODS
 
@@ -98,12 +112,15 @@ class SampleRequest:
     context_frames: k. predict: given first frames (default 1); extend: frames
       each new clip is conditioned on (default T // 2), and the frames taken
       from the dataset.
-    stride: interpolate: distance between keyframes (>= 2).
-    lowres_factor: superres: the high/low resolution ratio.
+    stride: interpolate: distance between keyframes (>= 2); default 2.
+    lowres_factor: superres: the high/low resolution ratio; default 2.
     conditioning: how known frames enter (extend, predict, interpolate):
-      'reconstruction' (guidance, on top of replacement) or 'replacement'.
+      'reconstruction' (guidance, on top of replacement, the default) or
+      'replacement'.
     label: class of every sample for a class-conditional model; None uses
-      the dataset clips' labels when conditioning on them, else 0, 1, 2, ...
+      the run's dataset clips' labels when conditioning on them, the null
+      label when conditioning on frames of unknown class (a file, another
+      dataset), else 0, 1, 2, ... in turn.
     input_path: conditioning video file (mp4/GIF [T, H, W, C], npz with
       'videos' [N', T, H, W, C] or [T, H, W, C]; rows are reused in turn to
       make N), 'dataset' for the first N clips of config.data.eval_split
@@ -113,49 +130,61 @@ class SampleRequest:
       low-resolution frames; for i2v the images (PNG/JPEG, or npz, see
       inputs.read_image_input).
     input_start, input_stride: frames taken from an input file: input_start,
-      input_start + input_stride, ...
+      input_start + input_stride, ... (default 0 and 1).
     strict_input: refuse an input file whose frames are not already the
       model's size and channels, instead of converting it (centre crop,
-      resize, grey/RGB) as the training pipeline does.
+      resize, grey/RGB) as the training pipeline does (default False).
     cond_path: npz with 'cond' [N', T, H, W, cond_channels], the extra input
       channels of a model trained with config.model.cond_channels > 0 (rows
       reused in turn to make N); None for other models.
     checkpoint_step: checkpoint to load; the newest when None.
-    seed: PRNG seed; the same seed gives the same videos, and video i is
+    seed: PRNG seed (default 0); the same seed gives the same videos, and video i is
       the same whatever batch_size and the number of devices (up to float
       rounding; see vdm.sampling.mesh_sampling).
     batch_size: videos per sampler call, split over the devices of the mesh
       (config.sharding.mesh) and rounded up to a multiple of its batch
       shards; all N in one call when None.
     fps: frame rate of the mp4 and GIF.
+
+  An option left at None takes its default; one given a value where it has no
+  effect (stride outside interpolate, ...) is an error (``check_options_apply``).
   """
   mode: str = 'unconditional'
   num_samples: int = 4
   num_frames: Optional[int] = None
   context_frames: Optional[int] = None
-  stride: int = 2
-  lowres_factor: int = 2
-  conditioning: str = 'reconstruction'
+  stride: Optional[int] = None
+  lowres_factor: Optional[int] = None
+  conditioning: Optional[str] = None
   label: Optional[int] = None
   input_path: Optional[str] = None
-  input_start: int = 0
-  input_stride: int = 1
-  strict_input: bool = False
+  input_start: Optional[int] = None
+  input_stride: Optional[int] = None
+  strict_input: Optional[bool] = None
   cond_path: Optional[str] = None
   checkpoint_step: Optional[int] = None
-  seed: int = 0
+  seed: Optional[int] = None
   batch_size: Optional[int] = None
   fps: int = 8
 
+  def with_defaults(self) -> 'SampleRequest':
+    """The request with every option left at None set to its default."""
+    defaults = dict(stride=2, lowres_factor=2, conditioning='reconstruction', input_start=0,
+                    input_stride=1, strict_input=False, seed=0)
+    return dataclasses.replace(
+        self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
-def sample(workdir: str, output_dir: str, request: SampleRequest = SampleRequest(),
+
+def sample(workdir: str, output_dir: Optional[str] = None,
+           request: SampleRequest = SampleRequest(),
            overrides: Optional[Mapping[str, Any]] = None, *, mesh=None,
            progress: bool = True) -> SampleResult:
   """Samples videos from a trained run and writes them to ``output_dir``.
 
   Args:
     workdir: the --workdir of a train.py run.
-    output_dir: where samples.{npz,mp4,gif} go (created).
+    output_dir: where samples.{npz,mp4,gif} go (created); None:
+      <workdir>/sample_out/<mode>.
     request: the mode, N and the inputs (see SampleRequest).
     overrides: {'sampling.<key>': value} changes to the run's saved
       config.sampling (None values are skipped), e.g. from sample.py's flags
@@ -173,7 +202,7 @@ def sample(workdir: str, output_dir: str, request: SampleRequest = SampleRequest
     FileNotFoundError: no run, checkpoint or input file where given.
   """
   r = request
-  mode, num_samples, batch_size, conditioning = r.mode, r.num_samples, r.batch_size, r.conditioning
+  mode, num_samples, batch_size = r.mode, r.num_samples, r.batch_size
   if mode not in MODES:
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
   if num_samples < 1:
@@ -184,6 +213,9 @@ def sample(workdir: str, output_dir: str, request: SampleRequest = SampleRequest
   config = config_lib.apply_overrides(run_lib.load_config(workdir), overrides)
   config_lib.validate_config(config)
   check_mode(config, mode)
+  _check_options_apply(config, r, overrides)
+  r = r.with_defaults()
+  conditioning = r.conditioning
   _check_options(config, overrides.get('sampling.guidance_weight'), r.label, conditioning, mode)
   plan = _plan(config, mode, r.num_frames, r.context_frames, r.stride, r.lowres_factor)
   if mode == 'extend' and config.sampling.long_method != 'reconstruction' and r.input_path:
@@ -192,7 +224,7 @@ def sample(workdir: str, output_dir: str, request: SampleRequest = SampleRequest
   known, dataset_labels = inputs.conditioning_frames(
       config, mode, plan, r.input_path, num_samples,
       inputs.InputFrames(r.input_start, r.input_stride, r.strict_input))
-  labels = _labels(config, r.label, num_samples, dataset_labels)
+  labels, label_note = _labels(config, r.label, num_samples, known is not None, dataset_labels)
   extra = inputs.extra_conditioning(config, r.cond_path, num_samples, plan.clip_frames)
   _check_checkpoint(workdir, r.checkpoint_step)
   if mesh is None:
@@ -208,10 +240,10 @@ def sample(workdir: str, output_dir: str, request: SampleRequest = SampleRequest
 
   run = run_lib.restore_run(workdir, r.checkpoint_step, overrides, mesh=mesh)
   bs = mesh_sampling.chunk_size(batch_size or num_samples, num_samples, mesh)
-  print(f'Loaded the EMA weights of step {run.step} from {workdir}; sampling {num_samples} x '
-        f'{plan.out_frames} frames ({mode}, {config.sampling.sampler}, '
-        f'{config.sampling.num_steps} steps) in batches of {bs} on {mesh.size} device(s).',
-        flush=True)
+  progress_lib.log(f'Loaded the EMA weights of step {run.step} from {workdir}; sampling '
+                   f'{num_samples} x {plan.out_frames} frames '
+                   f'({_describe(config, mode, label_note)}) in batches of {bs} on '
+                   f'{mesh.size} device(s).')
   sampler_kwargs = run_lib.sampler_options(config, run.method, progress=progress)
   rng = jax.random.PRNGKey(r.seed)  # The same for every chunk: samples differ by index.
   w_r = np.float32(config.sampling.w_r)
@@ -238,9 +270,27 @@ def sample(workdir: str, output_dir: str, request: SampleRequest = SampleRequest
   videos = np.concatenate(videos)
   paths = {}
   if jax.process_index() == 0:
+    output_dir = output_dir or os.path.join(workdir, 'sample_out', mode)
     paths = _write(output_dir, videos, known, labels, config.data.image_size, r.fps)
     print('Wrote ' + ', '.join(paths.values()), flush=True)
   return SampleResult(videos, known, labels, run.step, paths)
+
+
+def _describe(config, mode: str, label_note: str) -> str:
+  """The settings of a sampling run in a few words, for its summary line.
+
+  E.g. 'extend, vidrd, ddim, 32 steps, labels 0..9 in turn, guidance w=1'.
+  """
+  s = config.sampling
+  parts = [mode]
+  sampler = str(s.sampler)
+  if mode == 'extend':
+    parts.append(str(s.long_method))
+    sampler = long_video.driver_sampler(s)
+  parts += [sampler, f'{s.num_steps} steps']
+  if label_note:
+    parts += [label_note, f'guidance w={float(s.guidance_weight):g}']
+  return ', '.join(parts)
 
 
 def check_mode(config, mode: str) -> None:
@@ -271,6 +321,76 @@ def check_mode(config, mode: str) -> None:
     raise ValueError('mode=superres guides towards a low-resolution pixel video, which a '
                      'latent run (config.latent.autoencoder set) has no latents of; train the '
                      'super-resolution model in pixel space.')
+
+
+def given_options(overrides: Mapping[str, Any]) -> dict[str, Any]:
+  """{name as the flags spell it (SAMPLING_FLAGS): value} of the overrides given.
+
+  sampling.vidrd_sampler is left out: --sampler sets it along with
+  sampling.sampler (vdm.cli.sampling_overrides).
+  """
+  names = {key: name for name, key in SAMPLING_FLAGS.items()}
+  return {names.get(key, key): value for key, value in overrides.items()
+          if key != 'sampling.vidrd_sampler'}
+
+
+def refuse_unused(options: list[tuple[str, Any, bool, str]]) -> None:
+  """Raises when an option was given a value where it has no effect.
+
+  A flag that is accepted and then ignored lets a user believe a result holds
+  a setting it does not; the entry points check every option this way before
+  anything is loaded.
+
+  Args:
+    options: (name, value, applies, where it applies) per option; value None
+      means not given.
+
+  Raises:
+    ValueError: naming every option given in vain and where each applies.
+  """
+  unused = [f'{name}={value!r} applies to {where} only' for name, value, applies, where
+            in options if value is not None and not applies]
+  if unused:
+    raise ValueError('; '.join(unused) + ': leave it out or change the mode.')
+
+
+def _check_options_apply(config, request: SampleRequest, overrides: Mapping[str, Any]) -> None:
+  """Refuses request fields and sampling overrides that the mode would ignore.
+
+  Args:
+    config: the run's config with the overrides applied.
+    request: the request as given (None: not given).
+    overrides: the {'sampling.<key>': value} overrides given.
+
+  Raises:
+    ValueError: see ``refuse_unused``.
+  """
+  r, mode = request, request.mode
+  long_method = config.sampling.long_method
+  from_file = r.input_path is not None and r.input_path.partition(':')[0] != inputs.DATASET_INPUT
+  extends = mode == 'extend' and long_method == 'reconstruction'
+  known_frames = mode in ('predict', 'interpolate', 'superres') or extends
+  guided = mode == 'superres' or (known_frames and r.conditioning != 'replacement')
+  extend_only = 'mode=extend'
+  vidrd = 'mode=extend with long_method=vidrd'
+  given = given_options(overrides)
+  refuse_unused([
+      ('context_frames', r.context_frames, mode == 'predict' or extends,
+       'mode=predict and mode=extend with long_method=reconstruction'),
+      ('stride', r.stride, mode == 'interpolate', 'mode=interpolate'),
+      ('lowres_factor', r.lowres_factor, mode == 'superres', 'mode=superres'),
+      ('conditioning', r.conditioning, known_frames,
+       'the modes with given frames (predict, interpolate, superres, extend with '
+       'long_method=reconstruction)'),
+      ('input_start', r.input_start, from_file, 'an input file'),
+      ('input_stride', r.input_stride, from_file, 'an input file'),
+      ('strict_input', r.strict_input, from_file, 'an input file'),
+      ('w_r', given.get('w_r'), guided, 'reconstruction guidance (conditioning=reconstruction '
+       'with given frames, or superres)'),
+      ('long_method', given.get('long_method'), mode == 'extend', extend_only),
+      *[(key, given.get(key), mode == 'extend' and long_method == 'vidrd', vidrd)
+        for key in ('vidrd_overlap', 'vidrd_noise_a', 'vidrd_beta', 'vidrd_order')],
+  ])
 
 
 def _check_checkpoint(workdir: str, step: Optional[int]) -> None:
@@ -314,17 +434,7 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
     if not 0 <= label < num_classes:
       raise ValueError(f'label={label} is out of range: this model has '
                        f'{num_classes} classes, labels 0 to {num_classes - 1}.')
-  if guidance_weight is not None:
-    if guidance_weight < 0:
-      raise ValueError(f'guidance_weight={guidance_weight} must be >= 0.')
-    if guidance_weight and not num_classes:
-      raise ValueError(f'guidance_weight={guidance_weight} needs a class-conditional model; '
-                       'this one is unconditional (config.model.num_classes = 0).')
-    if guidance_weight and config.diffusion.cond_drop_prob == 0:
-      raise ValueError(
-          f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
-          'but this run had config.diffusion.cond_drop_prob = 0, so its unconditional '
-          'branch was never trained. Use guidance_weight=0.')
+  check_guidance_weight(config, guidance_weight)
   if conditioning not in conditional.CONDITIONINGS:
     raise ValueError(f'conditioning={conditioning!r} is unknown; choose one of '
                      f'{conditional.CONDITIONINGS}.')
@@ -337,6 +447,31 @@ def _check_options(config, guidance_weight: Optional[float], label: Optional[int
   if config.model.cond_channels and mode == 'extend':
     raise ValueError('extend samples clip after clip; a model with config.model.cond_channels '
                      '> 0 needs its conditioning channels per clip: use one-clip modes.')
+
+
+def check_guidance_weight(config, guidance_weight: Optional[float]) -> None:
+  """Refuses a classifier-free guidance weight the run's model cannot use.
+
+  Args:
+    config: the run's config.
+    guidance_weight: the --guidance_weight flag (None: not given).
+
+  Raises:
+    ValueError: w < 0, or w > 0 on an unconditional model or on one whose
+      unconditional branch was never trained.
+  """
+  if guidance_weight is None:
+    return
+  if guidance_weight < 0:
+    raise ValueError(f'guidance_weight={guidance_weight} must be >= 0.')
+  if guidance_weight and not config.model.num_classes:
+    raise ValueError(f'guidance_weight={guidance_weight} needs a class-conditional model; '
+                     'this one is unconditional (config.model.num_classes = 0).')
+  if guidance_weight and config.diffusion.cond_drop_prob == 0:
+    raise ValueError(
+        f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
+        'but this run had config.diffusion.cond_drop_prob = 0, so its unconditional '
+        'branch was never trained. Use guidance_weight=0.')
 
 
 def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional[int],
@@ -400,27 +535,52 @@ def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional
                dataset_frames=out)
 
 
-def _labels(config, label: Optional[int], num_samples: int,
-            dataset_labels: Optional[np.ndarray]) -> Optional[np.ndarray]:
-  """Class labels: the flag's, else the dataset clips', else 0, 1, 2, ...
+# The label of the model's unconditional branch (the learned null embedding
+# that condition dropout trains; see unet3d.UNet3D).
+NULL_LABEL = -1
+
+
+def _labels(config, label: Optional[int], num_samples: int, conditioned: bool,
+            dataset_labels: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], str]:
+  """The class label of every sample, and a few words saying where they came from.
+
+  In order: the --label flag; the labels of the run's own dataset clips when
+  conditioning on them; the null label when conditioning on frames whose
+  class is unknown (a file, another dataset), so that no label contradicts
+  what the given frames show; else 0, 1, 2, ... in turn.
 
   Args:
     config: the run's config.
     label: the --label flag.
     num_samples: N.
+    conditioned: whether the samples are conditioned on given frames.
     dataset_labels: int [N] labels of the conditioning clips, or None.
 
   Returns:
-    int32 [N] for a class-conditional model, None for an unconditional one.
+    (int32 [N] for a class-conditional model, None for an unconditional one;
+    the description for the summary line).
+
+  Raises:
+    ValueError: frames of unknown class on a model whose unconditional branch
+      was never trained (config.diffusion.cond_drop_prob = 0) and no --label.
   """
   num_classes = config.model.num_classes
   if not num_classes:
-    return None
+    return None, ''
   if label is not None:
-    return np.full(num_samples, label, np.int32)
+    return np.full(num_samples, label, np.int32), f'label {label}'
   if dataset_labels is not None:
-    return np.asarray(dataset_labels, np.int32)
-  return np.arange(num_samples, dtype=np.int32) % num_classes
+    return np.asarray(dataset_labels, np.int32), "the dataset clips' labels"
+  if conditioned:
+    if not config.diffusion.cond_drop_prob:
+      raise ValueError(
+          'the given frames have no class label, and this class-conditional model has no '
+          'trained unconditional branch (config.diffusion.cond_drop_prob = 0): give the class '
+          f'they show with label=0..{num_classes - 1}.')
+    return (np.full(num_samples, NULL_LABEL, np.int32),
+            'null label: the input has no class (give one with --label)')
+  cycled = np.arange(num_samples, dtype=np.int32) % num_classes
+  return cycled, f'labels 0..{num_classes - 1} in turn'
 
 
 def _single_clip_sampler(frame_shape: tuple[int, int], mode: str, plan: inputs.Plan,
@@ -477,10 +637,17 @@ def _write(output_dir: str, videos: np.ndarray, conditioning: Optional[np.ndarra
     arrays['conditioning'] = conditioning
   if labels is not None:
     arrays['labels'] = labels
-  npz = os.path.join(output_dir, 'samples.npz')
-  np.savez_compressed(npz, **arrays)
   # Small frames are enlarged (nearest neighbour) so that players show them.
   tiled = video_io.upscale(video_io.grid(videos), max(1, 128 // image_size))
-  return dict(npz=npz,
-              mp4=video_io.save_mp4(os.path.join(output_dir, 'samples.mp4'), tiled, fps),
-              gif=video_io.save_gif(os.path.join(output_dir, 'samples.gif'), tiled, fps))
+  writers = dict(npz=lambda path: np.savez_compressed(path, **arrays),
+                 mp4=lambda path: video_io.save_mp4(path, tiled, fps),
+                 gif=lambda path: video_io.save_gif(path, tiled, fps))
+  paths = {}
+  for kind, write in writers.items():
+    # Written aside and renamed: an interrupt never leaves a half-written file.
+    path = os.path.join(output_dir, f'samples.{kind}')
+    tmp = os.path.join(output_dir, f'.samples.tmp.{kind}')
+    write(tmp)
+    os.replace(tmp, path)
+    paths[kind] = path
+  return paths

@@ -19,8 +19,11 @@ checkpoint, which orbax only garbage-collects after a newer one is complete.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -144,6 +147,7 @@ class Checkpointer:
                                           item_handlers=ocp.StandardCheckpointHandler())
     self._writing: Optional[int] = None  # Step of a save that may still be in flight.
     self._failed = False
+    self.skipped: list[tuple[int, str]] = []  # Unreadable steps the last restore passed over.
 
   def all_steps(self) -> list[int]:
     """Steps of the finished checkpoints, ascending."""
@@ -226,7 +230,9 @@ class Checkpointer:
       step: a specific step; None means the newest that can be read.
 
     Returns:
-      (step, state), or (None, None) when there is no checkpoint.
+      (step, state), or (None, None) when there is no checkpoint. Newer
+      checkpoints that could not be read are listed in ``self.skipped`` as
+      (step, reason), for the caller to report in one line.
 
     Raises:
       FileNotFoundError: a specific step was asked for and does not exist.
@@ -242,16 +248,18 @@ class Checkpointer:
       self._check_fits(step, abstract_state)
       return step, self._restore(step, abstract_state)
     unreadable = []
+    self.skipped = []
     for candidate in reversed(steps):
       try:
-        self._check_fits(candidate, abstract_state)
-        return candidate, self._restore(candidate, abstract_state)
+        with _quiet_aborted_reads():
+          self._check_fits(candidate, abstract_state)
+          return candidate, self._restore(candidate, abstract_state)
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        unreadable.append(f'step {candidate} ({type(e).__name__}: {_first_line(e)})')
-        logging.warning('Checkpoint %d in %s is unreadable (%s: %s); trying the previous one.',
-                        candidate, self.directory, type(e).__name__, e)
+        reason = f'{type(e).__name__}: {_first_line(e)}'
+        unreadable.append(f'step {candidate} ({reason})')
+        self.skipped.append((candidate, reason))
     if unreadable:
       raise UnreadableCheckpointsError(
           f'None of the {len(steps)} checkpoints in {self.directory} can be read: '
@@ -279,9 +287,45 @@ class Checkpointer:
                         self.directory, exc_info=True)
 
 
+def describe_skipped(skipped: list[tuple[int, str]]) -> str:
+  """'checkpoint 500 is unreadable (reason)' for Checkpointer.skipped, in a few words."""
+  if len(skipped) == 1:
+    step, reason = skipped[0]
+    return f'checkpoint {step} is unreadable ({reason})'
+  return 'checkpoints ' + ', '.join(f'{step} ({reason})' for step, reason in skipped) + (
+      ' are unreadable')
+
+
 def _first_line(error: BaseException) -> str:
+  """The gist of an error: its first line, without TensorStore's JSON spec."""
   text = str(error).strip()
-  return text.splitlines()[0][:200] if text else ''
+  line = text.splitlines()[0] if text else ''
+  for tail in (' See full TensorStore details', ' [tensorstore_spec='):
+    line = line.split(tail)[0]
+  return line[:200]
+
+
+@contextlib.contextmanager
+def _quiet_aborted_reads():
+  """Silences the reports of reads abandoned when one array of a checkpoint fails.
+
+  Orbax reads every array concurrently; when one fails, the others'
+  coroutines and tasks are dropped unfinished, and Python reports each as it
+  is collected ("Exception ignored in: <coroutine ...>", asyncio's "Task
+  exception was never retrieved": 50,000 lines for the default model). The
+  failure itself is raised and reported once.
+  """
+  previous = sys.unraisablehook
+  asyncio_log = logging.getLogger('asyncio')
+  was_disabled = asyncio_log.disabled
+  sys.unraisablehook = lambda unraisable: None
+  asyncio_log.disabled = True
+  try:
+    yield
+  finally:
+    gc.collect()  # Collects the dropped reads while their reports are off.
+    sys.unraisablehook = previous
+    asyncio_log.disabled = was_disabled
 
 
 def abstract_like(tree: Any) -> Any:

@@ -34,6 +34,7 @@ import jax
 import ml_collections
 
 from vdm import config_lib
+from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm.train import checkpoints
 
@@ -65,6 +66,13 @@ SAFE_TO_CHANGE = frozenset({
     'sampling.clip_x',
     'sampling.guidance_weight',
     'sampling.w_r',
+    'sampling.time_grid',
+    'sampling.long_method',
+    'sampling.vidrd_overlap',
+    'sampling.vidrd_noise_a',
+    'sampling.vidrd_beta',
+    'sampling.vidrd_order',
+    'sampling.vidrd_sampler',
     # Where the data lives and what reads it (both loaders give the same batches).
     'data.data_dir',
     'data.loader',
@@ -217,8 +225,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, start_over: bool
     if _is_main():
       moved = move_aside(workdir)
       if moved:
-        print(f'{START_OVER_FLAG}: moved the previous run into {moved}/; training from '
-              'scratch.', flush=True)
+        progress_lib.log(f'{START_OVER_FLAG}: moved the previous run into {moved}/; training from '
+                         'scratch.')
     _sync('vdm.train.run_dir.start_over')
     return
   steps = checkpoints.list_steps(os.path.join(workdir, 'checkpoints'))
@@ -239,8 +247,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, start_over: bool
         f'{_ways_forward(workdir)}\nKeys that may change on resume: '
         f'{", ".join(sorted(SAFE_TO_CHANGE))}.', unsafe)
   if differences and _is_main():
-    print(f'Resuming {workdir} with changed settings (safe to change):\n'
-          f'{format_differences(differences)}', flush=True)
+    progress_lib.log(f'Resuming {workdir} with changed settings (safe to change):\n'
+                     f'{format_differences(differences)}')
 
 
 def restore(ckpt: checkpoints.Checkpointer, abstract_state: Any,
@@ -281,8 +289,10 @@ def restore(ckpt: checkpoints.Checkpointer, abstract_state: Any,
       os.makedirs(os.path.join(dest, 'checkpoints'))
       for s in unreadable:
         os.rename(ckpt.path(s), os.path.join(dest, 'checkpoints', str(s)))
-      logging.warning('Moved the unreadable checkpoints %s into %s/checkpoints/ so that '
-                      'training can write those steps again.', unreadable, dest)
+      # One line: what was unreadable, what is used, where the bad ones went
+      # (out of the way, since training writes those steps again).
+      progress_lib.log(f'warning: {checkpoints.describe_skipped(ckpt.skipped)}; resuming '
+                       f'from step {step}; moved {unreadable} into {dest}/checkpoints/.')
     _sync('vdm.train.run_dir.unreadable')
     ckpt.all_steps()  # Re-reads the directory: orbax keeps a cached list.
   return step, state

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from vdm import latent
+from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sharding
 from vdm import video_io
@@ -172,11 +173,16 @@ def _count_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+def _warn_short_warmup(config: ml_collections.ConfigDict) -> None:
+  """Says so when training ends before the learning-rate warm-up does."""
+  steps, warmup = int(config.training.num_steps), int(config.optimizer.warmup_steps)
+  if steps < warmup:
+    # make_optimizer cuts the warm-up to the run, so the rate reaches its
+    # peak only at the last step.
+    progress_lib.log(
+        f'warning: training.num_steps={steps} is below optimizer.warmup_steps={warmup}: the '
+        f'whole run is warm-up, the learning rate reaching its peak only at the last step. '
+        f'Lower it, e.g. --config.optimizer.warmup_steps={max(1, steps // 10)}.')
 
 
 def _check_finite(losses: list, first_step: int) -> None:
@@ -243,8 +249,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       can be read; training did not start.
     checkpoints.CheckpointWriteError: a checkpoint could not be written; the
       previous one is kept.
-    preemption.Preempted: SIGTERM arrived; a checkpoint was saved (a
-      SystemExit with status preemption.PREEMPTED_EXIT_CODE).
+    preemption.Preempted: SIGTERM (or, on one process, Ctrl-C) arrived; a
+      checkpoint was saved (a SystemExit with status
+      preemption.PREEMPTED_EXIT_CODE, or INTERRUPTED_EXIT_CODE for Ctrl-C).
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -253,6 +260,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # over an existing run, or move it aside on start_over.
   run_lib.resolve_latent_shape(config)  # Before the comparison: the saved config has it.
   run_dir.prepare(config, workdir, start_over=start_over)
+  _warn_short_warmup(config)
   trainer = Trainer(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -269,10 +277,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   start_step, state = run_dir.restore(ckpt, trainer.abstract_state, workdir)
   if state is None:
     start_step, state = 0, trainer.init_state()
-    print(f'Initialised {_count_params(state.params):,} parameters '
-          f'on mesh {dict(trainer.mesh.shape)}.', flush=True)
+    progress_lib.log(f'Initialised {_count_params(state.params):,} parameters '
+                     f'on mesh {dict(trainer.mesh.shape)}.')
   else:
-    print(f'Resumed from step {start_step} in {ckpt.directory}.', flush=True)
+    progress_lib.log(f'Resumed from step {start_step} in {ckpt.directory}.')
   if is_main:
     run_dir.record_config(config, workdir, start_step)  # Only now: the config fits the run.
   t = config.training
@@ -281,12 +289,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   pending, pending_from = [], start_step
   step, tick, tick_step = start_step, time.time(), start_step
   step_fn = None
+  rate = progress_lib.Rate()  # The ETA's: no figure until the second log line.
   preempt = preemption.PreemptionWatcher()
   try:
     while step < t.num_steps:
       batch = sharding.global_batch(next(batches), trainer.mesh)
       if step_fn is None:
         step_fn = trainer.compile_train_step(state, batch)
+        tick = time.time()  # Steps/s of the first interval leave the compile out.
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics['loss'])
@@ -301,12 +311,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         scalars = {k: float(v) for k, v in metrics.items()}
         scalars.update(steps_per_sec=steps_per_s, examples_per_sec=steps_per_s * t.batch_size)
         writer.write_scalars(step, scalars)
-        if is_main:
-          eta = (t.num_steps - step) / max(steps_per_s, 1e-9)
-          print(f'step {step}/{t.num_steps}  loss {scalars["loss"]:.4f}  '
-                f'lr {scalars["learning_rate"]:.2e}  grad_norm {scalars["grad_norm"]:.3f}  '
-                f'{steps_per_s:.2f} steps/s  {scalars["examples_per_sec"]:.1f} ex/s  '
-                f'ETA {_format_duration(eta)}', flush=True)
+        rate.mark(step)
+        eta = rate.eta(t.num_steps - step)
+        progress_lib.log(
+            f'step {step}/{t.num_steps}  loss {scalars["loss"]:.4f}  '
+            f'lr {scalars["learning_rate"]:.2e}  grad_norm {scalars["grad_norm"]:.3f}  '
+            f'{steps_per_s:.2f} steps/s  {scalars["examples_per_sec"]:.1f} ex/s'
+            + ('' if eta is None else f'  ETA {progress_lib.format_duration(eta)}'))
       if step % t.checkpoint_every == 0 or is_last:
         _check_finite(pending, pending_from)  # Never save a non-finite state.
         pending, pending_from = [], step
@@ -319,11 +330,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         if step % t.checkpoint_every:  # Not saved above.
           _check_finite(pending, pending_from)
           ckpt.save(step, state)
-        preemption.stop(step, ckpt)
+        preemption.stop(step, ckpt, preempt.signal_name)
       if t.num_samples and ((t.sample_every and step % t.sample_every == 0) or is_last):
         path = write_samples(trainer, state.ema_params, step, workdir, writer if is_main else None)
-        if is_main:
-          print(f'Wrote samples to {path}', flush=True)
+        progress_lib.log(f'Wrote samples to {path}')
   finally:
     preempt.close()
     ckpt.close()
