@@ -41,9 +41,9 @@ def no_restore(monkeypatch):
 # `pytest -n 2 --dist loadfile` (make test) each file runs on one worker;
 # handing out the heaviest files first keeps one long file from running alone
 # at the end. Files not listed run after these, in their usual order.
-_HEAVIEST_FIRST = ('train_test.py', 'latent_cli_test.py', 'sample_test.py', 'evaluate_test.py',
-                   'videofusion_test.py', 'model_test.py', 'trip_cli_test.py', 'latent_test.py',
-                   'samplers_test.py', 'guidance_test.py', 'trip_test.py', 'mesh_sampling_test.py')
+_HEAVIEST_FIRST = ('train_test.py', 'model_test.py', 'videofusion_test.py', 'sample_test.py',
+                   'evaluate_test.py', 'latent_cli_test.py', 'samplers_test.py', 'trip_cli_test.py',
+                   'guidance_test.py', 'trip_test.py', 'latent_test.py', 'mesh_sampling_test.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -533,3 +533,28 @@ def test_unreadable_newer_checkpoints_are_moved_aside_on_resume(tmp_path, capfd)
   ckpt.save(2, state)
   ckpt.close()
   assert checkpoints.list_steps(os.path.join(workdir, 'checkpoints')) == [1, 2]
+
+
+def test_event_files_are_read_by_tensorflow(tmp_path):
+  # The events written without TensorFlow, read back with TensorFlow's own
+  # reader (what TensorBoard reads): the scalars and the PNG image.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vdm.train import summaries  # pylint: disable=g-import-not-at-top
+  writer = summaries.create_writer(str(tmp_path))
+  writer.write_scalars(3, {'loss': 0.25, 'lr': 1e-3})
+  image = np.random.default_rng(0).integers(0, 256, (1, 5, 7, 3), np.uint8)
+  writer.write_images(4, {'samples': image})
+  writer.close()
+  [name] = os.listdir(tmp_path)
+  assert name.startswith('events.out.tfevents.')
+  events = list(tf.compat.v1.train.summary_iterator(str(tmp_path / name)))
+  assert events[0].file_version == 'brain.Event:2'
+  scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value
+             if v.HasField('simple_value')}
+  assert scalars == {(3, 'loss'): 0.25, (3, 'lr'): pytest.approx(1e-3)}
+  [png] = [v.image for e in events for v in e.summary.value if v.HasField('image')]
+  assert (png.height, png.width, png.colorspace) == (5, 7, 3)
+  np.testing.assert_array_equal(tf.io.decode_png(png.encoded_image_string).numpy(), image[0])
+  # Processes other than 0 write nothing.
+  summaries.create_writer(str(tmp_path / 'other'), enabled=False).write_scalars(1, {'x': 1.0})
+  assert not os.path.exists(tmp_path / 'other')

@@ -44,7 +44,7 @@ in code and printed with every figure:
   against.
 
 Only numpy, jax and the repo are needed at import time; TFDS (through the input
-pipeline) and clu (the writer passed in) are used lazily.
+pipeline) is used lazily.
 """
 
 from __future__ import annotations

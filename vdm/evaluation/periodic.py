@@ -12,6 +12,7 @@ from flax import nnx
 from vdm import methods
 from vdm import run_lib
 from vdm.evaluation import evaluate_lib
+from vdm.train import summaries
 
 
 class PeriodicEvaluation:
@@ -32,8 +33,8 @@ class PeriodicEvaluation:
     config: the run's config (checked now, so a bad setting fails before
       training starts).
     workdir: the run's workdir.
-    writer: a clu metric writer for the scalars; process 0 makes one on
-      workdir when None.
+    writer: a metric writer for the scalars (write_scalars); process 0
+      makes one on workdir (vdm.train.summaries) when None.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, writer=None):
@@ -67,8 +68,7 @@ class PeriodicEvaluation:
                                            evaluate_lib.result_name(step, self.mode, 1)))
     if jax.process_index() == 0:
       if self._writer is None:
-        from clu import metric_writers  # pylint: disable=g-import-not-at-top
-        self._writer = metric_writers.create_default_writer(self.workdir)
+        self._writer = summaries.create_writer(self.workdir)
       self._writer.write_scalars(
           step, {k: result[k] for k in evaluate_lib.SCALARS if k in result})
     return result

@@ -28,6 +28,7 @@ from vdm.train import checkpoints
 from vdm.train import host_memory
 from vdm.train import preemption
 from vdm.train import run_dir
+from vdm.train import summaries
 from vdm.train import train_state
 
 
@@ -253,7 +254,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       checkpoint was saved (a SystemExit with status
       preemption.PREEMPTED_EXIT_CODE, or INTERRUPTED_EXIT_CODE for Ctrl-C).
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
 
   # First, before anything is written or compiled: refuse unsafe config changes
@@ -284,7 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if is_main:
     run_dir.record_config(config, workdir, start_step)  # Only now: the config fits the run.
   t = config.training
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  writer = summaries.create_writer(workdir, enabled=is_main)
   batches = pipeline.make_train_iterator(config, start_step=start_step)
   pending, pending_from = [], start_step
   step, tick, tick_step = start_step, time.time(), start_step
@@ -337,7 +337,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   finally:
     preempt.close()
     ckpt.close()
-    writer.flush()
+    writer.close()
     getattr(batches, "close", lambda: None)()
   if is_main:
     samples = f'; samples: {os.path.join(workdir, "samples")}' if t.num_samples else ''
