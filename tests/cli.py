@@ -3,6 +3,7 @@ or their library functions in this process with the flags as keywords."""
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,25 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[str, str]:
   out, err = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, err[-3000:]
   return out, err
+
+
+def interrupt_after(proc: subprocess.Popen, prefix: str, timeout: float = 300
+                    ) -> tuple[str, str]:
+  """Sends Ctrl-C (SIGINT) once ``proc`` prints a stderr line starting with
+  ``prefix``; returns its (stdout, whole stderr) once it has ended."""
+  seen = []
+  try:
+    for line in proc.stderr:
+      seen.append(line)
+      if line.startswith(prefix):
+        break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  return out, ''.join(seen) + err
 
 
 def _split_flags(request_type, flags: dict) -> tuple[dict, dict]:

@@ -8,7 +8,6 @@ that wrong requests fail before anything is compiled.
 """
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -414,15 +413,7 @@ def test_ctrl_c_stops_sampling_at_once_in_one_line(workdir, tmp_path):
   out = tmp_path / 'out'
   proc = _entry_point('sample.py', f'--workdir={workdir}', '--steps=100000',
                       f'--num_samples={N}', f'--output_dir={out}')
-  try:
-    for line in proc.stderr:
-      if line.startswith('sampling step 1/100000'):
-        break
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
+  stdout, stderr = entry_points.interrupt_after(proc, 'sampling step 1/100000', timeout=60)
   assert proc.returncode == 130, stderr[-3000:]
   assert stderr.strip().splitlines()[-1] == 'interrupted: nothing written'
   assert 'Traceback' not in stderr and 'Fatal Python error' not in stderr

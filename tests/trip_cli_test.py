@@ -9,7 +9,6 @@ of TRIP is tested with stand-in networks in trip_test.py.
 import json
 import os
 import re
-import signal
 import sys
 
 import imageio.v3 as iio
@@ -50,18 +49,7 @@ def test_train_resume_sample_i2v_and_evaluate_through_the_command_line(cli_run, 
   # Resumed for 1000 steps and stopped by Ctrl-C once it logs step 2: it saves
   # a checkpoint at the end of the step it is in and exits with status 130.
   resumed = cli.start('train.py', *cli_flags(data_dir, workdir), '--config.training.num_steps=1000')
-  try:
-    seen = []
-    for line in resumed.stderr:
-      seen.append(line)
-      if line.startswith('step 2/1000'):
-        break
-    resumed.send_signal(signal.SIGINT)
-    out, err = resumed.communicate(timeout=300)
-  finally:
-    if resumed.poll() is None:
-      resumed.kill()
-  err = ''.join(seen) + err
+  out, err = cli.interrupt_after(resumed, 'step 2/1000')
   assert resumed.returncode == 130, err[-3000:]
   assert 'Resumed from step 1' in err and 'Ctrl-C: saving a checkpoint after this step' in err
   assert 'Traceback' not in err
