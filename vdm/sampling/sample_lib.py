@@ -147,7 +147,7 @@ class SampleRequest:
     fps: frame rate of the mp4 and GIF.
 
   An option left at None takes its default; one given a value where it has no
-  effect (stride outside interpolate, ...) is an error (``check_options_apply``).
+  effect (stride outside interpolate, ...) is an error (``_check_options_apply``).
   """
   mode: str = 'unconditional'
   num_samples: int = 4
