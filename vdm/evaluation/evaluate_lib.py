@@ -71,7 +71,7 @@ from vdm.evaluation import i3d
 from vdm.evaluation import real as real_lib
 from vdm.evaluation import scores as scores_lib
 from vdm.sampling import long_video
-from vdm.sampling import sample_lib
+from vdm.sampling import options
 
 
 MODES = ('unconditional', 'predict', 'long', 'i2v')
@@ -109,7 +109,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
         f'{i3d.MIN_FRAMES} or more to evaluate FVD.')
   if mode not in MODES:
     raise ValueError(f'mode={mode!r} is unknown; choose one of {MODES}.')
-  sample_lib.check_mode(config, mode)
+  options.check_mode(config, mode)
   if mode == 'predict' and not 0 < context_frames < t:
     raise ValueError(f'context_frames={context_frames} must be in (0, '
                      f'config.data.num_frames={t}) for mode=predict.')
@@ -356,24 +356,24 @@ class EvalRequest:
 
   def check_options_apply(self, config, overrides: Mapping[str, Any]) -> None:
     """Refuses options given a value where they have no effect (see
-    sample_lib.refuse_unused): --num_frames outside --mode=long, ...
+    options.refuse_unused): --num_frames outside --mode=long, ...
 
     Args:
       config: the run's config with the overrides applied.
       overrides: the {'sampling.<key>': value} overrides given.
     """
-    given = sample_lib.given_options(overrides)
+    given = options.given_options(overrides)
     model = not self.real_vs_real
     mode = self.mode or 'unconditional'
     long_method = config.sampling.long_method
     not_real = 'a model evaluation (not real_vs_real)'
-    sample_lib.refuse_unused([
+    options.refuse_unused([
         ('mode', self.mode, model, not_real),
         ('checkpoint_step', self.checkpoint_step, model, not_real),
         ('seed', self.seed, model, not_real),
         *[(key, value, model, not_real) for key, value in given.items()],
     ])
-    sample_lib.refuse_unused([
+    options.refuse_unused([
         ('context_frames', self.context_frames, mode == 'predict', 'mode=predict'),
         ('num_frames', self.num_frames, mode == 'long', 'mode=long'),
         ('w_r', given.get('w_r'), mode == 'predict' or (
@@ -384,7 +384,7 @@ class EvalRequest:
            'mode=long with long_method=vidrd')
           for key in ('vidrd_overlap', 'vidrd_noise_a', 'vidrd_beta', 'vidrd_order')],
     ])
-    sample_lib.check_guidance_weight(config, given.get('guidance_weight'))
+    options.check_guidance_weight(config, given.get('guidance_weight'))
 
 
 def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest(),
