@@ -34,9 +34,7 @@ import importlib.util
 import io
 import pathlib
 import pickle
-import sys
 import threading
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -44,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vdm import progress as progress_lib
 from vdm import sharding
 from vdm.sampling import mesh_sampling
 
@@ -654,7 +653,8 @@ def extract_features(
     batch_size: videos per I3D call (rounded up to a multiple of the mesh's
       batch shards).
     model: an `I3D`; the cached default (real weights) when None.
-    progress: False; True to print "I3D features: done/N" lines to stderr;
+    progress: False; True to print "I3D features: done/N videos" lines (with an
+      ETA, vdm.progress) to stderr;
     or a callable `progress(done, total)` called after every batch.
     mesh: optional device mesh each batch is split over (see batch_features).
 
@@ -669,22 +669,15 @@ def extract_features(
   bs = mesh_sampling.chunk_size(batch_size, n, mesh)
   weights = _weights_on(model, mesh)  # Placed once for all batches.
   out = np.empty((n, NUM_CLASSES), np.float64)
-  start = time.perf_counter()
+  report = progress if callable(progress) else None
+  if progress is True:
+    lines = progress_lib.Progress('I3D features', n, 'videos')
+    report = lambda done, total: lines(done)
   for lo in range(0, n, bs):
     batch = np.asarray(videos_uint8[lo:lo + bs])  # [b, T, H, W, C]
     b = batch.shape[0]
     batch = mesh_sampling.pad_rows(batch, bs)  # [bs, T, H, W, C]
     out[lo:lo + b] = _features_on(*weights, batch, mesh)[:b]
-    done = lo + b
-    if callable(progress):
-      progress(done, n)
-    elif progress:
-      dt = time.perf_counter() - start
-      eta = dt / done * (n - done)
-      print(
-          f'I3D features: {done}/{n} videos, {dt:.1f}s '
-          f'({dt / done:.2f} s/video, ETA {eta:.0f}s)',
-          file=sys.stderr,
-          flush=True,
-      )
+    if report is not None:
+      report(lo + b, n)
   return out
