@@ -10,14 +10,35 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# XLA:CPU options of every process in the test session (conftest sets them for
+# pytest's own). Test models are tiny, so compiling dominates: XLA:CPU's
+# fusion emitters take about twice the time of its older code generator to
+# compile the tiny train step (BENCHMARKS.md, "Test suite"), and at these
+# sizes the programs run alike either way.
+XLA_FLAGS = '--xla_cpu_use_fusion_emitters=false'
+# What a test compiles with (jax.jit's compiler_options) where it compares two
+# different programs bit for bit or to a few float32 ulps: XLA:CPU's default
+# code generator, for which those equalities were written and which users run.
+DEFAULT_CODEGEN = {'xla_cpu_use_fusion_emitters': True}
+
+
+def env(num_devices: int | None = 1, **extra: str) -> dict:
+  """The environment of a process a test starts: ``num_devices`` CPU devices
+  (None: as many as this process has) and this session's XLA options, so that
+  the same program gives the same numbers here and there."""
+  flags = os.environ.get('XLA_FLAGS', XLA_FLAGS)
+  if num_devices is not None:
+    flags = f'--xla_force_host_platform_device_count={num_devices} {XLA_FLAGS}'
+  return dict(os.environ, XLA_FLAGS=flags, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+              PYTHONPATH=REPO, **extra)
+
 
 def start(script: str, *flags: str) -> subprocess.Popen:
   """Starts `python script flags...` in the repository root on one CPU device.
 
   The XLA options match the test process's (conftest): compile time dominates.
   """
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', XLA_FLAGS='', PYTHONPATH=REPO)
-  return subprocess.Popen([sys.executable, script, *flags], cwd=REPO, env=env, text=True,
+  return subprocess.Popen([sys.executable, script, *flags], cwd=REPO, env=env(), text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

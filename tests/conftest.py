@@ -1,18 +1,26 @@
-"""Test set-up: 8 fake CPU devices for the sharding tests, repo on sys.path, one
-compilation cache for the whole session."""
+"""Test set-up: 8 fake CPU devices for the sharding tests, the session's XLA
+options (tests/cli.py), repo on sys.path, one compilation cache for the whole
+session, and the test files handed out heaviest first."""
 
 import os
+import shutil
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+
 # Must happen before jax is imported anywhere in the test session.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {cli.XLA_FLAGS}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Many tests (and the entry points they start in subprocesses, which inherit
 # the environment) compile the same tiny programs: XLA's persistent cache
 # lets the second compile of a program read the first one's result. A new
 # directory per session, so nothing carries over from an older checkout.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='vdm_tests_xla_'))
+# pytest-xdist's workers inherit the directory of the process that started them.
+_OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='vdm_tests_xla_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,9 +49,16 @@ def no_restore(monkeypatch):
 # `pytest -n 2 --dist loadfile` (make test) each file runs on one worker;
 # handing out the heaviest files first keeps one long file from running alone
 # at the end. Files not listed run after these, in their usual order.
-_HEAVIEST_FIRST = ('train_test.py', 'model_test.py', 'videofusion_test.py', 'sample_test.py',
-                   'evaluate_test.py', 'latent_cli_test.py', 'samplers_test.py', 'trip_cli_test.py',
-                   'guidance_test.py', 'trip_test.py', 'latent_test.py', 'mesh_sampling_test.py')
+_HEAVIEST_FIRST = ('train_test.py', 'sample_test.py', 'latent_cli_test.py', 'videofusion_test.py',
+                   'model_test.py', 'evaluate_test.py', 'trip_cli_test.py', 'samplers_test.py',
+                   'guidance_test.py', 'trip_test.py', 'latent_test.py', 'data_test.py',
+                   'mesh_sampling_test.py', 'compat_test.py', 'evaluation_test.py')
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -262,7 +262,7 @@ def test_too_few_frames_fails_early_in_cli(tmp_path):
   # or data is read.
   config = _config(str(tmp_path / 'no_data'), num_frames=8)
   config_lib.save_config(config, str(tmp_path))
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env = cli.env(None, JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, os.path.join(REPO, 'evaluate.py'),
                         f'--workdir={tmp_path}', '--num_samples=4'],
                        env=env, capture_output=True, text=True, timeout=300)
@@ -309,8 +309,7 @@ def test_fvd_on_eight_devices_and_on_two_hosts_is_the_one_device_figure(run, tmp
 
   hosts = _on_the_whole_mesh(workdir, str(tmp_path / 'hosts'))
   port = cli.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1', PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env = cli.env(2, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(REPO, 'evaluate.py'), f'--workdir={hosts}',
        f'--num_samples={N}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',

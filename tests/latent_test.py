@@ -25,7 +25,8 @@ from vdm.models import layers
 from vdm.models import unet3d
 
 sys.path.insert(0, os.path.dirname(__file__))
-from model_test import apply, randomized, tiny_config  # pylint: disable=g-import-not-at-top
+from model_test import (  # pylint: disable=g-import-not-at-top
+    apply, apply_default_codegen, randomized, tiny_config)
 
 T = 10  # Frames of the command-line run (the I3D needs >= 9).
 
@@ -117,7 +118,8 @@ def test_unet_temporal_conv_starts_as_identity_and_keeps_images_apart():
   x = jax.random.normal(jax.random.key(0), (2, nv + 3, 8, 8, 3))
   kw = dict(label=jnp.array([0, 2]), is_image=jnp.array([False] * nv + [True] * 3))
   logsnr = jnp.array([-1.0, 2.0])
-  np.testing.assert_array_equal(apply(conv, x, logsnr, **kw), apply(plain, x, logsnr, **kw))
+  np.testing.assert_array_equal(apply_default_codegen(conv, x, logsnr, **kw),
+                                apply_default_codegen(plain, x, logsnr, **kw))
   # Trained temporal layers: images still never mix with other frames.
   conv = randomized(conv, seed=4)
   out = apply(conv, x, logsnr, **kw)

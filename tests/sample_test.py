@@ -114,12 +114,12 @@ def cli(workdir, tmp_path_factory):
   Same flags and seed as ``unconditional`` below, so its videos must match.
   """
   out = tmp_path_factory.mktemp('cli')
-  # The same XLA options as this process (conftest), so the same numbers.
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  # The same devices and XLA options as this process, so the same numbers.
   proc = subprocess.Popen(
       [sys.executable, 'sample.py', f'--workdir={workdir}', '--mode=unconditional',
        f'--num_samples={N}', f'--steps={STEPS}', '--seed=3', f'--output_dir={out}'],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=entry_points.env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
   yield proc, out
   if proc.poll() is None:
     proc.kill()
@@ -320,7 +320,7 @@ def test_cli_predicts_from_a_real_colour_mp4(workdir, tmp_path):
        f'--input={_real_clip()}', '--context_frames=2', '--input_start=5', '--input_stride=3',
        f'--num_samples={N}', f'--steps={STEPS}', '--conditioning=replacement',
        f'--output_dir={out}'],
-      cwd=REPO, env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'), capture_output=True,
+      cwd=REPO, env=entry_points.env(None), capture_output=True,
       text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (f'bikes.mp4: 272x640x3, 250 frames -> center crop 272x272, resize {S}x{S}, grey; '
@@ -368,8 +368,8 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
   proc = subprocess.run(
       [sys.executable, 'sample.py', f'--workdir={tmp_path / "missing"}',
        f'--output_dir={tmp_path / "out"}'],
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=300)
+      cwd=REPO, env=entry_points.env(None, JAX_PLATFORMS='cpu'), capture_output=True,
+      text=True, timeout=300)
   assert proc.returncode == 2
   assert 'Traceback' not in proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
@@ -379,7 +379,7 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
 def _entry_point(*argv):
   """Starts `python argv...` in the repository root, as the tests above do."""
   return subprocess.Popen([sys.executable, *argv], cwd=REPO, text=True,
-                          env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'),
+                          env=entry_points.env(None),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

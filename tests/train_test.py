@@ -139,23 +139,6 @@ def data_dir(tmp_path_factory):
   return path
 
 
-@pytest.fixture(scope='module')
-def jax_cache(tmp_path_factory):
-  """One persistent compilation cache for all worker processes of this module."""
-  return str(tmp_path_factory.mktemp('jax_cache'))
-
-
-def _worker_env(cache_dir, num_devices=1):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
-  env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = 'true'
-  env['PYTHONPATH'] = REPO
-  return env
-
-
 def _load(path):
   with np.load(path) as f:
     return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
@@ -173,19 +156,19 @@ def _assert_same_state(path_a, path_b):
 
 
 @pytest.fixture(scope='module')
-def uninterrupted_run(tmp_path_factory, data_dir, jax_cache):
+def uninterrupted_run(tmp_path_factory, data_dir):
   """Params, EMA and optimizer state after 4 uninterrupted steps, one process."""
   workdir = str(tmp_path_factory.mktemp('full'))
   subprocess.run([sys.executable, WORKER, workdir, data_dir, '4', '--dump', workdir + '.npz'],
-                 env=_worker_env(jax_cache), check=True, timeout=600)
+                 env=cli.env(), check=True, timeout=600)
   return workdir + '.npz'
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_dir, jax_cache,
+def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_dir,
                                                                uninterrupted_run):
-  env = _worker_env(jax_cache)
+  env = cli.env()
   resumed = str(tmp_path / 'resumed')
   killed = subprocess.run([sys.executable, WORKER, resumed, data_dir, '4', '--kill_at', '2'],
                           env=env, timeout=600)
@@ -205,10 +188,10 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path, data_di
   _assert_same_state(resumed + '.npz', uninterrupted_run)
 
 
-def _two_hosts(workdir, data_dir, jax_cache, *extra):
+def _two_hosts(workdir, data_dir, *extra):
   """Runs the worker as two CPU processes; returns (return codes, outputs)."""
   port = cli.free_port()
-  env = _worker_env(jax_cache, num_devices=1)
+  env = cli.env()
   procs = [subprocess.Popen(
       [sys.executable, WORKER, workdir, data_dir, '4', *extra,
        '--coordinator', f'127.0.0.1:{port}', '--num_processes', '2', '--process_id', str(i)],
@@ -219,7 +202,7 @@ def _two_hosts(workdir, data_dir, jax_cache, *extra):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_dir, jax_cache,
+def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_dir,
                                                                  uninterrupted_run):
   """Two CPU processes as two hosts, one of them SIGTERM'd, reach the
   one-process parameters after a rerun.
@@ -231,7 +214,7 @@ def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_
   preemption status.
   """
   two = str(tmp_path / 'two')
-  codes, outputs = _two_hosts(two, data_dir, jax_cache, '--sigterm_at', '1',
+  codes, outputs = _two_hosts(two, data_dir, '--sigterm_at', '1',
                               '--sigterm_process', '1')
   for code, out in zip(codes, outputs):
     assert code == preemption.PREEMPTED_EXIT_CODE, out[-3000:]
@@ -245,7 +228,7 @@ def test_two_hosts_preempted_then_resumed_train_like_one_process(tmp_path, data_
   assert 'Process 1: Preempted' in outputs[1]
   saved = checkpoints.Checkpointer(os.path.join(two, 'checkpoints')).all_steps()
   assert saved[-1] == agreed and set(saved) <= {1, 2, 3}
-  codes, outputs = _two_hosts(two, data_dir, jax_cache, '--dump', two + '.npz')
+  codes, outputs = _two_hosts(two, data_dir, '--dump', two + '.npz')
   for code, out in zip(codes, outputs):
     assert code == 0, out[-3000:]
   # Only process 0 reports progress.
