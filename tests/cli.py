@@ -11,10 +11,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # XLA:CPU options of every process in the test session (conftest sets them for
-# pytest's own). Test models are tiny, so compiling dominates: XLA:CPU's
-# fusion emitters take about twice the time of its older code generator to
-# compile the tiny train step (BENCHMARKS.md, "Test suite"), and at these
-# sizes the programs run alike either way.
+# pytest's own). Test models are tiny, so compiling dominates: with XLA:CPU's
+# older code generator instead of its fusion emitters the suite takes about 70%
+# of the time (BENCHMARKS.md, "Test suite"), though the compiled programs run
+# slower.
 XLA_FLAGS = '--xla_cpu_use_fusion_emitters=false'
 # What a test compiles with (jax.jit's compiler_options) where it compares two
 # different programs bit for bit or to a few float32 ulps: XLA:CPU's default
@@ -29,8 +29,9 @@ def env(num_devices: int | None = 1, **extra: str) -> dict:
   flags = os.environ.get('XLA_FLAGS', XLA_FLAGS)
   if num_devices is not None:
     flags = f'--xla_force_host_platform_device_count={num_devices} {XLA_FLAGS}'
-  return dict(os.environ, XLA_FLAGS=flags, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
-              PYTHONPATH=REPO, **extra)
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_DISABLE_MOST_OPTIMIZATIONS='1', PYTHONPATH=REPO)
+  env.update(extra)
+  return env
 
 
 def start(script: str, *flags: str) -> subprocess.Popen:
