@@ -85,7 +85,6 @@ def _shrink(config):
 def workload_config(name: str, batch: int, dry_run: bool, remat: bool = False,
                     guidance: float = 0.0):
   """A paper workload's config at ``batch`` videos on this one device."""
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
   import common  # pylint: disable=g-import-not-at-top
   config = common.get_config(name, batch)
   config.model.remat = remat

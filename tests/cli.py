@@ -29,9 +29,10 @@ def env(num_devices: int | None = 1, **extra: str) -> dict:
   flags = os.environ.get('XLA_FLAGS', XLA_FLAGS)
   if num_devices is not None:
     flags = f'--xla_force_host_platform_device_count={num_devices} {XLA_FLAGS}'
-  env = dict(os.environ, XLA_FLAGS=flags, JAX_DISABLE_MOST_OPTIMIZATIONS='1', PYTHONPATH=REPO)
-  env.update(extra)
-  return env
+  environ = dict(os.environ, XLA_FLAGS=flags, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+                 PYTHONPATH=REPO)
+  environ.update(extra)
+  return environ
 
 
 def start(script: str, *flags: str) -> subprocess.Popen:
