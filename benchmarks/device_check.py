@@ -147,20 +147,17 @@ def stage_sample(args, workload: str) -> dict:
 
 
 def stage_i3d(args) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
+  import statistics  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import common  # pylint: disable=g-import-not-at-top
   from vdm.evaluation import i3d  # pylint: disable=g-import-not-at-top
   n, frames, size = (2, 9, 16) if args.dry_run else (args.batch, 16, 64)
   videos = np.random.default_rng(0).integers(0, 256, (n, frames, size, size, 3), np.uint8)
   start = time.perf_counter()
   features = i3d.batch_features(videos)  # Compiles, and loads the weights once.
   first_s = time.perf_counter() - start
-  times = []
-  for _ in range(args.iters):
-    start = time.perf_counter()
-    jax.block_until_ready(i3d.batch_features(videos))
-    times.append(time.perf_counter() - start)
-  seconds = sorted(times)[len(times) // 2]
+  seconds = statistics.median(common.time_calls(lambda: i3d.batch_features(videos), args.iters,
+                                                warmup=0))
   assert np.isfinite(features).all() and features.shape == (n, i3d.NUM_CLASSES)
   return dict(batch=n, frames=frames, size=size, first_call_s=first_s, s_per_batch=seconds,
               videos_per_s=n / seconds)
