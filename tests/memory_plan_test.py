@@ -38,6 +38,9 @@ def test_fsdp_divides_the_sharded_state_and_the_step_compiles():
   assert share > 0.5  # The kernels, which hold most of the bytes, are split.
   # A sharded tensor is split 8 ways, the rest is replicated on every device.
   assert sharded['params_bytes'] == pytest.approx(full * (share / 8 + 1 - share), abs=64)
+  # Adam's moments are placed like their parameters, not replicated.
+  assert 2 * sharded['params_bytes'] <= sharded['opt_state_bytes'] < (
+      2 * sharded['params_bytes'] + 1024)
   assert sharded['state_bytes'] < replicated['state_bytes']
   assert sharded['replicated_state_bytes'] == replicated['state_bytes']
   assert sharded['xla_memory']['temp_bytes'] > 0

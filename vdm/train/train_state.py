@@ -149,19 +149,28 @@ class StateLayout:
     self.frozen_mask = frozen_mask(labels, multipliers)
     self.param_shardings = sharding.param_shardings(abstract_params, self.mesh,
                                                     config.sharding.rules)
-    # Compiled once: its output shardings (the optimizer state's are inferred
-    # from the params') are also what checkpoints restore into.
-    self._init = self._compile_init(self._state_out_shardings())
+    # Compiled once: its output shardings are also what checkpoints restore into.
+    self._init = self._compile_init(self._state_out_shardings(abstract_params))
     self.state_shardings = self._init.output_shardings
     self.abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         jax.eval_shape(self._init_state), self.state_shardings)
 
-  def _state_out_shardings(self):
+  def _state_out_shardings(self, abstract_params):
     rep = sharding.replicated(self.mesh)
     params = self.param_shardings
-    # The optimizer state's sharding follows the params it mirrors (inferred).
-    return TrainState(step=rep, params=params, ema_params=params, opt_state=None, rng=rep)
+    # Each copy of the parameter tree inside the optimizer state (Adam's two
+    # moments) is placed like the parameters; its scalars (step counts) are
+    # replicated. Left to XLA's inference, the moments come out replicated:
+    # under FSDP they would hold most of each device's state bytes.
+    # Frozen groups' moments are MaskedNodes (no arrays): kept as they are.
+    masked = lambda x: isinstance(x, optax.MaskedNode)
+    opt_state = optax.tree_map_params(
+        self.tx, lambda p, s: p if masked(p) else s,
+        jax.eval_shape(self.tx.init, abstract_params), params,
+        transform_non_params=lambda _: rep, is_leaf=masked)
+    return TrainState(step=rep, params=params, ema_params=params, opt_state=opt_state,
+                      rng=rep)
 
   def _compile_init(self, out_shardings):
     return jax.jit(self._init_state, out_shardings=out_shardings).lower().compile()
