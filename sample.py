@@ -6,6 +6,7 @@
   python sample.py --workdir=runs/default --mode=interpolate --stride=3 --output_dir=out/interp
   python sample.py --workdir=runs/default --mode=superres --lowres_factor=2 --output_dir=out/sr
   python sample.py --workdir=runs/trip_tnf --mode=i2v --input=image.png --output_dir=out/i2v
+  python sample.py --workdir=runs/text_digits --prompt="a three moving right, quickly"
 
 A flag that does not apply to the mode (--stride outside interpolate, ...)
 is refused before anything is loaded.
@@ -68,6 +69,12 @@ _LABEL = flags.DEFINE_integer(
     'dataset clips\' labels when conditioning on them; the null label (the unconditional '
     'branch) when conditioning on a file or another dataset, whose class is unknown; else '
     '0, 1, 2, ... in turn.')
+_PROMPT = flags.DEFINE_multi_string(
+    'prompt', None, 'Caption of the samples (text models; repeatable: sample i gets prompt '
+    'i mod their number; "" is the null text, i.e. unconditional). Default: the dataset '
+    "clips' captions when conditioning on them, else the null text.")
+_PROMPTS_FILE = flags.DEFINE_string(
+    'prompts_file', None, 'A text file with one prompt a line, as repeated --prompt flags.')
 _INPUT = flags.DEFINE_string(
     'input', None, 'Conditioning video: an mp4/GIF, an npz (\'videos\' [N, T, H, W, C] or '
     '[T, H, W, C]), "dataset" for the first clips of config.data.eval_split, or '
@@ -89,12 +96,24 @@ _LOWRES_FACTOR = flags.DEFINE_integer('lowres_factor', None,
 _FPS = flags.DEFINE_integer('fps', 8, 'Frame rate of the mp4 and GIF.')
 
 
+def _prompts():
+  """The --prompt flags and the lines of --prompts_file, or None when neither."""
+  if _PROMPT.value is None and _PROMPTS_FILE.value is None:
+    return None
+  prompts = list(_PROMPT.value or [])
+  if _PROMPTS_FILE.value is not None:
+    with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
+      prompts += [line.rstrip('\n') for line in f if line.strip()]
+  return tuple(prompts)
+
+
 def main(argv):
   del argv
   request = sample_lib.SampleRequest(
       mode=_MODE.value, num_samples=_NUM_SAMPLES.value, num_frames=_NUM_FRAMES.value,
       context_frames=_CONTEXT_FRAMES.value, stride=_STRIDE.value,
       lowres_factor=_LOWRES_FACTOR.value, conditioning=_CONDITIONING.value, label=_LABEL.value,
+      prompts=_prompts(),
       input_path=_INPUT.value, input_start=_INPUT_START.value, input_stride=_INPUT_STRIDE.value,
       strict_input=_STRICT_INPUT.value, cond_path=_COND_INPUT.value,
       checkpoint_step=flags.FLAGS.checkpoint_step, seed=flags.FLAGS.seed,

@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.random_flip = False           # Random left-right flips of clips and images (never for digits: a flipped 2 is no digit).
   data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
+  data.caption_key = ''              # Name of the caption (text) feature; '' for none. Needs model.text_encoder.
   data.seed = 0                      # Seed of the data order and augmentation.
   data.loader = 'threads'            # 'threads' (StepIterator) or 'grain' (worker processes); same batches (BENCHMARKS.md#input-pipeline).
   data.num_workers = 2               # Threads ('threads') or processes ('grain') preparing batches (0 = synchronous).
@@ -68,6 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   model.attn_dtype = ''              # Attention dtype; '' = model.dtype.
   model.remat = False                # Recompute block activations in backward (saves GPU/TPU memory; not on XLA:CPU).
   model.temporal_conv = False        # Zero-initialised kernel-3 time convolution in every residual block (VidRD).
+  model.text_encoder = ''            # '' (no text) or 'learned': a transformer over caption tokens, learned with the net (docs/text.md).
+  model.text_tokenizer = 'words'     # 'words' (of the training captions) or 'bytes' (UTF-8, no vocabulary).
+  model.text_vocabulary = ()         # 'words': the vocabulary; () = filled from the train split's captions when training starts.
+  model.text_max_length = 64         # L: tokens per caption (longer prompts are an error).
+  model.text_width = 128             # D: features per text token.
+  model.text_layers = 2              # Transformer layers of the text encoder.
+  model.text_heads = 4               # Attention heads of the text encoder.
 
   # --- latent: where the diffusion runs (vdm/latent.py) ----------------------
   config.latent = latent = ml_collections.ConfigDict()

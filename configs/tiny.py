@@ -3,6 +3,7 @@
   python train.py --config=configs/tiny.py --workdir=/tmp/tiny
   python train.py --config=configs/tiny.py:trip --workdir=/tmp/tiny_trip   # TRIP i2v
   python train.py --config=configs/tiny.py:autoencoder --workdir=/tmp/tiny_ae
+  python train.py --config=configs/tiny.py:text --workdir=/tmp/tiny_text   # captions + labels
 
 Hardware: any CPU. Expected result: finite losses; samples are noise-like.
 """
@@ -11,8 +12,9 @@ from configs import default
 
 
 def get_config(method: str = 'vdm'):
-  """The tiny config of ``method``: 'vdm', 'trip', 'autoencoder' (the image
-  stage) or 'autoencoder_temporal' (VidRD's temporal-aware decoder stage)."""
+  """The tiny config of ``method``: 'vdm', 'text' (vdm on captions and labels),
+  'trip', 'autoencoder' (the image stage) or 'autoencoder_temporal' (VidRD's
+  temporal-aware decoder stage)."""
   config = default.get_config()
   # Tests build small copies of the 1-3 digit dataset (moving_digits.prepare
   # with num_train=32 and so on) and pass its data_dir.
@@ -46,7 +48,9 @@ def get_config(method: str = 'vdm'):
   config.sampling.guidance_weight = 0.0  # One denoiser call per step.
   config.eval.num_samples = 4
   config.eval.batch_size = 2
-  if method == 'trip':
+  if method == 'text':
+    with_text(config)
+  elif method == 'trip':
     from vdm.methods import trip  # pylint: disable=g-import-not-at-top
     config.method = 'trip'
     config.trip = trip.default_config()
@@ -72,6 +76,20 @@ def get_config(method: str = 'vdm'):
       config.data.num_images = 0
       config.autoencoder.update(temporal_decoder=True, train='temporal')
   elif method != 'vdm':
-    raise ValueError(f'configs/tiny.py:{method}: choose vdm, trip, autoencoder or '
+    raise ValueError(f'configs/tiny.py:{method}: choose vdm, text, trip, autoencoder or '
                      'autoencoder_temporal.')
+  return config
+
+
+def with_text(config):
+  """``config`` (any method's tiny config) trained on captions too, in place.
+
+  The data becomes moving_digits/captions_32 (tests build small copies) and
+  the U-Net(s) gain a one-layer text encoder over the captions' words.
+  """
+  config.data.dataset = 'moving_digits/captions_32'
+  config.data.caption_key = 'caption'
+  config.data.random_flip = False  # A flip would contradict "left" and "right".
+  config.model.update(text_encoder='learned', text_tokenizer='words', text_max_length=16,
+                      text_width=16, text_layers=1, text_heads=2)
   return config

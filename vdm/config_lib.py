@@ -127,6 +127,14 @@ def validate_config(config):
   if config.model.num_classes and not data.label_key:
     raise ValueError('config.model.num_classes > 0 needs config.data.label_key '
                      '(or set config.model.num_classes = 0 for an unconditional model).')
+  if bool(config.model.text_encoder) != bool(data.caption_key):
+    raise ValueError(
+        f'config.model.text_encoder={config.model.text_encoder!r} and config.data.caption_key='
+        f'{data.caption_key!r}: a text model needs captions and captions need a text model; '
+        "set both (e.g. 'learned' and 'caption') or neither.")
+  if data.caption_key and data.random_flip:
+    raise ValueError('config.data.random_flip would mirror left and right motion while the '
+                     'caption keeps its words; set random_flip = False for captioned data.')
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
     raise ValueError(f'config.optimizer.name={opt.name!r} is unknown; choose one of {OPTIMIZERS}.')

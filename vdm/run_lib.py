@@ -23,6 +23,7 @@ from flax import nnx
 
 from vdm import config_lib
 from vdm import progress as progress_lib
+from vdm.diffusion import conditions
 from vdm.diffusion import guidance
 from vdm.diffusion import samplers
 from vdm.methods import autoencoder
@@ -158,20 +159,20 @@ class _GuidedDenoiser:
   graphdef: Any
   guided: bool
 
-  def __call__(self, params, labels, conditioning, guidance_weight, z, logsnr):
+  def __call__(self, params, condition, conditioning, guidance_weight, z, logsnr):
     networks = nnx.merge(self.graphdef, params)
     fn = self.method.denoiser(networks, conditioning)
-    return guidance.label_model_fn(fn, labels, guidance_weight, guided=self.guided)(z, logsnr)
+    return guidance.label_model_fn(fn, condition, guidance_weight, guided=self.guided)(z, logsnr)
 
 
 def model_fn(method: base.Method, graphdef: Any, params: Any, *,
              labels: Optional[Any] = None, conditioning: Optional[Mapping[str, Any]] = None,
-             guidance_weight: float = 0.0) -> jax.tree_util.Partial:
+             guidance_weight: float = 0.0, text: Optional[Any] = None) -> jax.tree_util.Partial:
   """The one way a trained run becomes a sampler's ``model_fn(z, logsnr)``.
 
   Training's periodic samples, sample.py and evaluate.py all come through
   here, so they cannot drift: the method's denoiser, labels (per video [N] or
-  per frame [N, T]), other conditioning, and classifier-free guidance with
+  per frame [N, T]), captions, other conditioning, and classifier-free guidance with
   w = guidance_weight in the paper's convention. At w = 0 the unconditional
   half of the doubled batch is skipped (the same output for half the work).
 
@@ -185,17 +186,18 @@ def model_fn(method: base.Method, graphdef: Any, params: Any, *,
     params: their (EMA) parameters.
     labels: int labels for a class-conditional model; None otherwise.
     conditioning: the method's other conditioning (see Method.denoiser).
-    guidance_weight: classifier-free w >= 0.
+    guidance_weight: classifier-free w >= 0 (on labels and text together).
+    text: caption byte tokens [N, L] (vdm.models.tokenizer) for a text model;
+      None otherwise.
 
   Returns:
     model_fn(z [N, T, H, W, C], logsnr [N]) -> float32 output.
   """
-  guided = labels is not None and guidance_weight != 0
-  if labels is not None:
-    labels = jnp.asarray(labels, jnp.int32)
+  condition = conditions.as_int(conditions.make(labels, text))
+  guided = condition is not None and guidance_weight != 0
   conditioning = None if conditioning is None else {
       k: jnp.asarray(v, jnp.float32) for k, v in conditioning.items()}
-  return jax.tree_util.Partial(_GuidedDenoiser(method, graphdef, guided), params, labels,
+  return jax.tree_util.Partial(_GuidedDenoiser(method, graphdef, guided), params, condition,
                                conditioning, jnp.float32(guidance_weight))
 
 

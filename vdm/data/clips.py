@@ -15,6 +15,7 @@ import numpy as np
 
 from vdm.data import frames as frames_lib
 from vdm.data import sources
+from vdm.models import tokenizer
 
 # First element of every seed tuple, so that the random streams used for
 # different purposes can never coincide.
@@ -112,26 +113,48 @@ def train_row(ds: sources.Dataset, spec: sources.Spec, example, image_examples,
   return np.concatenate(parts, axis=0)
 
 
-def row_labels(ds: sources.Dataset, spec: sources.Spec, example, image_examples) -> List[int]:
-  """Per-frame labels of a training row: the video's for its T clip frames,
-  then each appended image's own (it comes from another video, so the video's
-  label would be wrong for it)."""
-  return ([int(example[ds.label_key])] * spec.num_frames +
-          [int(ex[ds.label_key]) for ex in image_examples])
+def row_conditions(ds: sources.Dataset, spec: sources.Spec, example, image_examples
+                   ) -> Optional[Dict[str, list]]:
+  """Per-frame labels and captions of a training row, or None without either.
+
+  The video's for its T clip frames, then each appended image's own (it comes
+  from another video, whose label and caption are the true ones for it).
+
+  Returns:
+    {'label': T + K ints} and/or {'caption': T + K texts}.
+  """
+  out = {}
+  for key, name in ((ds.label_key, 'label'), (ds.caption_key, 'caption')):
+    if key:
+      out[name] = [example[key]] * spec.num_frames + [ex[key] for ex in image_examples]
+  return out or None
 
 
 _TO_UNIT = (np.arange(256) / 127.5 - 1.0).astype(np.float32)
 
 
-def to_batch(rows: List[np.ndarray], labels: Optional[List[Any]], spec: sources.Spec
-             ) -> Dict[str, np.ndarray]:
+def to_batch(rows: List[np.ndarray], conditions: Optional[List[Dict[str, list]]],
+             spec: sources.Spec) -> Dict[str, np.ndarray]:
+  """Training rows (and their row_conditions) -> the batch dict of the pipeline."""
   # uint8 -> [-1, 1] as x / 127.5 - 1, through a 256-entry table: one pass
   # over the batch instead of three, and exactly rounded.
   video = _TO_UNIT[np.stack(rows)]  # [B_local, T+K, S, S, C] float32
   is_image = np.zeros(spec.num_frames + spec.num_images, bool)  # [T+K]
   is_image[spec.num_frames:] = True
   out = dict(video=video, is_image=is_image)
-  if labels is not None:
-    # Training rows: [B_local, T+K] (per frame); evaluation clips: [B_local].
-    out['label'] = np.asarray(labels, np.int32)
+  if conditions and 'label' in conditions[0]:
+    out['label'] = np.asarray([c['label'] for c in conditions], np.int32)  # [B_local, T+K]
+  if conditions and 'caption' in conditions[0]:
+    out['text'] = caption_tokens([c['caption'] for c in conditions], spec)  # [B_local, T+K, L]
   return out
+
+
+def caption_tokens(captions: List[Any], spec: sources.Spec) -> np.ndarray:
+  """Byte tokens int32 [..., L] of nested lists of captions (str or bytes)."""
+  arr = np.asarray(captions, dtype=object)
+  if spec.tokenizer is None:
+    raise ValueError('captions are read but there is no tokenizer: config.model.text_encoder '
+                     "is '' or the 'words' vocabulary (config.model.text_vocabulary) is empty; "
+                     'training fills it (vdm.train.train_lib.resolve_text_vocabulary).')
+  tokens = spec.tokenizer(arr.reshape(-1).tolist())
+  return tokens.reshape(arr.shape + tokens.shape[-1:])

@@ -14,7 +14,10 @@ Two layers:
   `moving_digits` (configs `moving_digits/32` and `moving_digits/64`: one to
   three digits per video, the label being the first one's class;
   `moving_digits/single_32` and `moving_digits/single_64`: exactly one digit,
-  so the label is the class of every frame's only digit) that
+  so the label is the class of every frame's only digit;
+  `moving_digits/captions_32` and `moving_digits/captions_64`: one digit
+  moving in a straight line, never touching a wall, with a caption such as
+  "a seven moving up and to the left, slowly", see vdm.data.digit_captions) that
   writes the generator's output in the array_record format, so the input
   pipeline can read it with random access through `tfds.data_source`. TFDS is
   imported only inside these functions.
@@ -34,6 +37,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from vdm.data import bundled
+from vdm.data import digit_captions
 
 # The UCI digits file holds 1,797 scans; the first 1,437 (80%) are the train
 # pool, the rest the test pool (per-class counts are balanced in both).
@@ -48,7 +52,10 @@ RESOLUTIONS = (32, 64)
 VERSION = '1.0.0'
 # TFDS config name -> (resolution, most digits per video).
 CONFIGS = {'32': (32, MAX_DIGITS), '64': (64, MAX_DIGITS),
-           'single_32': (32, 1), 'single_64': (64, 1)}
+           'single_32': (32, 1), 'single_64': (64, 1),
+           'captions_32': (32, 1), 'captions_64': (64, 1)}
+# Configs whose videos have captions (one digit on a straight path).
+CAPTIONED = ('captions_32', 'captions_64')
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
 SPLITS = tuple(_SPLIT_CODES)
@@ -134,21 +141,35 @@ def _fold(p: np.ndarray, limit: float) -> np.ndarray:
 
 def _make_video(rng: np.random.Generator, pool: np.ndarray,
                 digits_img: np.ndarray, classes: np.ndarray, num_frames: int,
-                image_size: int, max_digits: int):
-  """One video: returns (uint8 [T, H, W], int32 [3] classes, int32 [3] sources)."""
+                image_size: int, max_digits: int, split: str, captioned: bool):
+  """One video.
+
+  Returns:
+    (uint8 [T, H, W], int32 [3] classes, int32 [3] sources, and for a
+    captioned video its digit_captions.Motion, else None).
+  """
   size = digits_img.shape[-1]
   limit = float(image_size - size)
-  n = int(rng.integers(1, max_digits + 1))
-  src = rng.choice(pool, size=n, replace=False)
-  start = rng.uniform(0.0, limit, size=(n, 2))  # [n, (y, x)]
-  # Each digit gets its own speed and direction; the speed scales with the
-  # frame so that motion looks the same at 32 and 64 px.
-  speed = rng.uniform(1.0, 2.5, size=n) * image_size / 32.0
-  angle = rng.uniform(0.0, 2.0 * np.pi, size=n)
-  vel = np.stack([np.sin(angle), np.cos(angle)], axis=-1) * speed[:, None]
-  t = np.arange(num_frames, dtype=np.float64)
-  pos = start[:, None, :] + vel[:, None, :] * t[None, :, None]  # [n, T, 2]
-  pos = np.round(_fold(pos, limit)).astype(np.int64)
+  motion = None
+  if captioned:
+    src = rng.choice(pool, size=1)
+    motion = digit_captions.Motion(int(classes[src[0]]),
+                                   *digit_captions.draw_motion(rng, int(classes[src[0]]), split))
+    pos = digit_captions.straight_path(rng, motion.direction, motion.speed, num_frames,
+                                       limit, image_size)[None]  # [1, T, 2]
+    n = 1
+  else:
+    n = int(rng.integers(1, max_digits + 1))
+    src = rng.choice(pool, size=n, replace=False)
+    start = rng.uniform(0.0, limit, size=(n, 2))  # [n, (y, x)]
+    # Each digit gets its own speed and direction; the speed scales with the
+    # frame so that motion looks the same at 32 and 64 px.
+    speed = rng.uniform(1.0, 2.5, size=n) * image_size / 32.0
+    angle = rng.uniform(0.0, 2.0 * np.pi, size=n)
+    vel = np.stack([np.sin(angle), np.cos(angle)], axis=-1) * speed[:, None]
+    t = np.arange(num_frames, dtype=np.float64)
+    pos = start[:, None, :] + vel[:, None, :] * t[None, :, None]  # [n, T, 2]
+    pos = np.round(_fold(pos, limit)).astype(np.int64)
   frames = np.zeros((num_frames, image_size, image_size), np.uint8)
   for k in range(n):
     img = digits_img[src[k]]
@@ -161,12 +182,12 @@ def _make_video(rng: np.random.Generator, pool: np.ndarray,
   digit_cls[:n] = classes[src]
   sources = np.full((MAX_DIGITS,), -1, np.int32)
   sources[:n] = src
-  return frames, digit_cls, sources
+  return frames, digit_cls, sources, motion
 
 
 def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
              image_size: int = 32, seed: int = 0, start: int = 0,
-             max_digits: int = MAX_DIGITS) -> Dict[str, np.ndarray]:
+             max_digits: int = MAX_DIGITS, captions: bool = False) -> Dict[str, np.ndarray]:
   """Generates moving digits videos with plain numpy.
 
   Video `i` depends only on (split, seed, i, num_frames, image_size,
@@ -181,6 +202,8 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
     seed: non-negative integer seed.
     start: index of the first video.
     max_digits: each video has 1..max_digits digits (uniformly); 1: exactly one.
+    captions: one digit on a straight path that never touches a wall, with
+      a caption (vdm.data.digit_captions); max_digits is then ignored.
 
   Returns:
     dict with
@@ -189,6 +212,10 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
       digits: int32 [N, 3], classes of the digits, padded with -1.
       sources: int32 [N, 3], indices into `sklearn.datasets.load_digits()` of
         the scans used, padded with -1 (for checks; not in the TFDS dataset).
+      with captions, also
+      caption: object [N] of UTF-8 bytes (as TFDS returns a Text feature).
+      direction, speed: int32 [N], indices of digit_captions.DIRECTIONS and
+        SPEEDS (for checks; not in the TFDS dataset).
   """
   if split not in _SPLIT_CODES:
     raise ValueError(f"moving_digits split must be 'train' or 'test', got {split!r}")
@@ -203,16 +230,24 @@ def generate(split: str, num_videos: int, num_frames: int = DEFAULT_NUM_FRAMES,
   video = np.zeros((num_videos, num_frames, image_size, image_size, 1), np.uint8)
   digits = np.zeros((num_videos, MAX_DIGITS), np.int32)
   sources = np.zeros((num_videos, MAX_DIGITS), np.int32)
+  motions = []
   for j in range(num_videos):
     # A generator per video keyed by its index makes videos independent of
     # num_videos and of chunking. The split code keeps train and test streams
     # apart even for the same seed.
     rng = np.random.default_rng([_SPLIT_CODES[split], seed, start + j])
-    frames, digits[j], sources[j] = _make_video(
-        rng, pool, digits_img, classes, num_frames, image_size, max_digits)
+    frames, digits[j], sources[j], motion = _make_video(
+        rng, pool, digits_img, classes, num_frames, image_size, max_digits, split,
+        captions)
     video[j, ..., 0] = frames
-  return dict(video=video, label=digits[:, 0].copy(), digits=digits,
-              sources=sources)
+    motions.append(motion)
+  out = dict(video=video, label=digits[:, 0].copy(), digits=digits, sources=sources)
+  if captions:
+    out['caption'] = np.array([digit_captions.caption(m).encode() for m in motions],
+                              dtype=object)
+    out['direction'] = np.array([m.direction for m in motions], np.int32)
+    out['speed'] = np.array([m.speed for m in motions], np.int32)
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -237,6 +272,7 @@ def get_builder_cls():
       and read with TFDS and numpy alone.
     label: `ClassLabel(num_classes=10)`, class of the first digit.
     digits: `Tensor(shape=(3,), dtype=int32)`, classes of the digits, -1 pad.
+    caption: `Text()`, only in the captioned configs (CAPTIONED).
 
   Returns:
     The builder class, a `tfds.core.GeneratorBasedBuilder` subclass.
@@ -274,19 +310,20 @@ def get_builder_cls():
     def _info(self):
       res = self.builder_config.resolution
       shape = (self._num_frames, res, res, 1)
+      features = {
+          'video': tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding='zlib'),
+          'label': tfds.features.ClassLabel(num_classes=10),  # The first digit's.
+          'digits': tfds.features.Tensor(shape=(MAX_DIGITS,), dtype=np.int32),
+      }
+      if self.builder_config.name in CAPTIONED:
+        features['caption'] = tfds.features.Text()
       return self.dataset_info_from_configs(
           description=(
               'Real handwritten digits (scikit-learn UCI 8x8 scans, smoothly '
               'upsampled) bouncing off the walls with their own velocities, '
               'composited with max; ' + self.builder_config.description +
               ' Train and test use disjoint scans.'),
-          features=tfds.features.FeaturesDict({
-              'video': tfds.features.Tensor(
-                  shape=shape, dtype=np.uint8, encoding='zlib'),
-              'label': tfds.features.ClassLabel(num_classes=10),  # The first digit's.
-              'digits': tfds.features.Tensor(
-                  shape=(MAX_DIGITS,), dtype=np.int32),
-          }),
+          features=tfds.features.FeaturesDict(features),
           supervised_keys=('video', 'label'),
           # Keep generator order so that `data_source[i]` is video i of
           # `generate`: the numpy fallback then yields identical batches.
@@ -302,17 +339,18 @@ def get_builder_cls():
 
     def _generate_examples(self, split, num_videos):
       res, max_digits = self.builder_config.resolution, self.builder_config.max_digits
+      captions = self.builder_config.name in CAPTIONED
       chunk = 256  # Bounds memory at 64 px (a chunk is ~21 MB there).
       for start in range(0, num_videos, chunk):
         n = min(chunk, num_videos - start)
         out = generate(split, n, self._num_frames, res, self._seed,
-                       start=start, max_digits=max_digits)
+                       start=start, max_digits=max_digits, captions=captions)
         for j in range(n):
-          yield start + j, {
-              'video': out['video'][j],
-              'label': int(out['label'][j]),
-              'digits': out['digits'][j],
-          }
+          example = {'video': out['video'][j], 'label': int(out['label'][j]),
+                     'digits': out['digits'][j]}
+          if captions:
+            example['caption'] = out['caption'][j].decode()
+          yield start + j, example
 
   return MovingDigits
 
@@ -337,8 +375,8 @@ def in_memory(config: str, split: str) -> Dict[str, np.ndarray]:
   resolution, max_digits = CONFIGS[config]
   n = DEFAULT_NUM_TRAIN if split == 'train' else DEFAULT_NUM_TEST
   out = generate(split, n, DEFAULT_NUM_FRAMES, resolution, seed=0,
-                 max_digits=max_digits)
-  return {k: out[k] for k in ('video', 'label', 'digits')}
+                 max_digits=max_digits, captions=config in CAPTIONED)
+  return {k: out[k] for k in ('video', 'label', 'digits', 'caption') if k in out}
 
 
 def single_digit(name: str) -> bool:

@@ -47,6 +47,7 @@ from vdm.data import grain_loader
 from vdm.data import sources
 from vdm.data import tf_stream
 from vdm.data import thread_loader
+from vdm.models import tokenizer
 
 
 def dataset_info(config) -> Dict[str, Any]:
@@ -67,6 +68,31 @@ def dataset_info(config) -> Dict[str, Any]:
   ds = sources.open_split(spec, spec.train_split)
   return dict(num_classes=ds.num_classes, num_train_examples=ds.num_examples,
               video_shape=ds.video_shape)
+
+
+def caption_vocabulary(config) -> tuple[str, ...]:
+  """The words of every caption of config.data.train_split: the vocabulary of
+  the 'words' tokenizer (vdm.models.tokenizer.build_vocabulary).
+
+  One pass over the split (its videos are read too: a few seconds for the
+  bundled datasets, longer for large ones; it runs once, when training starts).
+
+  Raises:
+    ValueError: config.data.caption_key is not set.
+  """
+  spec = sources.read_spec(config)
+  if not spec.caption_key:
+    raise ValueError("the 'words' tokenizer builds its vocabulary from captions: set "
+                     'config.data.caption_key.')
+  ds = sources.open_split(spec, spec.train_split)
+  if ds.source is not None:
+    captions = [ex[ds.caption_key] for start in range(0, len(ds.source), 256)
+                for ex in ds.source.__getitems__(
+                    list(range(start, min(start + 256, len(ds.source)))))]
+  else:
+    captions = [ex[ds.caption_key] for ex in ds.builder.as_dataset(
+        split=spec.train_split).as_numpy_iterator()]
+  return tokenizer.build_vocabulary(captions)
 
 
 def _process(process_index, process_count):
@@ -132,8 +158,9 @@ class _RandomAccessTrain:
       rows: int [R], row numbers in the global batch.
 
     Returns:
-      (list of R uint8 [T + K, S, S, C] rows, list of R per-frame label lists
-      or None when the dataset has no labels).
+      (list of R uint8 [T + K, S, S, C] rows, list of R per-frame
+      clips.row_conditions, or None when the dataset has neither labels nor
+      captions in use).
     """
     spec, ds = self.spec, self.ds
     g = step * spec.batch_size + rows  # [R] global example counter
@@ -146,13 +173,12 @@ class _RandomAccessTrain:
     wanted = sorted(set(index.tolist()).union(
         *[d.image_src.tolist() for d in draws]))
     got = dict(zip(wanted, ds.source.__getitems__(wanted)))
-    out, labels = [], [] if ds.label_key else None
+    out, conditions = [], []
     for i, d in zip(index.tolist(), draws):
       ex, images = got[i], [got[j] for j in d.image_src.tolist()]
       out.append(clips.train_row(ds, spec, ex, images, d, i))
-      if labels is not None:
-        labels.append(clips.row_labels(ds, spec, ex, images))
-    return out, labels
+      conditions.append(clips.row_conditions(ds, spec, ex, images))
+    return out, conditions if conditions and conditions[0] else None
 
   def __call__(self, step: int) -> Dict[str, np.ndarray]:
     """This process's share of the batch of `step` (make_train_iterator's)."""
@@ -184,6 +210,9 @@ def make_train_iterator(config, *, start_step: int = 0,
       label: int32 [B_local, T + K], the label of every frame (the video's
         for clip frames, each image's own for appended images), only when
         config.data.label_key is set.
+      text: int32 [B_local, T + K, L], the byte tokens
+        (vdm.models.tokenizer) of every frame's caption, the same way, only
+        when config.data.caption_key is set.
     B_local = batch_size // process_count; process p gets rows
     [p * B_local, (p + 1) * B_local) of the global batch of each step, which
     (for array_record data) is a pure function of (config.data.seed, step).
@@ -243,6 +272,9 @@ def make_eval_iterator(config, split: Optional[str] = None, *,
     A finite iterator of dicts:
       video: uint8 [B_local, T, H, W, C].
       label: int32 [B_local], only when config.data.label_key is set.
+      text: int32 [B_local, L], caption byte tokens, only when
+        config.data.caption_key is set.
+      caption: object [B_local] of the captions (str), likewise.
       mask: bool [B_local], False on padding rows of the last batch.
       index: int64 [B_local], example index in the split (-1 on padding).
   """
@@ -263,15 +295,17 @@ def make_eval_iterator(config, split: Optional[str] = None, *,
   rows = np.arange(pi * b_local, (pi + 1) * b_local)
 
   def rows_to_batch(examples: Sequence[Any], index: np.ndarray):
-    video, labels = [], [] if ds.label_key else None
-    for i, ex in zip(index.tolist(), examples):
-      video.append(clips.read_clip(ds, spec, ex[ds.video_key], 0.0, i))
-      if labels is not None:
-        labels.append(int(ex[ds.label_key]))
+    video = [clips.read_clip(ds, spec, ex[ds.video_key], 0.0, i)
+             for i, ex in zip(index.tolist(), examples)]
     out = dict(video=np.stack(video),  # [B_local, T, H, W, C] uint8
                mask=index < n, index=np.where(index < n, index, -1))
-    if labels is not None:
-      out['label'] = np.asarray(labels, np.int32)
+    if ds.label_key:
+      out['label'] = np.asarray([int(ex[ds.label_key]) for ex in examples], np.int32)
+    if ds.caption_key:
+      captions = [ex[ds.caption_key] for ex in examples]
+      out['caption'] = np.array([c.decode() if isinstance(c, bytes) else str(c)
+                                 for c in captions], dtype=object)
+      out['text'] = clips.caption_tokens(captions, spec)
     return out
 
   if ds.source is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm.data import bundled
+from vdm.models import tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +36,25 @@ class Spec:
   random_flip: bool
   video_key: str
   label_key: str
+  caption_key: str
+  tokenizer: Any  # vdm.models.tokenizer.Tokenizer of captions; None without captions.
   seed: int
   batch_size: int
   loader: str
   num_workers: int
   prefetch: int
   shuffle_buffer: int
+
+
+def _tokenizer(model) -> Optional[tokenizer.Tokenizer]:
+  """The captions' tokenizer; None before a 'words' vocabulary is filled
+  (vdm.train.train_lib.resolve_text_vocabulary) or without a text model."""
+  if not model.get('text_encoder', ''):
+    return None
+  if model.get('text_tokenizer', 'bytes') == 'words' and not model.get('text_vocabulary', ()):
+    return None
+  return tokenizer.Tokenizer(str(model.get('text_tokenizer', 'bytes')),
+                             int(model.text_max_length), tuple(model.get('text_vocabulary', ())))
 
 
 def read_spec(config) -> Spec:
@@ -55,6 +69,7 @@ def read_spec(config) -> Spec:
 
   def get(key):
     return data[key] if key in data else defaults[key]
+  model = config.get('model') or {}
 
   return Spec(
       dataset=str(get('dataset')),
@@ -69,6 +84,8 @@ def read_spec(config) -> Spec:
       random_flip=bool(get('random_flip')),
       video_key=str(get('video_key')),
       label_key=str(get('label_key') or ''),
+      caption_key=str(get('caption_key') or ''),
+      tokenizer=_tokenizer(model) if get('caption_key') else None,
       seed=int(get('seed')),
       batch_size=int(config.training.batch_size),
       loader=str(get('loader')),
@@ -99,6 +116,7 @@ class Dataset:
   # encoded frames (tfds.features.Video), None when they arrive decoded.
   decode_frame: Optional[Callable[[bytes], np.ndarray]] = None
   decoders: Optional[dict] = None
+  caption_key: Optional[str] = None  # None: no captions returned.
 
 
 class ArraySource:
@@ -181,6 +199,7 @@ def open_split(spec: Spec, split: str) -> Dataset:
   info = builder.info
   features = info.features
   label_key = _checked_label_key(spec, features)
+  caption_key = _checked_caption_key(spec, features)
   if split not in info.splits:
     raise ValueError(f'Dataset {name!r} has no split {split!r}; its splits are '
                      f'{sorted(info.splits.keys())}.')
@@ -201,7 +220,8 @@ def open_split(spec: Spec, split: str) -> Dataset:
                 num_examples=info.splits[split].num_examples,
                 video_key=spec.video_key, label_key=label_key,
                 video_shape=tuple(vfeat.shape), num_classes=num_classes,
-                builder=builder, decode_frame=decode_frame, decoders=decoders)
+                builder=builder, decode_frame=decode_frame, decoders=decoders,
+                caption_key=caption_key)
   if info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     ds.source = builder.as_data_source(split, decoders=decoders)
   return ds
@@ -238,6 +258,17 @@ def _checked_label_key(spec: Spec, features) -> Optional[str]:
   return label_key
 
 
+def _checked_caption_key(spec: Spec, features) -> Optional[str]:
+  """config.data.caption_key (None for ''), checked against ``features``."""
+  if not spec.caption_key:
+    return None
+  if spec.caption_key not in features:
+    raise KeyError(f'config.data.caption_key={spec.caption_key!r} is not a feature of dataset '
+                   f'{spec.dataset!r}; its features are {sorted(features.keys())}. '
+                   'moving_digits/captions_32 and captions_64 have captions.')
+  return spec.caption_key
+
+
 def _open_generated(spec: Spec, split: str, offline) -> Dataset:
   """A bundled dataset without TFDS: its numpy generator, in memory."""
   if split not in offline.SPLITS:
@@ -252,4 +283,4 @@ def _open_generated(spec: Spec, split: str, offline) -> Dataset:
       video_key=spec.video_key, label_key=label_key,
       video_shape=tuple(arrays[spec.video_key].shape[1:]),
       num_classes=offline.CLASS_FEATURES.get(label_key),
-      source=ArraySource(arrays))
+      source=ArraySource(arrays), caption_key=_checked_caption_key(spec, arrays))

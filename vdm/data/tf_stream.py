@@ -31,16 +31,15 @@ def train_iterator(ds: sources.Dataset, spec: sources.Spec, start_step: int,
   while True:
     examples = [next(it) for _ in range(b_local)]
     rng = np.random.default_rng([clips.TAG_STREAM, spec.seed, pi, step])
-    rows, labels = [], [] if ds.label_key else None
+    rows, conditions = [], []
     for r, ex in enumerate(examples):
       # The images come from random videos of this process's batch: the
       # stream has no random access to the rest of the dataset.
       d = clips.draw_row(rng, spec, b_local)
       images = [examples[j] for j in d.image_src.tolist()]
       rows.append(clips.train_row(ds, spec, ex, images, d, f'{step}:{r}'))
-      if labels is not None:
-        labels.append(clips.row_labels(ds, spec, ex, images))
-    yield clips.to_batch(rows, labels, spec)
+      conditions.append(clips.row_conditions(ds, spec, ex, images))
+    yield clips.to_batch(rows, conditions if conditions[0] else None, spec)
     step += 1
 
 

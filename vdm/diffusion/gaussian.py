@@ -12,16 +12,16 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from vdm.diffusion import conditions
 from vdm.diffusion import schedules
 
 PARAMETERIZATIONS = ('eps', 'v', 'x')
 LOSS_TYPES = ('eps_mse', 'v_mse')
-# Label value that means "no condition": the model maps it to its learned null
-# embedding. Condition dropout writes it; classifier-free guidance passes it.
-NULL_LABEL = -1
+NULL_LABEL = conditions.NULL_LABEL
 
-# denoise_fn(z_t [B, T, H, W, C], logsnr [B], label [B] or None) -> model output
-# in the configured parameterization, same shape as z_t.
+# denoise_fn(z_t [B, T, H, W, C], logsnr [B], condition) -> model output in the
+# configured parameterization, same shape as z_t; the condition is labels [B]
+# or [B, T], a {'label', 'text'} dict (vdm.diffusion.conditions) or None.
 DenoiseFn = Callable[[jax.Array, jax.Array, Optional[jax.Array]], jax.Array]
 
 
@@ -115,9 +115,9 @@ def predict_x_eps(z: jax.Array, logsnr: jax.Array, model_out: jax.Array,
   return model_out, eps_from_z_x(z, model_out, logsnr)
 
 
-def drop_condition(rng: jax.Array, label: jax.Array, drop_prob: float,
-                   is_image: Optional[jax.Array] = None) -> jax.Array:
-  """Replaces labels by NULL_LABEL with probability ``drop_prob``.
+def drop_condition(rng: jax.Array, label: conditions.Condition, drop_prob: float,
+                   is_image: Optional[jax.Array] = None) -> conditions.Condition:
+  """Replaces conditions by their null with probability ``drop_prob``.
 
   Training this way gives one network both the conditional and the
   unconditional model that classifier-free guidance combines. A video's
@@ -127,19 +127,22 @@ def drop_condition(rng: jax.Array, label: jax.Array, drop_prob: float,
 
   Args:
     rng: PRNG key.
-    label: int labels [B], or per frame [B, T].
-    drop_prob: probability of dropping each example's label.
+    label: int labels [B], or per frame [B, T]; or a {'label', 'text'}
+      condition (vdm.diffusion.conditions), whose parts drop together.
+    drop_prob: probability of dropping each example's condition.
     is_image: [T] bool, True for appended image frames (per-frame labels
       only); None treats every frame as part of the video.
 
   Returns:
-    labels shaped like ``label`` with the dropped ones set to NULL_LABEL.
+    ``label`` with the dropped entries set to the null condition.
   """
-  drop = jax.random.bernoulli(rng, drop_prob, label.shape)  # [B] or [B, T]
-  if label.ndim == 2:
+  shape = conditions.frames_shape(label)
+  drop = jax.random.bernoulli(rng, drop_prob, shape)  # [B] or [B, T]
+  if len(shape) == 2:
     video_drop = drop[:, :1]  # [B, 1]: one draw for all video frames.
     drop = video_drop if is_image is None else jnp.where(is_image[None], drop, video_drop)
-  return jnp.where(drop, NULL_LABEL, label)
+    drop = jnp.broadcast_to(drop, shape)
+  return conditions.where_null(drop, label)
 
 
 def sample_times(rng: jax.Array, batch_size: int, low_discrepancy: bool) -> jax.Array:
@@ -173,9 +176,10 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
     logsnr_fn: the schedule t -> lambda_t.
     parameterization: what denoise_fn predicts: 'eps', 'v' or 'x'.
     loss_type: 'eps_mse' (||eps - eps_hat||^2, the paper's) or 'v_mse'.
-    label: int labels [B] or per frame [B, T], or None for an unconditional
+    label: the condition (int labels [B] or per frame [B, T], or a
+      vdm.diffusion.conditions dict with text), or None for an unconditional
       model.
-    cond_drop_prob: probability of replacing a label by NULL_LABEL.
+    cond_drop_prob: probability of replacing a condition by its null.
     low_discrepancy: stratify t over the batch (see sample_times).
     t: optional fixed times [B]; drawn when None.
     noise_fn: (rng, shape) -> eps, the method's noise law; standard normal

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm.diffusion import conditions
 from vdm.diffusion import gaussian
 from vdm.diffusion import samplers
 from vdm.diffusion import schedules
@@ -64,21 +65,23 @@ def classifier_free(fn: LabelModelFn, label: jax.Array,
 
   Args:
     fn: (z, logsnr, label) -> output of a network trained with label dropout.
-    label: int labels [B] (or per frame [B, T]); entries equal to NULL_LABEL
-      sample unconditionally.
+    label: int labels [B] (or per frame [B, T]), or a {'label', 'text'}
+      condition (vdm.diffusion.conditions); null entries sample
+      unconditionally.
     guidance_weight: w >= 0 in the paper's convention (0: no guidance).
 
   Returns:
     model_fn(z [B, ...], logsnr [B]) -> guided output [B, ...], float32.
   """
-  label = jnp.asarray(label, jnp.int32)
+  label = conditions.as_int(label)
 
   def model_fn(z, logsnr):
     b = z.shape[0]
-    if label.shape[:1] != (b,) or label.ndim > 2:
-      raise ValueError(f'label must be [B] or [B, T] with B = {b}; got shape {label.shape}.')
+    shape = conditions.frames_shape(label)
+    if shape[:1] != (b,) or len(shape) > 2:
+      raise ValueError(f'label must be [B] or [B, T] with B = {b}; got shape {shape}.')
     out = fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
-             jnp.concatenate([label, jnp.full_like(label, gaussian.NULL_LABEL)]))
+             conditions.concatenate(label, conditions.null(label)))
     # The mix amplifies the difference of the branches by w: in bfloat16 that
     # difference would keep only a few significant bits.
     out = out.astype(jnp.float32)

@@ -64,19 +64,23 @@ from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm import run_lib
 from vdm import sharding
+from vdm.data import digit_captions
 from vdm.evaluation import digits
 from vdm.evaluation import fidelity
 from vdm.evaluation import generated
 from vdm.evaluation import i3d
 from vdm.evaluation import real as real_lib
 from vdm.evaluation import scores as scores_lib
+from vdm.evaluation import text_alignment
+from vdm.models import tokenizer
 from vdm.sampling import long_video
 from vdm.sampling import options
 
 
 MODES = ('unconditional', 'predict', 'long', 'i2v')
 # Results written as TensorBoard scalars by periodic.PeriodicEvaluation (when present).
-SCALARS = ('fvd', 'kvd', 'digit_accuracy', 'digit_consistency')
+SCALARS = ('fvd', 'kvd', 'digit_accuracy', 'digit_consistency', 'digit_accuracy_seen',
+           'direction_accuracy_seen', 'digit_accuracy_held_out', 'direction_accuracy_held_out')
 
 
 def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
@@ -160,6 +164,10 @@ _SUMMARY_FIGURES = (
     ('fvd', 'FVD', '.1f'), ('kvd', 'KVD', '.4g'),
     ('digit_accuracy', 'digit accuracy', '.3f'),
     ('digit_consistency', 'digit consistency', '.3f'),
+    ('digit_accuracy_seen', 'text digit/direction accuracy: seen', '.3f'),
+    ('direction_accuracy_seen', '/', '.3f'),
+    ('digit_accuracy_held_out', 'held out', '.3f'),
+    ('direction_accuracy_held_out', '/', '.3f'),
     ('first_frame_psnr', 'first-frame PSNR', '.2f'),
     ('first_frame_ssim', 'first-frame SSIM', '.3f'),
     ('later_frames_psnr', 'later-frames PSNR', '.2f'),
@@ -210,9 +218,15 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   conditional = bool(run.method.num_classes())
   real, labels = real_lib.real_features(config, split, num, batch_size=batch_size,
                                cache_dir=cache_dir, with_labels=conditional, mesh=mesh)
+  captions = text = None
+  if run.method.takes_text():
+    # Each sample takes the caption of the real clip at its row.
+    captions = real_lib.real_captions(config, split, num, batch_size=batch_size)
+    text = tokenizer.from_config(config)(captions)
   contexts = first = real_clips = None
-  scores, predicted = [], []
+  scores, predicted, directions = [], [], []
   score_digits = conditional and digits.applies(config)
+  score_text = text is not None and text_alignment.applies(config)
   if mode in ('predict', 'i2v'):
     # The whole clips, read once: their first frames condition the samples and
     # all their frames give the real side of the first-frame fidelity.
@@ -228,9 +242,13 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       scores.append(fidelity.first_frame_scores(first[lo:lo + len(videos)], videos))
     if score_digits:
       predicted.append(scores_lib.digit_classifier(config, split).predict(videos))
+    if score_text:
+      predicted.append(scores_lib.digit_classifier(scores_lib.labelled(config),
+                                                   split).predict(videos))
+      directions.append(digit_captions.measured_direction(videos))
 
   fake = generated.generated_features(
-      run, num, batch_size=batch_size, seed=seed, labels=labels,
+      run, num, batch_size=batch_size, seed=seed, labels=labels, text=text,
       contexts=contexts if mode == 'predict' else None,
       num_frames=num_frames if mode == 'long' else None,
       first_frames=first if mode == 'i2v' else None, on_videos=on_videos, mesh=mesh)
@@ -249,7 +267,9 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       'batch_size': int(batch_size),
       'sample_labels': 'labels of the real clips' if conditional else 'none',
   }
-  if conditional:
+  if text is not None:
+    result['sample_captions'] = 'captions of the real clips'
+  if conditional or text is not None:
     result['guidance_weight'] = float(sc.guidance_weight)
   if mode == 'predict':
     result.update(context_frames=int(context_frames),
@@ -266,6 +286,9 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
     result.update(scores_lib.first_frame_fidelity(real_clips, scores))
   if score_digits:
     result.update(scores_lib.digit_scores(config, split, np.concatenate(predicted), labels))
+  if score_text:
+    result.update(scores_lib.text_scores(config, split, np.concatenate(predicted),
+                                         np.concatenate(directions), captions))
   result['seconds'] = round(time.time() - start, 1)
   return result
 

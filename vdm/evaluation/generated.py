@@ -32,6 +32,7 @@ def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, options):
 
 def generated_features(run, num: int, *, batch_size: int, seed: int,
                        labels: Optional[np.ndarray] = None,
+                       text: Optional[np.ndarray] = None,
                        contexts: Optional[np.ndarray] = None,
                        num_frames: Optional[int] = None,
                        first_frames: Optional[np.ndarray] = None,
@@ -55,6 +56,7 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     batch_size: videos per sampling / I3D call.
     seed: sampling seed.
     labels: int [N] class labels for a class-conditional model, else None.
+    text: int [N, L] caption byte tokens for a text model, else None.
     contexts: uint8 [N, k, H, W, C] given first frames ('predict' mode), or
       None for unconditional sampling.
     num_frames: long videos of this many frames, clip by clip with the driver
@@ -76,7 +78,7 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
   options = run_lib.sampler_options(c, run.method)
   rng = jax.random.PRNGKey(seed)
   bs = mesh_sampling.chunk_size(batch_size, num, mesh)
-  inputs = {'labels': labels}
+  inputs = {'labels': labels, 'text': text}
   if first_frames is not None:
     inputs['first_frame'] = latent.encode_videos(
         space, video_io.to_model_range(first_frames)[:, None])[:, 0]
@@ -87,9 +89,10 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
                                     what='sampling + I3D of generated videos'):
     conditioning = dict(chunk.inputs)
     lab, ctx = conditioning.pop('labels', None), conditioning.pop('context', None)
+    text_rows = conditioning.pop('text', None)
     fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
                           conditioning=conditioning or None,
-                          guidance_weight=c.sampling.guidance_weight)
+                          guidance_weight=c.sampling.guidance_weight, text=text_rows)
     if num_frames is not None:
       videos = sharding.shard_rows(long_video.generate(
           fn, rng, num_frames, sampling_config=c.sampling, clip_frames=t,

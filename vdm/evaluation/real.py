@@ -137,8 +137,9 @@ def read_clips(config, split: str, indices: np.ndarray, batch_size: int, *,
 
   Returns:
     dict with 'features' (float64 [N, 400] or None), 'labels' (int64 [N] or
-    None when the config has no label_key) and 'videos' (uint8 [N, T', H, W,
-    C] or None), rows in the order of `indices`.
+    None when the config has no label_key), 'captions' (N str, or None when
+    it has no caption_key) and 'videos' (uint8 [N, T', H, W, C] or None),
+    rows in the order of `indices`.
   """
   n = len(indices)
   # The I3D runs on the run's mesh (the training one), each batch split over
@@ -154,7 +155,7 @@ def read_clips(config, split: str, indices: np.ndarray, batch_size: int, *,
       # Every process reads all N clips (cheap beside the I3D, which is split
       # over the mesh) and so holds the whole real side of the metric.
       process_index=0, process_count=1)
-  feats, labels, videos, buffer = [], [], [], []
+  feats, labels, captions, videos, buffer = [], [], [], [], []
   progress = progress_lib.Progress(f'I3D features of {what}' if features else f'reading {what}',
                                   n, 'videos', every=5.0, file=sys.stderr)
   done = 0
@@ -182,6 +183,8 @@ def read_clips(config, split: str, indices: np.ndarray, batch_size: int, *,
       buffer.append(batch['video'][keep])
       if 'label' in batch:
         labels.append(batch['label'][keep].astype(np.int64))
+      if 'caption' in batch:
+        captions += [str(c) for c in batch['caption'][keep]]
       flush(force=False)
     flush(force=True)
   finally:
@@ -191,6 +194,7 @@ def read_clips(config, split: str, indices: np.ndarray, batch_size: int, *,
   return {
       'features': np.concatenate(feats) if features else None,
       'labels': np.concatenate(labels) if labels else None,
+      'captions': captions if 'caption_key' in config.data and config.data.caption_key else None,
       'videos': np.concatenate(videos) if keep_videos else None,
   }
 
@@ -238,3 +242,18 @@ def real_features(config, split: str, num: int, *, batch_size: int,
         cache_dir, real_cache_key(config, split, num, s, what='labels'),
         compute_labels)[:, 0].astype(np.int64)
   return feats, labels
+
+
+def real_captions(config, split: str, num: int, *, batch_size: int) -> list[str]:
+  """The captions of the N protocol clips of a split (the clips of
+  ``real_features``, in the same order): what a text model's samples are
+  conditioned on when it is evaluated.
+
+  Raises:
+    ValueError: the config has no config.data.caption_key.
+  """
+  if not config.data.get('caption_key', ''):
+    raise ValueError('a text-conditional model needs config.data.caption_key.')
+  indices = select_indices(split_size(config, split), num)
+  return read_clips(config, split, indices, batch_size, features=False,
+                    what=f'captions of {num} real clips ({split})')['captions']

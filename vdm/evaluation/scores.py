@@ -1,14 +1,17 @@
-"""Scores of generated videos: FVD/KVD of features, the digit classifier, first-frame fidelity."""
+"""Scores of generated videos: FVD/KVD of features, the digit classifier, text
+alignment, first-frame fidelity."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from vdm.data import digit_captions
 from vdm.data import moving_digits
 from vdm.evaluation import digits
 from vdm.evaluation import fidelity
 from vdm.evaluation import metrics
 from vdm.evaluation import real
+from vdm.evaluation import text_alignment
 
 
 def distances(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
@@ -53,6 +56,46 @@ def digit_classifier(config, split: str) -> digits.DigitClassifier:
     _DIGIT_CLASSIFIERS[key] = digits.fit(train_videos, train_labels, test_videos, test_labels,
                                          moving_digits.digit_size(int(d.image_size)))
   return _DIGIT_CLASSIFIERS[key]
+
+
+def labelled(config):
+  """``config`` reading moving digits' 'label' feature (a text run's config has
+  label_key ''), for the digit classifier."""
+  config = config.copy_and_resolve_references()
+  config.data.label_key = 'label'
+  return config
+
+
+_REAL_TEXT_SCORES = {}
+
+
+def text_scores(config, split: str, predicted: np.ndarray, directions: np.ndarray,
+                captions) -> dict:
+  """Text alignment of the samples (text_alignment.scores), with the real
+  clips' own figures beside them (up to digits.CEILING_VIDEOS clips of ``split``)."""
+  config = labelled(config)
+  clf = digit_classifier(config, split)
+  key = (str(config.data.dataset), str(config.data.data_dir), int(config.data.image_size),
+         int(config.data.num_frames), split)
+  if key not in _REAL_TEXT_SCORES:
+    size = real.split_size(config, split)
+    out = real.read_clips(config, split,
+                          real.select_indices(size, min(digits.CEILING_VIDEOS, size)),
+                          batch_size=64, features=False, keep_videos=True,
+                          what=f'{split} clips for the text alignment ceiling')
+    _REAL_TEXT_SCORES[key] = text_alignment.scores(
+        clf.predict(out['videos']), digit_captions.measured_direction(out['videos']),
+        out['captions'])
+  result = text_alignment.scores(predicted, directions, captions)
+  result.update({f'real_{k}': v for k, v in _REAL_TEXT_SCORES[key].items()
+                 if not k.startswith('count')})
+  result['text_protocol'] = (
+      'digit accuracy: generated frames that the digit classifier (SVC on centred digit '
+      "windows, fitted on real train frames) reads as the caption's digit (chance 0.1); "
+      "direction accuracy: videos whose brightness centroid moves in the caption's "
+      'direction, nearest of eight (chance 0.125); held_out: digit-direction pairs absent '
+      f'from the train split; real_*: real {split} clips')
+  return result
 
 
 def digit_scores(config, split: str, predicted: np.ndarray, labels: np.ndarray) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from vdm import config_lib
+from vdm.diffusion import conditions
 from vdm.diffusion import samplers
 from vdm.diffusion import schedules
 
@@ -215,6 +216,16 @@ class Method:
   def num_classes(self) -> int:
     """Class labels the denoiser takes (0: unconditional)."""
     return int(self.config.model.num_classes)
+
+  def takes_text(self) -> bool:
+    """Whether the denoiser takes captions (config.model.text_encoder)."""
+    return bool(self.config.model.get('text_encoder', ''))
+
+  def batch_condition(self, batch: Mapping[str, Any]) -> Any:
+    """The condition (vdm.diffusion.conditions) of a training batch: its
+    per-frame labels and caption tokens, the ones the model takes."""
+    return conditions.make(batch.get('label') if self.num_classes() else None,
+                           batch.get('text') if self.takes_text() else None)
 
 
 def param_path(path) -> str:

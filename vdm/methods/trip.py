@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from vdm import progress as progress_lib
+from vdm.diffusion import conditions
 from vdm.diffusion import gaussian
 from vdm.methods import base
 from vdm.models import tnf
@@ -195,11 +196,12 @@ class Method(base.Method):
     x1 = first_frame.astype(z.dtype)[:, None]  # [B, 1, H, W, C]
     if self.trip.condition == 'channels':
       cond = jnp.broadcast_to(x1, z.shape)  # [B, N, H, W, C]
-      return unet(z, logsnr, label=label, cond=cond, dropout_rng=dropout_rng).astype(jnp.float32)
-    if label is not None and jnp.ndim(label) == 2:
-      label = jnp.concatenate([label[:, :1], label], axis=1)  # x^1 keeps frame 1's label.
-    out = unet(jnp.concatenate([x1, z], axis=1), logsnr, label=label,
-               dropout_rng=dropout_rng)  # [B, N + 1, H, W, C]
+      return unet(z, logsnr, cond=cond, dropout_rng=dropout_rng,
+                  **conditions.network_kwargs(label)).astype(jnp.float32)
+    # x^1 keeps frame 1's label and caption.
+    label = conditions.map_frames(lambda a: jnp.concatenate([a[:, :1], a], axis=1), label)
+    out = unet(jnp.concatenate([x1, z], axis=1), logsnr, dropout_rng=dropout_rng,
+               **conditions.network_kwargs(label))  # [B, N + 1, H, W, C]
     return out[:, 1:].astype(jnp.float32)  # The prepended frame's output is dropped.
 
   def fuse(self, networks: Any, prior: jax.Array, residual: jax.Array,
@@ -244,7 +246,7 @@ class Method(base.Method):
     logsnr = self.logsnr_fn(t)  # [B]
     eps = self.noise(rng_eps, x.shape).astype(jnp.float32)
     z = gaussian.q_sample(x, logsnr, eps)
-    label = batch.get('label') if self.num_classes() else None
+    label = self.batch_condition(batch)
     if label is not None and d.cond_drop_prob > 0:
       label = gaussian.drop_condition(rng_drop, label, d.cond_drop_prob)
     eps_fused = self.noise_prediction(networks, x[:, 0], z, logsnr, label, rng_dropout)

@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import jax
 from flax import nnx
 
+from vdm.diffusion import conditions
 from vdm.diffusion import gaussian
 from vdm.methods import base
 from vdm.models import unet3d
@@ -38,13 +39,13 @@ class Method(base.Method):
           f'config.model.cond_channels={self.model_config.cond_channels} needs the batch '
           "to carry 'cond' [B, T, H, W, cond_channels]; this input pipeline provides none.")
 
-    def denoise_fn(z, logsnr, label):
-      return networks(z, logsnr, label=label, cond=cond, is_image=is_image,
-                      dropout_rng=rng_dropout)
+    def denoise_fn(z, logsnr, condition):
+      return networks(z, logsnr, cond=cond, is_image=is_image, dropout_rng=rng_dropout,
+                      **conditions.network_kwargs(condition))
     losses = gaussian.diffusion_loss(
         denoise_fn, batch['video'], rng_loss, logsnr_fn=self.logsnr_fn,
         parameterization=d.parameterization, loss_type=d.loss_type,
-        label=batch.get('label') if self.model_config.num_classes else None,
+        label=self.batch_condition(batch),
         cond_drop_prob=d.cond_drop_prob, low_discrepancy=d.low_discrepancy,
         noise_fn=self.noise, is_image=is_image)
     return losses, {}
@@ -53,6 +54,6 @@ class Method(base.Method):
                conditioning: Optional[Mapping[str, jax.Array]] = None):
     cond = self.cond_channels_input(conditioning)
 
-    def fn(z, logsnr, label):
-      return networks(z, logsnr, label=label, cond=cond)
+    def fn(z, logsnr, condition):
+      return networks(z, logsnr, cond=cond, **conditions.network_kwargs(condition))
     return fn

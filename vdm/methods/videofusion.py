@@ -53,6 +53,7 @@ from flax import nnx
 
 from vdm import config_lib
 from vdm import progress as progress_lib
+from vdm.diffusion import conditions
 from vdm.diffusion import decomposed
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -179,7 +180,10 @@ class Method(base.Method):
       z: z_t [B, F, H, W, C]: num_video clip frames, then F - num_video
         appended images (training only).
       logsnr: lambda_t [B].
-      label: None, [B] or per frame [B, F].
+      label: the condition (vdm.diffusion.conditions): None, labels [B] or
+        per frame [B, F], or a dict with text. Both networks take it: the
+        caption says what the shared base frame shows (the digit, the
+        scene) and how the residual moves it.
       num_video: N, the clip frames of z (static).
       cond: optional extra input channels [B, F, H, W, Cc].
       dropout_rng: enables dropout (training); None disables it.
@@ -198,20 +202,21 @@ class Method(base.Method):
     # The base sees the key frame and every appended image, each on its own.
     base_frames = np.concatenate([[key], np.arange(n, frames)]).astype(np.int32)  # [1 + K]
     take = lambda a: None if a is None else jnp.take(a, base_frames, axis=1)
-    per_frame = label is not None and label.ndim == 2
     # is_image all True: every frame attends only to itself, as a one-frame clip.
     alone = jnp.ones(len(base_frames), bool) if len(base_frames) > 1 else None
     rng = lambda i: None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-    base_out = networks.base(take(z), logsnr, label=take(label) if per_frame else label,
-                             cond=take(cond), is_image=alone, dropout_rng=rng(0))
+    base_out = networks.base(take(z), logsnr, cond=take(cond), is_image=alone,
+                             dropout_rng=rng(0),
+                             **conditions.network_kwargs(conditions.map_frames(take, label)))
     b_hat = base_out[:, :1]  # [B, 1, H, W, C]
     b_used = jax.lax.stop_gradient(b_hat) if training else b_hat
     sigma = schedules.alpha_sigma(gaussian.expand_to(logsnr, z))[1]  # [B, 1, 1, 1, 1]
     base_share = jnp.asarray(np.sqrt(weights).reshape(1, n, 1, 1, 1), jnp.float32)
     residual_share = jnp.asarray(np.sqrt(1.0 - weights).reshape(1, n, 1, 1, 1), jnp.float32)
     z_residual = z[:, :n] - base_share * sigma * b_used  # z' [B, N, H, W, C]
-    r_hat = networks.residual(z_residual, logsnr, label=label[:, :n] if per_frame else label,
-                              cond=None if cond is None else cond[:, :n], dropout_rng=rng(1))
+    r_hat = networks.residual(
+        z_residual, logsnr, cond=None if cond is None else cond[:, :n], dropout_rng=rng(1),
+        **conditions.network_kwargs(conditions.map_frames(lambda a: a[:, :n], label)))
     eps = base_share * b_used + residual_share * r_hat  # [B, N, H, W, C]
     # The key frame's noise is b: its prediction is b_hat, with its gradient.
     eps = jnp.where((np.arange(n) == key).reshape(1, n, 1, 1, 1), b_hat, eps)
@@ -239,7 +244,7 @@ class Method(base.Method):
 
     losses, frame_losses = gaussian.diffusion_loss(
         denoise_fn, x, rng_loss, logsnr_fn=self.logsnr_fn, parameterization='eps',
-        loss_type='eps_mse', label=batch.get('label') if self.num_classes() else None,
+        loss_type='eps_mse', label=self.batch_condition(batch),
         cond_drop_prob=d.cond_drop_prob, low_discrepancy=d.low_discrepancy,
         noise_fn=lambda rng, shape: decomposed.noise(rng, shape, weights),
         is_image=batch.get('is_image'), frame_losses=True)  # [B], [B, T + K]

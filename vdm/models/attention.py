@@ -188,3 +188,61 @@ class CrossAttention(nnx.Module):
       bias = bias[None, :, None, :]  # [1, N, 1, L]
     y = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [n, 1, N, D]
     return self.out(y.reshape(lead + (self.num_heads * self.head_dim,)))
+
+
+class TextCrossAttention(nnx.Module):
+  """Cross-attention from every pixel of a frame to that frame's text tokens.
+
+  A learned null token is always in the context, so a frame without text
+  (padding only: the null text of classifier-free guidance) attends to it
+  alone and every softmax row is defined.
+
+  Args:
+    channels: C of the video features (queries).
+    text_width: D of the text token embeddings (keys and values).
+    num_heads, head_dim: attention heads and features per head.
+    norm_groups, rngs, dtype, attn_dtype: as the self-attention blocks.
+  """
+
+  def __init__(self, channels: int, text_width: int, num_heads: int, head_dim: int, *,
+               norm_groups: int, rngs: nnx.Rngs, dtype, attn_dtype):
+    inner = num_heads * head_dim
+    self.norm = layers.GroupNorm(channels, norm_groups, rngs=rngs, dtype=dtype)
+    self.query = layers.Dense(channels, inner, rngs=rngs, dtype=dtype)
+    self.key_value = layers.Dense(text_width, 2 * inner, rngs=rngs, dtype=dtype)
+    self.null = layers.param(rngs, jax.nn.initializers.normal(1.0), (1, text_width),
+                             ('vocab', 'mlp'))
+    # Zero init: a model gaining text starts as the one without.
+    self.out = layers.Dense(inner, channels, rngs=rngs, init_scale=0.0, dtype=dtype,
+                            logical_axes=('mlp', 'embed'))
+    self.num_heads = num_heads
+    self.head_dim = head_dim
+    self.attn_dtype = attn_dtype
+
+  def __call__(self, x: jax.Array, text: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attends.
+
+    Args:
+      x: video features [B, T, H, W, C].
+      text: token embeddings [B, T', L, D], T' = 1 (one text per video) or T
+        (one per frame: appended images carry their own source video's).
+      mask: bool [B, T', L], True on real tokens.
+
+    Returns:
+      [B, T, H, W, C].
+    """
+    b, t, h, w, c = x.shape
+    tt, length = text.shape[1], text.shape[2]
+    null = jnp.broadcast_to(self.null[...], (b, tt, 1, text.shape[-1]))
+    text = jnp.concatenate([null.astype(text.dtype), text], axis=2)  # [B, T', L+1, D]
+    mask = jnp.concatenate([jnp.ones((b, tt, 1), bool), mask], axis=2)  # [B, T', L+1]
+    text = jnp.broadcast_to(text, (b, t) + text.shape[2:])
+    mask = jnp.broadcast_to(mask, (b, t, length + 1))
+    q = self.query(self.norm(x)).astype(self.attn_dtype)
+    q = q.reshape(b * t, h * w, self.num_heads, self.head_dim)
+    kv = self.key_value(text).astype(self.attn_dtype)
+    kv = kv.reshape(b * t, length + 1, 2, self.num_heads, self.head_dim)
+    y = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1],
+                                     mask=mask.reshape(b * t, 1, 1, length + 1))
+    y = y.reshape(b, t, h, w, self.num_heads * self.head_dim)  # [B, T, H, W, N*D]
+    return x + self.out(y).astype(x.dtype)

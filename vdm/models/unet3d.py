@@ -5,7 +5,10 @@ spatial attention block attends within a frame and is followed by a temporal
 attention block along time, and down/up-sampling are spatial only, so the
 number of frames never changes. An embedding of log-SNR (plus an optional class
 label, per video or per frame) modulates every residual block with a FiLM scale
-and shift.
+and shift. With text (``text_encoder``), a text encoder trained with the net
+turns each caption into token embeddings: every attention block attends from
+each frame to its caption's tokens between its spatial and temporal
+attention, and the mean token embedding joins the conditioning embedding.
 
 Inputs and outputs are channels-last video [B, T, H, W, C].
 """
@@ -21,6 +24,8 @@ from flax import nnx
 
 from vdm.models import attention
 from vdm.models import layers
+from vdm.models import text as text_lib
+from vdm.models import tokenizer as tokenizer_lib
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # lambda in [-20, 20] times this spans about the range of a 1000-step index,
@@ -59,6 +64,14 @@ class UNetConfig:
     temporal_conv: add a zero-initialised kernel-3 convolution over time
       after the first (spatial) convolution of every residual block (VidRD's
       U-Net); False: frames mix only through temporal attention.
+    text_encoder: '' (no text) or 'learned' (vdm.models.text.TextEncoder,
+      learned with the net).
+    text_tokenizer: 'bytes' or 'words' (vdm.models.tokenizer).
+    text_vocabulary: the words of the 'words' tokenizer.
+    text_max_length: L, tokens per caption.
+    text_width: D, features per text token.
+    text_layers: transformer layers of the text encoder.
+    text_heads: attention heads of the text encoder.
   """
   channels: int = 3
   image_size: int = 64
@@ -80,10 +93,18 @@ class UNetConfig:
   attn_dtype: str = ''
   remat: bool = False
   temporal_conv: bool = False
+  text_encoder: str = ''
+  text_tokenizer: str = 'bytes'
+  text_vocabulary: tuple[str, ...] = ()
+  text_max_length: int = 64
+  text_width: int = 128
+  text_layers: int = 2
+  text_heads: int = 4
 
   def __post_init__(self):
     object.__setattr__(self, 'channel_mult', tuple(self.channel_mult))
     object.__setattr__(self, 'attention_resolutions', tuple(self.attention_resolutions))
+    object.__setattr__(self, 'text_vocabulary', tuple(self.text_vocabulary))
     self.validate()
 
   @classmethod
@@ -104,6 +125,11 @@ class UNetConfig:
                        f'known keys: {sorted(fields)}.')
     size, channels = frame_shape or (config.data.image_size, config.data.channels)
     return cls(channels=channels, image_size=size, **model)
+
+  def tokenizer(self) -> tokenizer_lib.Tokenizer:
+    """The tokenizer of the captions this net takes."""
+    return tokenizer_lib.Tokenizer(self.text_tokenizer, self.text_max_length,
+                                   self.text_vocabulary)
 
   @property
   def resolutions(self) -> tuple[int, ...]:
@@ -138,6 +164,17 @@ class UNetConfig:
     for name in ('num_heads', 'emb_dim', 'num_classes', 'cond_channels', 'frame_index_embed'):
       if getattr(self, name) < 0:
         fail(f'config.model.{name}={getattr(self, name)} must be >= 0.')
+    if self.text_encoder not in ('', 'learned'):
+      fail(f"config.model.text_encoder={self.text_encoder!r} is unknown; choose '' (no "
+           "text) or 'learned'.")
+    if self.text_encoder:
+      self.tokenizer()  # An unknown tokenizer or a 'words' one without vocabulary: said.
+      for name in ('text_max_length', 'text_width', 'text_layers', 'text_heads'):
+        if getattr(self, name) < 1:
+          fail(f'config.model.{name}={getattr(self, name)} must be >= 1.')
+      if self.text_width % self.text_heads:
+        fail(f'config.model.text_width={self.text_width} is not divisible by '
+             f'config.model.text_heads={self.text_heads}.')
     if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
       fail(f'config.model.rel_pos_buckets={self.rel_pos_buckets} must be even and >= 4.')
     for name in ('dtype', 'attn_dtype'):
@@ -189,7 +226,7 @@ class ResBlock(nnx.Module):
 
 
 class AttentionBlock(nnx.Module):
-  """Spatial attention followed by temporal attention (the factorization)."""
+  """Spatial attention, text cross-attention (with text), then temporal attention."""
 
   def __init__(self, ch: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
     dtype = DTYPES[cfg.dtype]
@@ -197,12 +234,17 @@ class AttentionBlock(nnx.Module):
     kw = dict(norm_groups=cfg.norm_groups, rngs=rngs, dtype=dtype, attn_dtype=attn_dtype)
     heads = cfg.heads_at(ch)
     self.spatial = attention.SpatialAttention(ch, heads, cfg.head_dim, **kw)
+    self.text = (attention.TextCrossAttention(ch, cfg.text_width, heads, cfg.head_dim, **kw)
+                 if cfg.text_encoder else None)
     self.temporal = attention.TemporalAttention(
         ch, heads, cfg.head_dim, num_buckets=cfg.rel_pos_buckets,
         max_distance=cfg.rel_pos_max_distance, **kw)
 
-  def __call__(self, x: jax.Array, is_image: Optional[jax.Array]) -> jax.Array:
-    return self.temporal(self.spatial(x), is_image)
+  def __call__(self, x: jax.Array, is_image: Optional[jax.Array], text=None) -> jax.Array:
+    x = self.spatial(x)
+    if self.text is not None:
+      x = self.text(x, *text)
+    return self.temporal(x, is_image)
 
 
 class Level(nnx.Module):
@@ -214,14 +256,14 @@ class Level(nnx.Module):
     self.attn = AttentionBlock(out_ch, cfg, rngs=rngs) if use_attention else None
     self.remat = cfg.remat
 
-  def _forward(self, x, emb, rng, is_image):
+  def _forward(self, x, emb, rng, is_image, text):
     x = self.res(x, emb, rng, is_image)
-    return x if self.attn is None else self.attn(x, is_image)
+    return x if self.attn is None else self.attn(x, is_image, text)
 
-  def __call__(self, x, emb, rng, is_image):
+  def __call__(self, x, emb, rng, is_image, text=None):
     if self.remat:
-      return nnx.remat(Level._forward)(self, x, emb, rng, is_image)
-    return self._forward(x, emb, rng, is_image)
+      return nnx.remat(Level._forward)(self, x, emb, rng, is_image, text)
+    return self._forward(x, emb, rng, is_image, text)
 
 
 def _emb_dim(cfg: UNetConfig) -> int:
@@ -246,6 +288,13 @@ class UNet3D(nnx.Module):
     # Row num_classes is the learned null label for classifier-free guidance.
     self.label_embed = (layers.Embed(cfg.num_classes + 1, emb, rngs=rngs)
                         if cfg.num_classes else None)
+    if cfg.text_encoder:
+      self.text_encoder = text_lib.TextEncoder(
+          cfg.tokenizer().vocab_size, cfg.text_max_length, cfg.text_width, cfg.text_layers,
+          cfg.text_heads, rngs=rngs)
+      self.text_pool = layers.Dense(cfg.text_width, emb, rngs=rngs, dtype=dtype)
+    else:
+      self.text_encoder = self.text_pool = None
     # Only when asked for: the default net has no parameter of absolute position.
     self.frame_embed = (layers.Embed(cfg.frame_index_embed, emb, rngs=rngs)
                         if cfg.frame_index_embed else None)
@@ -286,7 +335,7 @@ class UNet3D(nnx.Module):
     self.conv_out = layers.SpatialConv(ch, cfg.channels, rngs=rngs, init_scale=0.0,
                                        dtype=jnp.float32)
 
-  def _check_inputs(self, z, logsnr, label, cond, is_image):
+  def _check_inputs(self, z, logsnr, label, cond, is_image, text):
     cfg = self.config
     if z.ndim != 5 or z.shape[-1] != cfg.channels:
       raise ValueError(f'z_t must be [B, T, H, W, {cfg.channels}] video; got shape {z.shape}.')
@@ -303,6 +352,14 @@ class UNet3D(nnx.Module):
     if label is not None and jnp.shape(label) not in ((b,), (b, t)):
       raise ValueError(f'label must be [B] = [{b}] (per video) or [B, T] = [{b}, {t}] '
                        f'(per frame); got shape {jnp.shape(label)}.')
+    if text is not None and not cfg.text_encoder:
+      raise ValueError('text was given to a model without text conditioning '
+                       "(config.model.text_encoder = '').")
+    if text is not None and jnp.shape(text) not in ((b, cfg.text_max_length),
+                                                    (b, t, cfg.text_max_length)):
+      raise ValueError(f'text must be tokens [B, L] = [{b}, {cfg.text_max_length}] (per '
+                       f'video) or [B, T, L] = [{b}, {t}, {cfg.text_max_length}] (per frame); '
+                       f'got shape {jnp.shape(text)}.')
     if cfg.cond_channels:
       want = (b, t, h, w, cfg.cond_channels)
       if cond is None or cond.shape != want:
@@ -318,9 +375,21 @@ class UNet3D(nnx.Module):
                        f'frame-index embedding (config.model.frame_index_embed); run clips '
                        f'of at most {cfg.frame_index_embed} frames.')
 
+  def _text_context(self, text, batch: int):
+    """(token embeddings [B, T', L, D], mask [B, T', L], pooled [B, T', D])."""
+    cfg = self.config
+    if text is None:  # The null text: padding only.
+      text = jnp.zeros((batch, cfg.text_max_length), jnp.int32)
+    text = jnp.asarray(text, jnp.int32).reshape(batch, -1, cfg.text_max_length)  # [B, T', L]
+    tokens, mask = self.text_encoder(text)
+    weights = mask[..., None].astype(tokens.dtype)
+    pooled = (tokens * weights).sum(-2) / jnp.maximum(weights.sum(-2), 1.0)  # 0 for null text
+    return tokens, mask, pooled
+
   def __call__(self, z: jax.Array, logsnr: jax.Array, *, label: Optional[jax.Array] = None,
                cond: Optional[jax.Array] = None, is_image: Optional[jax.Array] = None,
-               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+               dropout_rng: Optional[jax.Array] = None,
+               text: Optional[jax.Array] = None) -> jax.Array:
     """Predicts eps, v or x (whatever it was trained for) from z_t.
 
     Args:
@@ -333,12 +402,15 @@ class UNet3D(nnx.Module):
       cond: extra conditioning channels [B, T, H, W, cond_channels].
       is_image: [T] bool, True for appended independent image frames.
       dropout_rng: PRNG key enabling dropout (training); None disables it.
+      text: tokens (vdm.models.tokenizer) [B, L] (one caption per
+        video) or [B, T, L] (per frame); all padding means the null text.
+        None on a text model means null text for all.
 
     Returns:
       The prediction [B, T, H, W, C], float32.
     """
     cfg = self.config
-    self._check_inputs(z, logsnr, label, cond, is_image)
+    self._check_inputs(z, logsnr, label, cond, is_image, text)
     if is_image is not None:
       is_image = jnp.asarray(is_image, bool)
     emb = layers.sinusoidal_embedding(LOGSNR_EMBED_SCALE * logsnr, cfg.base_channels)
@@ -349,6 +421,11 @@ class UNet3D(nnx.Module):
       label = jnp.asarray(label).reshape(z.shape[0], -1)  # [B, 1] or [B, T]
       label = jnp.where(label < 0, cfg.num_classes, label)
       emb = emb + self.label_embed(label).astype(emb.dtype)  # [B, 1 or T, E]
+    context = None
+    if self.text_encoder is not None:
+      tokens, mask, pooled = self._text_context(text, z.shape[0])
+      context = (tokens, mask)
+      emb = emb + self.text_pool(pooled).astype(emb.dtype)  # [B, 1 or T, E]
     if self.frame_embed is not None:
       # Video frames count 0, 1, ...; appended images, which have no place in
       # the clip, get no index embedding.
@@ -369,17 +446,17 @@ class UNet3D(nnx.Module):
     blocks = iter(self.down)
     for level in range(len(cfg.channel_mult)):
       for _ in range(cfg.num_res_blocks):
-        h = next(blocks)(h, emb, rng(), is_image)
+        h = next(blocks)(h, emb, rng(), is_image, context)
         skips.append(h)
       if level < len(cfg.channel_mult) - 1:
         h = self.downsample[level](h)
         skips.append(h)
-    h = self.mid2(self.mid1(h, emb, rng(), is_image), emb, rng(), is_image)
+    h = self.mid2(self.mid1(h, emb, rng(), is_image, context), emb, rng(), is_image)
     blocks = iter(self.up)
     for i, level in enumerate(reversed(range(len(cfg.channel_mult)))):
       for _ in range(cfg.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
-        h = next(blocks)(h, emb, rng(), is_image)
+        h = next(blocks)(h, emb, rng(), is_image, context)
       if level > 0:
         h = self.upsample[i](layers.upsample_nearest(h))
     return self.conv_out(jax.nn.silu(self.norm_out(h)))

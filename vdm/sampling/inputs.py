@@ -141,7 +141,7 @@ def conditioning_frames(config, mode: str, plan: Plan, input_path: Optional[str]
 
   Returns:
     (uint8 [N, n, s, s, C] or None when unconditioned, the dataset clips'
-    labels int32 [N] or None).
+    {'label': int32 [N], 'caption': str [N]} (those the dataset has) or None).
 
   Raises:
     ValueError: the file's frames have the wrong size, channels or count.
@@ -265,13 +265,15 @@ def _dataset_conditioning(config, mode: str, plan: Plan, num_samples: int,
       the run's frame size and channels; its labels are not used.
 
   Returns:
-    (uint8 [N, n, s, s, C], labels int32 [N] or None).
+    (uint8 [N, n, s, s, C], {'label': int32 [N], 'caption': str [N]}: those
+    the run's own dataset has).
   """
   converted = ''
   if dataset:
     config = copy.deepcopy(config)
     config.data.dataset = dataset
     config.data.label_key = ''  # Another dataset's classes mean nothing to the model.
+    config.data.caption_key = ''
     # Builds it on first use (one line); its frames are converted like a file's.
     shape = sources.open_split(sources.read_spec(config),
                                config.data.eval_split).video_shape  # (T0, H0, W0, C0)
@@ -293,7 +295,7 @@ def _dataset_conditioning(config, mode: str, plan: Plan, num_samples: int,
     low = guidance.bilinear_downsample(video_io.to_model_range(video),
                                        (plan.cond_size, plan.cond_size))
     video = video_io.to_uint8(low)  # Saved and used as uint8, like a file input.
-  return video, batch.get('label')
+  return video, {k: batch[k] for k in ('label', 'caption') if k in batch}
 
 
 def extra_conditioning(config, cond_path: Optional[str], num_samples: int,

@@ -16,6 +16,7 @@ import numpy as np
 
 from vdm import config_lib
 from vdm import methods
+from vdm.models import tokenizer
 from vdm.sampling import conditional
 from vdm.sampling import inputs
 from vdm.sampling import long_video
@@ -137,8 +138,8 @@ def check_options_apply(config, request, overrides: Mapping[str, Any]) -> None:
 
 
 def check_options(config, guidance_weight: Optional[float], label: Optional[int],
-                   conditioning: str, mode: str) -> None:
-  """Checks the label, guidance and conditioning flags against the run's model.
+                   conditioning: str, mode: str, prompts: Optional[tuple] = None) -> None:
+  """Checks the label, prompt, guidance and conditioning flags against the run's model.
 
   Args:
     config: the run's config with the sampling flags applied.
@@ -146,10 +147,19 @@ def check_options(config, guidance_weight: Optional[float], label: Optional[int]
     label: the --label flag.
     conditioning: 'reconstruction' or 'replacement'.
     mode: one of sample_lib.MODES.
+    prompts: the --prompt flags (None: not given).
 
   Raises:
     ValueError: saying which flag does not fit and why.
   """
+  if prompts is not None:
+    if not config.model.get('text_encoder', ''):
+      raise ValueError('a prompt was given but this model has no text conditioning '
+                       "(config.model.text_encoder = ''); leave --prompt out, or train with "
+                       'captions (e.g. configs/text_digits.py).')
+    if not prompts:
+      raise ValueError('--prompts_file holds no prompt; write one prompt a line.')
+    tokenizer.from_config(config)(prompts)  # Too long: a clear error; unknown words: said.
   num_classes = config.model.num_classes
   if label is not None:
     if not num_classes:
@@ -188,9 +198,10 @@ def check_guidance_weight(config, guidance_weight: Optional[float]) -> None:
     return
   if guidance_weight < 0:
     raise ValueError(f'guidance_weight={guidance_weight} must be >= 0.')
-  if guidance_weight and not config.model.num_classes:
-    raise ValueError(f'guidance_weight={guidance_weight} needs a class-conditional model; '
-                     'this one is unconditional (config.model.num_classes = 0).')
+  if guidance_weight and not (config.model.num_classes or config.model.get('text_encoder')):
+    raise ValueError(f'guidance_weight={guidance_weight} needs a class- or text-conditional '
+                     'model; this one is unconditional (config.model.num_classes = 0 and no '
+                     'config.model.text_encoder).')
   if guidance_weight and config.diffusion.cond_drop_prob == 0:
     raise ValueError(
         f'guidance_weight={guidance_weight} needs a model trained with condition dropout, '
@@ -244,3 +255,35 @@ def labels(config, label: Optional[int], num_samples: int, conditioned: bool,
             'null label: the input has no class (give one with --label)')
   cycled = np.arange(num_samples, dtype=np.int32) % num_classes
   return cycled, f'labels 0..{num_classes - 1} in turn'
+
+
+def texts(config, prompts: Optional[tuple], num_samples: int,
+          dataset_captions: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[list],
+                                                            str]:
+  """The caption of every sample of a text model, and where they came from.
+
+  In order: the prompts (sample i gets prompt i mod their number; an empty
+  prompt is the null text, the unconditional branch); the captions of the
+  run's own dataset clips when conditioning on them; else the null text.
+
+  Args:
+    config: the run's config.
+    prompts: the --prompt flags, or None.
+    num_samples: N.
+    dataset_captions: str [N] captions of the conditioning clips, or None.
+
+  Returns:
+    (byte tokens int32 [N, L] for a text model, None otherwise; the N
+    captions as str, or None; the description for the summary line).
+  """
+  if not config.model.get('text_encoder', ''):
+    return None, None, ''
+  if prompts:
+    captions = [prompts[i % len(prompts)] for i in range(num_samples)]
+    note = (f'prompt {prompts[0]!r}' if len(set(prompts)) == 1
+            else f'{len(prompts)} prompts in turn')
+  elif dataset_captions is not None:
+    captions, note = [str(c) for c in dataset_captions], "the dataset clips' captions"
+  else:
+    captions, note = [''] * num_samples, 'null text (give a --prompt)'
+  return tokenizer.from_config(config)(captions), captions, note

@@ -75,12 +75,15 @@ class SampleResult(NamedTuple):
     conditioning: uint8 [N, n, h, w, C] frames the samples were conditioned on
       (known frames, or the low-resolution video for superres); None when none.
     labels: int32 [N] class labels used, None for an unconditional model.
+    captions: the N captions of a text model's samples ('' = null text), None
+      for a model without text.
     step: the checkpoint step the weights came from.
     paths: {'npz', 'mp4', 'gif'} -> written file (process 0; empty on the others).
   """
   videos: np.ndarray
   conditioning: Optional[np.ndarray]
   labels: Optional[np.ndarray]
+  captions: Optional[list]
   step: int
   paths: dict
 
@@ -107,6 +110,9 @@ class SampleRequest:
       the run's dataset clips' labels when conditioning on them, the null
       label when conditioning on frames of unknown class (a file, another
       dataset), else 0, 1, 2, ... in turn.
+    prompts: captions of a text model's samples, sample i getting prompt
+      i mod len(prompts) ('' = the null text); None uses the dataset clips'
+      captions when conditioning on them, else the null text.
     input_path: conditioning video file (mp4/GIF [T, H, W, C], npz with
       'videos' [N', T, H, W, C] or [T, H, W, C]; rows are reused in turn to
       make N), 'dataset' for the first N clips of config.data.eval_split
@@ -143,6 +149,7 @@ class SampleRequest:
   lowres_factor: Optional[int] = None
   conditioning: Optional[str] = None
   label: Optional[int] = None
+  prompts: Optional[tuple] = None
   input_path: Optional[str] = None
   input_start: Optional[int] = None
   input_stride: Optional[int] = None
@@ -203,21 +210,26 @@ def sample(workdir: str, output_dir: Optional[str] = None,
   r = r.with_defaults()
   conditioning = r.conditioning
   options.check_options(config, overrides.get('sampling.guidance_weight'), r.label,
-                        conditioning, mode)
+                        conditioning, mode, r.prompts)
   plan = _plan(config, mode, r.num_frames, r.context_frames, r.stride, r.lowres_factor)
   if mode == 'extend' and config.sampling.long_method != 'reconstruction' and r.input_path:
     raise ValueError(f'long_method={config.sampling.long_method!r} starts from noise and '
                      'takes no input video; use long_method=reconstruction to continue one.')
-  known, dataset_labels = inputs.conditioning_frames(
+  known, from_dataset = inputs.conditioning_frames(
       config, mode, plan, r.input_path, num_samples,
       inputs.InputFrames(r.input_start, r.input_stride, r.strict_input))
-  labels, label_note = options.labels(config, r.label, num_samples, known is not None, dataset_labels)
+  from_dataset = from_dataset or {}
+  labels, label_note = options.labels(config, r.label, num_samples, known is not None,
+                                      from_dataset.get('label'))
+  text, captions, text_note = options.texts(config, r.prompts, num_samples,
+                                            from_dataset.get('caption'))
+  label_note = ', '.join(n for n in (label_note, text_note) if n)
   extra = inputs.extra_conditioning(config, r.cond_path, num_samples, plan.clip_frames)
   _check_checkpoint(workdir, r.checkpoint_step)
   if mesh is None:
     mesh = sharding.create_mesh(config.sharding.mesh)  # The training layout.
   space = latent.space(config, mesh)  # Pixels, or the autoencoder (restored here).
-  per_sample = dict(extra or {}, labels=labels)  # Host rows [N, ...], split per chunk.
+  per_sample = dict(extra or {}, labels=labels, text=text)  # Host rows [N, ...], split per chunk.
   if mode == 'i2v':
     first = video_io.to_model_range(known[:, :1])  # [N, 1, H, W, C]
     per_sample['first_frame'] = latent.encode_videos(space, first)[:, 0]
@@ -241,9 +253,11 @@ def sample(workdir: str, output_dir: Optional[str] = None,
   for chunk in mesh_sampling.chunks(num_samples, bs, mesh, per_sample, what=f'sampling ({mode})'):
     chunk_inputs = dict(chunk.inputs)
     cond, chunk_labels = chunk_inputs.pop('known', None), chunk_inputs.pop('labels', None)
+    chunk_text = chunk_inputs.pop('text', None)
     model_fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=chunk_labels,
                                 conditioning=chunk_inputs or None,
-                                guidance_weight=config.sampling.guidance_weight)
+                                guidance_weight=config.sampling.guidance_weight,
+                                text=chunk_text)
     if mode == 'extend':
       out = sharding.shard_rows(long_video.generate(
           model_fn, rng, plan.out_frames, sampling_config=config.sampling,
@@ -258,9 +272,10 @@ def sample(workdir: str, output_dir: Optional[str] = None,
   paths = {}
   if jax.process_index() == 0:
     output_dir = output_dir or os.path.join(workdir, 'sample_out', mode)
-    paths = _write(output_dir, videos, known, labels, config.data.image_size, r.fps)
+    paths = _write(output_dir, videos, known, labels, config.data.image_size, r.fps,
+                   captions)
     print('Wrote ' + ', '.join(paths.values()), flush=True)
-  return SampleResult(videos, known, labels, run.step, paths)
+  return SampleResult(videos, known, labels, captions, run.step, paths)
 
 
 def _describe(config, mode: str, label_note: str) -> str:
@@ -394,7 +409,8 @@ def _single_clip_sampler(frame_shape: tuple[int, int], mode: str, plan: inputs.P
 
 
 def _write(output_dir: str, videos: np.ndarray, conditioning: Optional[np.ndarray],
-           labels: Optional[np.ndarray], image_size: int, fps: int) -> dict:
+           labels: Optional[np.ndarray], image_size: int, fps: int,
+           captions: Optional[list] = None) -> dict:
   """Writes samples.npz and a grid of all videos as samples.mp4 and .gif.
 
   Args:
@@ -402,6 +418,7 @@ def _write(output_dir: str, videos: np.ndarray, conditioning: Optional[np.ndarra
     videos: uint8 [N, T, H, W, C].
     conditioning: uint8 [N, n, h, w, C] or None.
     labels: int32 [N] or None.
+    captions: N str or None.
     image_size: frame side, to choose the display enlargement.
     fps: frame rate of the mp4 and GIF.
 
@@ -414,6 +431,8 @@ def _write(output_dir: str, videos: np.ndarray, conditioning: Optional[np.ndarra
     arrays['conditioning'] = conditioning
   if labels is not None:
     arrays['labels'] = labels
+  if captions is not None:
+    arrays['captions'] = np.asarray(captions, dtype=str)
   # Small frames are enlarged (nearest neighbour) so that players show them.
   tiled = video_io.upscale(video_io.grid(videos), max(1, 128 // image_size))
   writers = dict(npz=lambda path: np.savez_compressed(path, **arrays),

@@ -58,7 +58,7 @@ class Trainer(train_state.StateLayout):
           f'config.training.batch_size={config.training.batch_size} must be a multiple of '
           f'{divisor} (batch shards of the mesh {dict(mesh.shape)} x '
           'config.training.grad_accum_steps).')
-    super().__init__(run_lib.resolve_latent_shape(config), mesh)
+    super().__init__(run_lib.resolve_latent_shape(resolve_text_vocabulary(config)), mesh)
     # Pixels, or the frozen autoencoder whose latents this run diffuses in.
     self.space = latent.space(config, self.mesh)
     self.train_step = jax.jit(self._train_step, donate_argnums=0,
@@ -141,8 +141,9 @@ class Trainer(train_state.StateLayout):
                          opt_state=opt_state), metrics
 
   def sample(self, params, rng: jax.Array, num_samples: int, *, num_frames: Optional[int] = None,
-             labels: Optional[jax.Array] = None, progress: bool = False) -> np.ndarray:
-    """Unconditional or class-conditional samples with the sampling config.
+             labels: Optional[jax.Array] = None, text: Optional[np.ndarray] = None,
+             progress: bool = False) -> np.ndarray:
+    """Unconditional, class- or text-conditional samples with the sampling config.
 
     Args:
       params: network parameters (use state.ema_params).
@@ -151,6 +152,8 @@ class Trainer(train_state.StateLayout):
       num_frames: frames per video; config.data.num_frames by default.
       labels: int [num_samples] for a class-conditional model (NULL_LABEL for
         unconditional draws); None draws labels 0, 1, 2, ... in turn.
+      text: caption byte tokens int [num_samples, L] for a text model
+        (vdm.models.tokenizer); None: the null text.
       progress: print a progress line over sampling steps.
 
     Returns:
@@ -164,10 +167,26 @@ class Trainer(train_state.StateLayout):
       labels = jnp.arange(num_samples) % num_classes
     fn = run_lib.model_fn(self.method, self.graphdef, params,
                           labels=labels if num_classes else None,
-                          guidance_weight=c.sampling.guidance_weight)
+                          guidance_weight=c.sampling.guidance_weight,
+                          text=text if self.method.takes_text() else None)
     videos = run_lib.sample(fn, rng, shape, run_lib.sampler_options(c, self.method,
                                                                     progress=progress))
     return latent.decode_videos(self.space, sharding.to_host(videos))
+
+
+def resolve_text_vocabulary(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills config.model.text_vocabulary from the train split's captions, if a
+  'words' tokenizer has none yet (in place); the run's config.json then holds
+  it, so sampling and resuming tokenize the same way."""
+  m = config.model
+  if (not m.get('text_encoder', '') or m.get('text_tokenizer', 'bytes') != 'words'
+      or m.get('text_vocabulary', ())):
+    return config
+  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  m.text_vocabulary = pipeline.caption_vocabulary(config)
+  progress_lib.log(f'Text vocabulary: {len(m.text_vocabulary)} words of the captions of '
+                   f'{config.data.dataset} {config.data.train_split!r}.')
+  return config
 
 
 def _count_params(params) -> int:
@@ -201,14 +220,28 @@ def _check_finite(losses: list, first_step: int) -> None:
 
 
 def write_samples(trainer: Trainer, params, step: int, workdir: str, writer=None) -> str:
-  """Samples with the EMA weights, writes workdir/samples/step_<n>.{gif,npz}."""
+  """Samples with the EMA weights, writes workdir/samples/step_<n>.{gif,npz}.
+
+  A text model's samples take the captions of the first clips of
+  config.data.eval_split (saved beside the videos in the npz).
+  """
   cfg = trainer.config
-  videos = trainer.sample(params, jax.random.PRNGKey(cfg.training.seed + 7919),
-                          cfg.training.num_samples)
+  n = cfg.training.num_samples
+  text, extra = None, {}
+  if trainer.method.takes_text():
+    from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+    batches = pipeline.make_eval_iterator(cfg, num_examples=n, batch_size=n, process_index=0,
+                                          process_count=1)
+    try:
+      batch = next(iter(batches))
+    finally:
+      batches.close()
+    text, extra['captions'] = batch['text'], batch['caption'].astype(str)
+  videos = trainer.sample(params, jax.random.PRNGKey(cfg.training.seed + 7919), n, text=text)
   videos_u8 = video_io.to_uint8(videos)
   out_dir = os.path.join(workdir, 'samples')
   os.makedirs(out_dir, exist_ok=True)
-  np.savez_compressed(os.path.join(out_dir, f'step_{step}.npz'), videos=videos_u8)
+  np.savez_compressed(os.path.join(out_dir, f'step_{step}.npz'), videos=videos_u8, **extra)
   tiled = video_io.grid(videos_u8)
   scale = max(1, 128 // cfg.data.image_size)
   path = video_io.save_gif(os.path.join(out_dir, f'step_{step}.gif'), video_io.upscale(tiled, scale))
@@ -259,6 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # First, before anything is written or compiled: refuse unsafe config changes
   # over an existing run, or move it aside on start_over.
   run_lib.resolve_latent_shape(config)  # Before the comparison: the saved config has it.
+  resolve_text_vocabulary(config)  # Likewise.
   run_dir.prepare(config, workdir, start_over=start_over)
   _warn_short_warmup(config)
   trainer = Trainer(config)

@@ -1,0 +1,24 @@
+"""Text-to-video on the bundled digits: captions such as "a seven moving up
+and to the left, slowly", a byte-level text encoder learned with the U-Net.
+
+  python train.py --config=configs/text_digits.py --workdir=runs/text_digits
+  python sample.py --workdir=runs/text_digits --prompt="a three moving right, quickly"
+
+Hardware: 2 CPU cores, about the time of `make train`. The data is
+moving_digits/captions_32 (one digit on a straight path, never touching a
+wall, so the caption is true of every clip; one direction per digit is held
+out of training, docs/text.md). Expected result: BENCHMARKS.md#text-to-video.
+"""
+
+from configs import default
+
+
+def get_config():
+  """The default recipe, conditioned on captions instead of class labels."""
+  config = default.get_config()
+  config.data.dataset = 'moving_digits/captions_32'
+  config.data.caption_key = 'caption'
+  config.data.label_key = ''
+  config.model.num_classes = 0
+  config.model.update(text_encoder='learned', text_max_length=16)
+  return config

@@ -1,0 +1,90 @@
+"""What a denoiser is conditioned on, and its null: labels, text, or both.
+
+A condition is one of
+  * None: an unconditional network;
+  * an int array of class labels, [B] (per video) or [B, T] (per frame);
+  * a dict with 'label' (as above) and/or 'text' (byte tokens,
+    vdm.models.tokenizer: [B, L] per video or [B, T, L] per frame).
+Its null, the input of the unconditional branch of classifier-free guidance,
+is NULL_LABEL for labels and all padding for text. Training drops label and
+text together (one draw per video frame set and per appended image), so the
+network learns one unconditional model that guidance on both at once needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+# Label value that means "no condition": the model maps it to its learned null
+# embedding. Condition dropout writes it; classifier-free guidance passes it.
+NULL_LABEL = -1
+NULL_TEXT_TOKEN = 0  # vdm.models.tokenizer.PAD: a text of padding only is the null text.
+
+Condition = Any  # None, an int label array, or {'label': ..., 'text': ...}.
+
+
+def make(label: Optional[jax.Array] = None, text: Optional[jax.Array] = None) -> Condition:
+  """The condition of a label and/or text (a plain label array when no text)."""
+  if text is None:
+    return label
+  return {'text': text} if label is None else {'label': label, 'text': text}
+
+
+def network_kwargs(condition: Condition) -> dict:
+  """The keyword arguments (label=, text=) a network takes for ``condition``."""
+  if condition is None:
+    return {}
+  if isinstance(condition, Mapping):
+    return dict(condition)
+  return {'label': condition}
+
+
+def frames_shape(condition: Condition) -> tuple[int, ...]:
+  """[B] (one condition per video) or [B, T] (per frame)."""
+  if isinstance(condition, Mapping):
+    if 'label' in condition:
+      return tuple(jnp.shape(condition['label']))
+    return tuple(jnp.shape(condition['text']))[:-1]
+  return tuple(jnp.shape(condition))
+
+
+def where_null(null: jax.Array, condition: Condition) -> Condition:
+  """``condition`` with the entries where ``null`` ([B] or [B, T]) is True nulled."""
+  def one(key, x):
+    if key == 'text':
+      return jnp.where(null[..., None], NULL_TEXT_TOKEN, x)
+    return jnp.where(null, NULL_LABEL, x)
+  if isinstance(condition, Mapping):
+    return {k: one(k, v) for k, v in condition.items()}
+  return one('label', condition)
+
+
+def null(condition: Condition) -> Condition:
+  """The null condition shaped like ``condition``."""
+  return where_null(jnp.ones(frames_shape(condition), bool), condition)
+
+
+def as_int(condition: Condition) -> Condition:
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), condition)
+
+
+def concatenate(a: Condition, b: Condition) -> Condition:
+  """[a; b] along the batch axis."""
+  return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
+def per_frame(condition: Condition) -> bool:
+  """Whether ``condition`` has one entry per frame ([B, T] labels, [B, T, L] text)."""
+  return condition is not None and len(frames_shape(condition)) == 2
+
+
+def map_frames(fn, condition: Condition) -> Condition:
+  """``fn`` applied to the frame axis (axis 1) of a per-frame condition's parts;
+  a per-video (or absent) condition is returned as it is, since it holds for
+  any frames."""
+  if not per_frame(condition):
+    return condition
+  return jax.tree.map(fn, condition)
