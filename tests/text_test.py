@@ -254,7 +254,10 @@ def test_prompts_are_checked_before_anything_loads(tmp_path, text_data, no_resto
   from configs import tiny  # pylint: disable=g-import-not-at-top
   (tmp_path / 'text').mkdir()
   (tmp_path / 'plain').mkdir()
-  config_lib.save_config(_config(text_data), str(tmp_path / 'text'))
+  from vdm.train import train_lib  # pylint: disable=g-import-not-at-top
+  # As training writes it: with the words of the captions.
+  config_lib.save_config(train_lib.resolve_text_vocabulary(_config(text_data)),
+                         str(tmp_path / 'text'))
   config_lib.save_config(tiny.get_config(), str(tmp_path / 'plain'))
   request = lambda *p: sample_lib.SampleRequest(num_samples=2, prompts=p)
   with pytest.raises(ValueError, match='no text conditioning'):

@@ -272,8 +272,8 @@ def make_eval_iterator(config, split: Optional[str] = None, *,
     A finite iterator of dicts:
       video: uint8 [B_local, T, H, W, C].
       label: int32 [B_local], only when config.data.label_key is set.
-      text: int32 [B_local, L], caption byte tokens, only when
-        config.data.caption_key is set.
+      text: int32 [B_local, L], caption tokens, only when
+        config.data.caption_key is set and the model has a tokenizer.
       caption: object [B_local] of the captions (str), likewise.
       mask: bool [B_local], False on padding rows of the last batch.
       index: int64 [B_local], example index in the split (-1 on padding).
@@ -305,7 +305,8 @@ def make_eval_iterator(config, split: Optional[str] = None, *,
       captions = [ex[ds.caption_key] for ex in examples]
       out['caption'] = np.array([c.decode() if isinstance(c, bytes) else str(c)
                                  for c in captions], dtype=object)
-      out['text'] = clips.caption_tokens(captions, spec)
+      if spec.tokenizer is not None:  # None: no text model (e.g. real-vs-real FVD).
+        out['text'] = clips.caption_tokens(captions, spec)
     return out
 
   if ds.source is not None:

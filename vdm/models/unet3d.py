@@ -168,7 +168,9 @@ class UNetConfig:
       fail(f"config.model.text_encoder={self.text_encoder!r} is unknown; choose '' (no "
            "text) or 'learned'.")
     if self.text_encoder:
-      self.tokenizer()  # An unknown tokenizer or a 'words' one without vocabulary: said.
+      if self.text_tokenizer not in tokenizer_lib.TOKENIZERS:
+        fail(f'config.model.text_tokenizer={self.text_tokenizer!r} is unknown; choose one of '
+             f'{tokenizer_lib.TOKENIZERS}.')
       for name in ('text_max_length', 'text_width', 'text_layers', 'text_heads'):
         if getattr(self, name) < 1:
           fail(f'config.model.{name}={getattr(self, name)} must be >= 1.')

@@ -1,0 +1,101 @@
+"""Text-to-video on captioned digits: alignment against guidance, and the samples to look at.
+
+  python benchmarks/text_alignment.py --workdir=runs/text_digits --num_samples=256 \
+      --guidance_weights=0,1,3
+  python benchmarks/text_alignment.py --workdir=runs/text_digits --frames_only
+
+For each guidance weight w, `python evaluate.py --workdir=... --num_samples=N
+--guidance_weight=w` samples every video with the caption of the real test
+clip in its row and scores digit and direction accuracy on seen and on
+held-out compositions (vdm.evaluation.text_alignment) and FVD. Then one
+video per prompt of FRAME_PROMPTS (seen and held-out compositions) is
+sampled with the run's own guidance weight, and every frame is written to
+docs/text_digits_frames.png (one row per prompt, in that order) and the
+videos to docs/text_digits_samples.gif.
+
+Writes benchmarks/results/text_alignment.json and prints a markdown table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Five compositions the train split shows, then the five held-out ones of
+# digits 0-4 (digit d never moves in direction d mod 8 in training).
+FRAME_PROMPTS = (
+    'a zero moving left, quickly', 'a three moving right, quickly',
+    'a five moving down, slowly', 'a seven moving up, quickly',
+    'a nine moving down and to the left, quickly',
+    'a zero moving right, quickly', 'a one moving up and to the right, quickly',
+    'a two moving up, quickly', 'a three moving up and to the left, quickly',
+    'a four moving left, quickly',
+)
+FIGURES = ('digit_accuracy_seen', 'direction_accuracy_seen', 'digit_accuracy_held_out',
+           'direction_accuracy_held_out', 'fvd')
+
+
+def evaluate(workdir: str, num_samples: int, guidance_weight: float) -> dict:
+  cmd = [sys.executable, os.path.join(common.ROOT, 'evaluate.py'), f'--workdir={workdir}',
+         f'--num_samples={num_samples}', f'--guidance_weight={guidance_weight}']
+  out = subprocess.run(cmd, cwd=common.ROOT, check=True, capture_output=True, text=True).stdout
+  return json.loads([l for l in out.splitlines() if l.startswith('{')][-1])
+
+
+def frames(workdir: str, png: str, gif: str) -> list[str]:
+  """Samples one video per FRAME_PROMPTS entry; writes every frame as a PNG grid."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vdm import video_io  # pylint: disable=g-import-not-at-top
+  from vdm.sampling import sample_lib  # pylint: disable=g-import-not-at-top
+  out = sample_lib.sample(workdir, os.path.join(workdir, 'sample_out', 'text_frames'),
+                          sample_lib.SampleRequest(num_samples=len(FRAME_PROMPTS),
+                                                   prompts=FRAME_PROMPTS))
+  videos = out.videos  # [N, T, H, W, 1] uint8
+  # One row per prompt, its frames left to right, a grey line between frames.
+  rows = [np.concatenate([np.pad(f[..., 0], 1, constant_values=96) for f in v], axis=1)
+          for v in videos]
+  image = np.concatenate(rows, axis=0)
+  scale = max(1, 64 // videos.shape[2])
+  Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                Image.NEAREST).save(png)
+  tiled = video_io.upscale(video_io.grid(videos, columns=5), max(1, 128 // videos.shape[2]))
+  video_io.save_gif(gif, tiled, fps=8)
+  return list(FRAME_PROMPTS)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--num_samples', type=int, default=256)
+  parser.add_argument('--guidance_weights', default='0,1,3')
+  parser.add_argument('--frames_only', action='store_true')
+  parser.add_argument('--png', default=os.path.join(common.ROOT, 'docs', 'text_digits_frames.png'))
+  parser.add_argument('--gif', default=os.path.join(common.ROOT, 'docs', 'text_digits_samples.gif'))
+  args = parser.parse_args()
+  record = {'workdir': args.workdir, 'machine': common.machine_info(), 'results': []}
+  if not args.frames_only:
+    rows = [['w', 'digit seen', 'direction seen', 'digit held out', 'direction held out', 'FVD',
+             'seconds']]
+    for w in [float(x) for x in args.guidance_weights.split(',')]:
+      r = evaluate(args.workdir, args.num_samples, w)
+      record['results'].append(r)
+      rows.append([f'{w:g}'] + [f'{r[k]:.1%}' if 'accuracy' in k else f'{r[k]:.1f}'
+                                for k in FIGURES] + [f'{r["seconds"]:.0f}'])
+      print(common.table(rows), flush=True)
+    real = record['results'][0]
+    print('real clips: ' + ', '.join(f'{k} {real["real_" + k]:.1%}' for k in FIGURES[:4]))
+  record['frame_prompts'] = frames(args.workdir, args.png, args.gif)
+  path = os.path.join(common.ROOT, 'benchmarks', 'results', 'text_alignment.json')
+  with open(path, 'w') as f:
+    json.dump(record, f, indent=1, default=str)
+  print(f'Wrote {path}, {args.png}, {args.gif}')
+
+
+if __name__ == '__main__':
+  main()
