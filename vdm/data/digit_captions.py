@@ -26,10 +26,10 @@ DIGIT_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'e
 DIRECTIONS = ('right', 'up and to the right', 'up', 'up and to the left', 'left',
               'down and to the left', 'down', 'down and to the right')
 SPEEDS = ('slowly', 'quickly')
-# Pixels per frame at 32 px frames (scaled with the frame size). At the fast
-# speed a diagonal path of 19 steps still fits the 18 px a 14 px digit can
-# travel in a 32 px frame, so no clip of a 20-frame video has a bounce.
-SPEED_PX = (0.45, 0.9)
+# Distance travelled over the whole video, as a share of the free span (frame
+# side minus digit side): "quickly" crosses it along an axis, "slowly" half of
+# it. A diagonal path moves 1/sqrt(2) of that on each axis, so it fits too.
+SPEED_SHARE = (0.5, 1.0)
 HELD_OUT_FRACTION_TEST = 0.5
 
 
@@ -104,13 +104,11 @@ def straight_path(rng: np.random.Generator, direction: int, speed: int, num_fram
   Returns:
     int64 [T, 2] (y, x) positions.
   """
-  vel = unit_vector(direction) * SPEED_PX[speed] * image_size / 32.0  # [2]
+  del image_size  # The speed is a share of the free span, whatever the frame size.
+  vel = unit_vector(direction) * SPEED_SHARE[speed] * limit / max(num_frames - 1, 1)  # [2]
   travel = vel * (num_frames - 1)
   lo = np.maximum(0.0, -travel)
   hi = limit - np.maximum(0.0, travel)
-  if np.any(hi < lo):
-    raise ValueError(f'{num_frames} frames at {SPEEDS[speed]} speed do not fit a '
-                     f'{image_size} px frame; use at most 20 frames.')
   start = lo + rng.uniform(size=2) * (hi - lo)
   t = np.arange(num_frames, dtype=np.float64)[:, None]
   return np.round(start + vel * t).astype(np.int64)

@@ -385,7 +385,10 @@ class UNet3D(nnx.Module):
     text = jnp.asarray(text, jnp.int32).reshape(batch, -1, cfg.text_max_length)  # [B, T', L]
     tokens, mask = self.text_encoder(text)
     weights = mask[..., None].astype(tokens.dtype)
-    pooled = (tokens * weights).sum(-2) / jnp.maximum(weights.sum(-2), 1.0)  # 0 for null text
+    # Sum / sqrt(n) rather than the mean: one word that differs between two
+    # captions (the digit) moves the pooled vector by O(1), as a class label's
+    # embedding does, instead of by 1/n of it. 0 for the null text.
+    pooled = (tokens * weights).sum(-2) / jnp.sqrt(jnp.maximum(weights.sum(-2), 1.0))
     return tokens, mask, pooled
 
   def __call__(self, z: jax.Array, logsnr: jax.Array, *, label: Optional[jax.Array] = None,
