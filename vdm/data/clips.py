@@ -15,7 +15,6 @@ import numpy as np
 
 from vdm.data import frames as frames_lib
 from vdm.data import sources
-from vdm.models import tokenizer
 
 # First element of every seed tuple, so that the random streams used for
 # different purposes can never coincide.
