@@ -227,6 +227,7 @@ def test_text_run_resumes_exactly_and_samples_prompts(tmp_path, text_data, capfd
   with np.load(tmp_path / 'full' / 'samples' / 'step_4.npz') as f:  # The test split's captions.
     assert [digit_captions.parse(c) for c in f['captions']]
   config.training.num_steps = 2
+  config.training.num_samples = 0  # Changes no state; spares two sampler compiles.
   train_lib.train(config, str(tmp_path / 'resumed'))
   config.training.num_steps = 4
   resumed = train_lib.train(config, str(tmp_path / 'resumed'))
