@@ -53,8 +53,7 @@ def _tokenizer(model) -> Optional[tokenizer.Tokenizer]:
     return None
   if model.get('text_tokenizer', 'bytes') == 'words' and not model.get('text_vocabulary', ()):
     return None
-  return tokenizer.Tokenizer(str(model.get('text_tokenizer', 'bytes')),
-                             int(model.text_max_length), tuple(model.get('text_vocabulary', ())))
+  return tokenizer.from_model_config(model)
 
 
 def read_spec(config) -> Spec:

@@ -125,8 +125,12 @@ class Tokenizer:
     return [' '.join(names[i] for i in r[r != PAD]) for r in rows]
 
 
+def from_model_config(model) -> Tokenizer:
+  """The tokenizer of a ``config.model`` section."""
+  return Tokenizer(str(model.get('text_tokenizer', 'bytes')), int(model.text_max_length),
+                   tuple(model.get('text_vocabulary', ()) or ()))
+
+
 def from_config(config) -> Tokenizer:
   """The tokenizer of a full config (its ``model`` section)."""
-  m = config.model
-  return Tokenizer(str(m.get('text_tokenizer', 'bytes')), int(m.text_max_length),
-                   tuple(m.get('text_vocabulary', ()) or ()))
+  return from_model_config(config.model)
