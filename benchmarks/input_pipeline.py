@@ -18,8 +18,15 @@ processes) for
     pan in two layers, with sensor-like noise, so that PNG decoding costs about
     what a real frame costs; it is built once into --synthetic_dir.
 
+  * ucf64_raw, ucf64_zlib, ucf64_png: the same source prepared once by
+    prepare.py (64x64 RGB windows of 2 x 16 frames, stored raw, zlib or PNG
+    per frame), built into --synthetic_dir (or beside a real ucf101 build);
+    the preparation's videos/s is recorded too;
+
 for each loader (config.data.loader: 'threads' = StepIterator, 'grain' =
-GrainStepIterator, one map call per step) and each --workers count. It also times the CPU
+GrainStepIterator, one map call per step) and each --workers count.
+`--prepare_folder` also times prepare.py on the example folder of real
+video files (vdm.data.example_videos) at 64x64 with 1 and 2 workers. It also times the CPU
 train step of configs/default.py (benchmarks/common.py's prepare_train), the
 rate the pipeline has to beat on this machine. Prints a table and one JSON
 line, also written to benchmarks/results/input_pipeline.json.
@@ -176,6 +183,63 @@ def ucf_dataset(args):
   return c, f'SYNTHETIC ucf101-shaped ({SYNTHETIC_NAME} in {d})'
 
 
+def prepared_dataset(args, storage: str):
+  """(config, note, facts): the ucf64 source prepared by prepare.py with `storage`.
+
+  Prepared once, in a child process (TensorFlow writes the records), into
+  the source's data_dir; facts hold the preparation's rate and the bytes a
+  stored window takes.
+  """
+  source_config, note = ucf_dataset(args)
+  d = str(source_config.data.data_dir)
+  name = f'{source_config.data.dataset}_prepared_{storage}'.replace('/', '_')
+  cmd = [sys.executable, os.path.join(ROOT, 'prepare.py'), '--config=' +
+         os.path.join(ROOT, 'configs', 'ucf101_64.py'), f'--source=tfds:{source_config.data.dataset}',
+         f'--tfds_data_dir={d}', '--label_key=label', '--splits=train', f'--name={name}',
+         f'--out={d}', f'--storage={storage}', f'--workers={args.prepare_workers}']
+  info = os.path.join(d, name, '1.0.0', 'dataset_info.json')
+  seconds = None
+  if not os.path.exists(info):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+  with open(os.path.join(d, name, '1.0.0', 'metadata.json')) as f:
+    meta = json.load(f)
+  train = meta['splits']['train']
+  facts = dict(prepared_from=note, storage=storage, windows=train['records'],
+               kib_per_window=train['bytes'] / train['records'] / 1024,
+               prepare_s=seconds, prepare_videos_per_s=seconds and train['videos'] / seconds,
+               prepare_workers=args.prepare_workers)
+  c = ucf_config(d, args.ucf_batch_size)
+  c.data.dataset = name
+  return c, f'{note}, prepared ({storage})', facts
+
+
+def prepare_folder_rate(workers: int) -> dict:
+  """Videos/s of prepare.py on the example folder of real files, at 64x64 RGB."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from vdm.data import example_videos  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    example_videos.write_folder(os.path.join(tmp, 'videos'))
+    cmd = [sys.executable, os.path.join(ROOT, 'prepare.py'),
+           '--config=' + os.path.join(ROOT, 'configs', 'ucf101_64.py'),
+           f'--source={tmp}/videos', '--name=example', f'--out={tmp}/out',
+           f'--workers={workers}', '--videos_per_shard=1']
+    load_before = load1()
+    start, cpu0 = time.perf_counter(), os.times()
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    seconds = time.perf_counter() - start
+    cpu1 = os.times()
+    with open(os.path.join(tmp, 'out', 'example', '1.0.0', 'metadata.json')) as f:
+      meta = json.load(f)
+  videos = sum(c['videos'] for c in meta['splits'].values())
+  frames_note = 'carphone x3, bikes, bigbuckbunny (720p), 6 pan/zoom, thumbnail, corrupt'
+  return dict(workers=workers, videos=videos, seconds=seconds, videos_per_s=videos / seconds,
+              child_cpu_s=(cpu1.children_user + cpu1.children_system
+                           - cpu0.children_user - cpu0.children_system),
+              load_before=load_before, load_after=load1(), folder=frames_note)
+
+
 def storage_facts(config) -> dict:
   """Videos, mean frames and mean PNG bytes per frame of the train split."""
   from vdm.data import sources  # pylint: disable=g-import-not-at-top
@@ -286,6 +350,10 @@ def main(argv=None):
   parser.add_argument('--synthetic_videos', type=int, default=32)
   parser.add_argument('--train_iters', type=int, default=5,
                       help='timed CPU train steps of configs/default.py (0: skip)')
+  parser.add_argument('--prepare_workers', type=int, default=2,
+                      help='prepare.py --workers for the ucf64_* prepared datasets')
+  parser.add_argument('--prepare_folder', action='store_true',
+                      help='also time prepare.py on the example folder of real videos')
   parser.add_argument('--build_synthetic', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.build_synthetic:
@@ -303,9 +371,14 @@ def main(argv=None):
       config, note, batches = default.get_config(), 'moving_digits/single_32', args.batches
     elif name == 'ucf64':
       (config, note), batches = ucf_dataset(args), args.ucf_batches
+    elif name.startswith('ucf64_'):
+      config, note, prepared = prepared_dataset(args, name.split('_', 1)[1])
+      batches = args.ucf_batches
     else:
-      raise SystemExit(f'--datasets: {name!r} is not default or ucf64')
+      raise SystemExit(f'--datasets: {name!r} is not default, ucf64 or ucf64_{{raw,zlib,png}}')
     facts = storage_facts(config)
+    if name.startswith('ucf64_'):
+      facts.update(prepared)
     record['datasets'][name] = dict(note=note, **facts)
     print(f'{name}: {note}; {json.dumps(facts)}', flush=True)
     for loader in loaders:
@@ -316,6 +389,12 @@ def main(argv=None):
         print(f"  {loader:9s} workers={w}: {r['clips_per_s']:8.1f} clips/s  "
               f"(start-up {r['startup_s']:.1f} s, load {r['load_before']}->"
               f"{r['load_after']})", flush=True)
+  if args.prepare_folder:
+    record['prepare_folder'] = [prepare_folder_rate(w) for w in (1, 2)]
+    for r in record['prepare_folder']:
+      print(f"prepare.py on the example folder, {r['workers']} workers: {r['videos']} videos in "
+            f"{r['seconds']:.1f} s = {r['videos_per_s']:.2f} videos/s "
+            f"({r['child_cpu_s']:.1f} CPU s)", flush=True)
   if args.train_iters:
     record['train_step_default'] = train_step_rate(args.train_iters)
 
@@ -335,19 +414,19 @@ def main(argv=None):
   print(f'\nGPU goal: {MFU_GOAL:.0%} MFU at {FLOP_PER_CLIP / 1e12:.2f} TFLOP/clip = '
         f'{need_gpu:.0f} clips/s per GPU, {need_gpu * GPUS_PER_HOST:.0f} per host of '
         f'{GPUS_PER_HOST}.')
-  ucf = [r for r in record['results'] if r['dataset'] == 'ucf64']
-  if ucf:
+  for name in sorted({r['dataset'] for r in record['results'] if r['dataset'].startswith('ucf64')}):
+    ucf = [r for r in record['results'] if r['dataset'] == name]
     # One core's rate from the CPU time a clip costs (the synchronous loader
     # already reads with array_record's threads, so wall-clock rates on 2
     # shared cores say little about one core).
     cpu = [r['cpu_s_per_clip'] for r in ucf if r['cpu_s_per_clip']]
     if cpu:
       per_core = 1.0 / statistics.median(cpu)
-      record['gpu_need']['ucf64_clips_per_s_per_core'] = per_core
-      record['gpu_need']['cores_per_gpu'] = need_gpu / per_core
-      print(f'ucf64 ({record["datasets"]["ucf64"]["note"]}): {1e3 / per_core:.0f} CPU ms a '
-            f'clip = {per_core:.1f} clips/s per core, so {need_gpu / per_core:.1f} cores per '
-            f'GPU, {need_gpu * GPUS_PER_HOST / per_core:.0f} per host of {GPUS_PER_HOST}.')
+      record['gpu_need'][f'{name}_clips_per_s_per_core'] = per_core
+      record['gpu_need'][f'{name}_cores_per_gpu'] = need_gpu / per_core
+      print(f'{name} ({record["datasets"][name]["note"]}): {1e3 / per_core:.1f} CPU ms a '
+            f'clip = {per_core:.1f} clips/s per core, so {need_gpu / per_core:.2f} cores per '
+            f'GPU, {need_gpu * GPUS_PER_HOST / per_core:.1f} per host of {GPUS_PER_HOST}.')
   if 'train_step_default' in record:
     t = record['train_step_default']
     print(f"default config CPU train step: {t['s_per_step']:.3f} s/step = "

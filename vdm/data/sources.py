@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import os
 from typing import Any, Callable, Dict, Optional
 
@@ -19,6 +20,9 @@ from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm.data import bundled
 from vdm.models import tokenizer
+
+PREPARED_BY = 'prepare.py'  # metadata['prepared_by'] of a dataset prepare.py wrote.
+PREPARE_STATE_DIR = '.prepare'  # Inside <data_dir>/<name>/<version>/ until prepare.py finishes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Dataset:
   decode_frame: Optional[Callable[[bytes], np.ndarray]] = None
   decoders: Optional[dict] = None
   caption_key: Optional[str] = None  # None: no captions returned.
+  prepared: Optional[dict] = None  # How prepare.py made it (vdm.data.prepare_lib); None otherwise.
 
 
 class ArraySource:
@@ -182,6 +187,12 @@ def open_split(spec: Spec, split: str) -> Dataset:
       raise FileNotFoundError(
           f'config.data.data_dir={data_dir!r} does not exist, so dataset '
           f'{name!r} cannot be read from it.\n' + _prepare_hint(name, data_dir))
+    unfinished = glob.glob(os.path.join(bundled.resolve_data_dir(data_dir), name.split(':')[0],
+                                        '*', PREPARE_STATE_DIR))
+    if unfinished:
+      raise FileNotFoundError(
+          f'Dataset {name!r} is not prepared: prepare.py stopped before finishing it '
+          f'({os.path.dirname(unfinished[0])}). Rerun the same prepare.py command to finish it.')
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -207,23 +218,59 @@ def open_split(spec: Spec, split: str) -> Dataset:
   if label_key is not None:
     num_classes = getattr(features[label_key], 'num_classes', None)
 
-  # Videos stored as encoded frames (tfds.features.Video) are read still
-  # encoded, so that only the frames of the clip (and the K images) get
-  # decoded: for long videos such as UCF101 that is several times less work.
+  # Videos stored as encoded frames (tfds.features.Video, or prepare.py's
+  # Sequence of PNG Images) are read still encoded, so that only the frames of
+  # the clip (and the K images) get decoded: for long videos such as UCF101
+  # that is several times less work.
   decode_frame, decoders = None, None
-  if isinstance(vfeat, tfds.features.Video):
+  if (isinstance(vfeat, tfds.features.Sequence) and
+      isinstance(vfeat.feature, tfds.features.Image)):
     decode_frame = vfeat.feature.decode_example_np
     decoders = {spec.video_key: _keep_encoded_decoder(tfds)}
 
+  prepared = dict(info.metadata or {})
+  prepared = prepared if prepared.get('prepared_by') == PREPARED_BY else None
+  if prepared is not None:
+    check_prepared(prepared, spec)
   ds = Dataset(name=name, split=split,
                 num_examples=info.splits[split].num_examples,
                 video_key=spec.video_key, label_key=label_key,
                 video_shape=tuple(vfeat.shape), num_classes=num_classes,
                 builder=builder, decode_frame=decode_frame, decoders=decoders,
-                caption_key=caption_key)
+                caption_key=caption_key, prepared=prepared)
   if info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     ds.source = builder.as_data_source(split, decoders=decoders)
   return ds
+
+
+def check_prepared(metadata: dict, spec: Spec) -> None:
+  """Refuses a prepared dataset whose windows are shorter than the config's clip.
+
+  Raises:
+    ValueError: naming the window length, the clip's span and the fix.
+  """
+  span = (spec.num_frames - 1) * spec.frameskip + 1
+  window = int(metadata.get('clip_frames') or 0)
+  if window and window < span:
+    raise ValueError(
+        f'{spec.dataset} was prepared in windows of {window} frames, but a training clip of '
+        f'config.data.num_frames={spec.num_frames} with frameskip={spec.frameskip} spans '
+        f'{span}: prepare it again with --clip_frames >= {span} (prepare.py), or train on '
+        'shorter clips.')
+
+
+def describe_prepared(metadata: dict, spec: Spec) -> str:
+  """One line on how prepare.py made a dataset, and what the pipeline still converts."""
+  m = metadata
+  clips = ', '.join(f'{s} {c["records"]} clips' for s, c in m['splits'].items())
+  line = (f'Data: {spec.dataset}, prepared on {m["date"]} from {m["source"]}: '
+          f'{m["image_size"]}x{m["image_size"]}x{m["channels"]}, '
+          + (f'windows of {m["clip_frames"]} frames' if m['clip_frames'] else 'whole videos')
+          + f', {m["storage"]} storage; {clips}.')
+  if (m['image_size'], m['channels']) != (spec.image_size, spec.channels):
+    line += (f' The config reads it at {spec.image_size}x{spec.image_size}x{spec.channels}, '
+             'so every clip is converted again: prepare it at the config\'s size to save that.')
+  return line
 
 
 @functools.lru_cache(maxsize=None)

@@ -299,6 +299,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = pipeline.dataset_info(config)
+  if info.get('prepared'):
+    progress_lib.log(info['prepared'])
   num_classes = trainer.method.num_classes()
   if num_classes and info.get('num_classes') and info['num_classes'] > num_classes:
     raise ValueError(f'{config.data.dataset} has {info["num_classes"]} classes but '
