@@ -53,10 +53,10 @@ _CLIP_FRAMES = flags.DEFINE_integer(
 _CLIP_STRIDE = flags.DEFINE_integer(
     'clip_stride', None, 'Frames between window starts. Default: clip_frames - span + 1, '
     'so that every clip start of the video is in some window.')
-_STORAGE = flags.DEFINE_enum('storage', 'png', prepare_lib.STORAGES,
-                             'PNG per frame (decoded only where a clip uses it), raw uint8, or '
-                             'zlib-compressed uint8 (BENCHMARKS.md, "Input pipeline", compares '
-                             'them).')
+_STORAGE = flags.DEFINE_enum('storage', 'raw', prepare_lib.STORAGES,
+                             'raw uint8 (zstd-compressed by array_record), PNG per frame '
+                             '(decoded only where a clip uses it), or zlib-compressed uint8 '
+                             '(BENCHMARKS.md, "Input pipeline", compares them).')
 _VIDEOS_PER_SHARD = flags.DEFINE_integer('videos_per_shard', 32,
                                          'Source videos per shard (the unit of resume).')
 _WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes in parallel.')

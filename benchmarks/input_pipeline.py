@@ -18,10 +18,13 @@ processes) for
     pan in two layers, with sensor-like noise, so that PNG decoding costs about
     what a real frame costs; it is built once into --synthetic_dir.
 
-  * ucf64_raw, ucf64_zlib, ucf64_png: the same source prepared once by
-    prepare.py (64x64 RGB windows of 2 x 16 frames, stored raw, zlib or PNG
-    per frame), built into --synthetic_dir (or beside a real ucf101 build);
-    the preparation's videos/s is recorded too;
+  * ucf64_png, ucf64_raw, ucf64_zlib: the same source prepared once by
+    prepare.py (64x64 RGB windows of 2 x 16 frames, stored as PNG per frame,
+    raw uint8 bytes or zlib), built into --synthetic_dir (or beside a real
+    ucf101 build); the preparation's videos/s is recorded too;
+  * folder_png, folder_raw, folder_zlib: the example folder of real video
+    files (vdm.data.example_videos) prepared the same way, for frames of real
+    video rather than the synthetic textures;
 
 for each loader (config.data.loader: 'threads' = StepIterator, 'grain' =
 GrainStepIterator, one map call per step) and each --workers count.
@@ -183,19 +186,29 @@ def ucf_dataset(args):
   return c, f'SYNTHETIC ucf101-shaped ({SYNTHETIC_NAME} in {d})'
 
 
-def prepared_dataset(args, storage: str):
-  """(config, note, facts): the ucf64 source prepared by prepare.py with `storage`.
+def prepared_dataset(args, source: str, storage: str):
+  """(config, note, facts): a source prepared by prepare.py with `storage`.
 
-  Prepared once, in a child process (TensorFlow writes the records), into
-  the source's data_dir; facts hold the preparation's rate and the bytes a
-  stored window takes.
+  source 'ucf64' is the ucf64 dataset above (real or synthetic); 'folder' is
+  the example folder of real video files (vdm.data.example_videos). Prepared
+  once, in a child process, at configs/ucf101_64.py's 64x64 RGB; facts hold
+  the preparation's rate and the bytes a stored window takes.
   """
-  source_config, note = ucf_dataset(args)
-  d = str(source_config.data.data_dir)
-  name = f'{source_config.data.dataset}_prepared_{storage}'.replace('/', '_')
+  if source == 'ucf64':
+    source_config, note = ucf_dataset(args)
+    d = str(source_config.data.data_dir)
+    flags = [f'--source=tfds:{source_config.data.dataset}', f'--tfds_data_dir={d}',
+             '--label_key=label', '--splits=train']
+    name = f'{source_config.data.dataset}_prepared_{storage}'.replace('/', '_')
+  else:
+    from vdm.data import example_videos  # pylint: disable=g-import-not-at-top
+    d, note = os.path.abspath(args.synthetic_dir), 'example folder of real video files'
+    folder = os.path.join(d, 'example_videos')
+    if not os.path.isdir(folder):
+      example_videos.write_folder(folder)
+    flags, name = [f'--source={folder}', '--test_fraction=0'], f'example_videos_{storage}'
   cmd = [sys.executable, os.path.join(ROOT, 'prepare.py'), '--config=' +
-         os.path.join(ROOT, 'configs', 'ucf101_64.py'), f'--source=tfds:{source_config.data.dataset}',
-         f'--tfds_data_dir={d}', '--label_key=label', '--splits=train', f'--name={name}',
+         os.path.join(ROOT, 'configs', 'ucf101_64.py'), *flags, f'--name={name}',
          f'--out={d}', f'--storage={storage}', f'--workers={args.prepare_workers}']
   info = os.path.join(d, name, '1.0.0', 'dataset_info.json')
   seconds = None
@@ -208,10 +221,15 @@ def prepared_dataset(args, storage: str):
   train = meta['splits']['train']
   facts = dict(prepared_from=note, storage=storage, windows=train['records'],
                kib_per_window=train['bytes'] / train['records'] / 1024,
+               disk_kib_per_window=sum(
+                   os.path.getsize(os.path.join(d, name, '1.0.0', f))
+                   for f in os.listdir(os.path.join(d, name, '1.0.0'))
+                   if '.array_record-' in f) / 1024 / train['records'],
                prepare_s=seconds, prepare_videos_per_s=seconds and train['videos'] / seconds,
                prepare_workers=args.prepare_workers)
   c = ucf_config(d, args.ucf_batch_size)
   c.data.dataset = name
+  c.data.label_key = 'label' if source == 'ucf64' else ''
   return c, f'{note}, prepared ({storage})', facts
 
 
@@ -371,13 +389,14 @@ def main(argv=None):
       config, note, batches = default.get_config(), 'moving_digits/single_32', args.batches
     elif name == 'ucf64':
       (config, note), batches = ucf_dataset(args), args.ucf_batches
-    elif name.startswith('ucf64_'):
-      config, note, prepared = prepared_dataset(args, name.split('_', 1)[1])
+    elif name.startswith(('ucf64_', 'folder_')):
+      config, note, prepared = prepared_dataset(args, *name.split('_', 1))
       batches = args.ucf_batches
     else:
-      raise SystemExit(f'--datasets: {name!r} is not default, ucf64 or ucf64_{{raw,zlib,png}}')
+      raise SystemExit(f'--datasets: {name!r} is not default, ucf64, ucf64_STORAGE or '
+                       'folder_STORAGE (STORAGE: png, raw, zlib)')
     facts = storage_facts(config)
-    if name.startswith('ucf64_'):
+    if '_' in name:
       facts.update(prepared)
     record['datasets'][name] = dict(note=note, **facts)
     print(f'{name}: {note}; {json.dumps(facts)}', flush=True)
@@ -414,7 +433,7 @@ def main(argv=None):
   print(f'\nGPU goal: {MFU_GOAL:.0%} MFU at {FLOP_PER_CLIP / 1e12:.2f} TFLOP/clip = '
         f'{need_gpu:.0f} clips/s per GPU, {need_gpu * GPUS_PER_HOST:.0f} per host of '
         f'{GPUS_PER_HOST}.')
-  for name in sorted({r['dataset'] for r in record['results'] if r['dataset'].startswith('ucf64')}):
+  for name in sorted({r['dataset'] for r in record['results'] if r['dataset'] != 'default'}):
     ucf = [r for r in record['results'] if r['dataset'] == name]
     # One core's rate from the CPU time a clip costs (the synchronous loader
     # already reads with array_record's threads, so wall-clock rates on 2

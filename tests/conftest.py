@@ -50,7 +50,8 @@ def no_restore(monkeypatch):
 # handing out the heaviest files first keeps one long file from running alone
 # at the end. Files not listed run after these, in their usual order.
 _HEAVIEST_FIRST = ('train_test.py', 'sample_test.py', 'latent_cli_test.py', 'videofusion_test.py',
-                   'text_test.py', 'model_test.py', 'evaluate_test.py', 'trip_cli_test.py', 'samplers_test.py',
+                   'text_test.py', 'model_test.py', 'evaluate_test.py', 'trip_cli_test.py', 'prepare_test.py',
+                   'samplers_test.py',
                    'guidance_test.py', 'trip_test.py', 'latent_test.py', 'data_test.py',
                    'mesh_sampling_test.py', 'compat_test.py', 'evaluation_test.py')
 

@@ -50,7 +50,7 @@ def prepared(folder, tmp_path_factory):
   root, _ = folder
   out = str(tmp_path_factory.mktemp('tfds'))
   report = prepare_lib.run(
-      _config(), root, 'my_videos', out, workers=2, progress=False,
+      _config(), root, 'my_videos', out, workers=1, progress=False,
       source_options=dict(labels_from_folders=True,
                           captions=os.path.join(root, example_videos.CAPTIONS_FILE)))
   return out, report
@@ -131,11 +131,12 @@ def test_command_line_prepare_interrupted_continued_trained_and_sampled(folder, 
     sources.open_split(sources.read_spec(_config(str(tmp_path), 'my_videos')), 'train')
   # Rerun with other settings: refused, naming what differs.
   with pytest.raises(ValueError, match='unfinished preparation.*settings'):
-    prepare_lib.run(_config(), root, 'my_videos', str(tmp_path), storage='raw', progress=False,
+    prepare_lib.run(_config(), root, 'my_videos', str(tmp_path), storage='png', progress=False,
                     videos_per_shard=1,
                     source_options=dict(labels_from_folders=True, captions=os.path.join(
                         root, example_videos.CAPTIONS_FILE)))
-  proc = cli.start('prepare.py', *flags)
+  # Continued by two worker processes.
+  proc = cli.start('prepare.py', *flags[:-2], '--workers=2', '--videos_per_shard=1')
   out_text, err = cli.finish(proc)
   assert 'Continuing:' in err and 'Prepared my_videos' in out_text
   for split in ('train', 'test'):  # Shards of another size, the same records in the same order.
@@ -213,12 +214,12 @@ def test_tfds_sources_in_the_real_builders_layouts(tmp_path):
   grey = real[..., :1]
   _write_tfds(str(tmp_path), 'moving_mnist_layout', mnist, {'test': [{'image_sequence': v} for v in grey]})
 
-  cases = [('ucf101_layout', dict(label_key='label'), {'train': 3}),
-           ('bair_layout', dict(video_key='image_main'), {'train': 3, 'test': 1}),
-           ('moving_mnist_layout', dict(video_key='image_sequence'), {'test': 3})]
-  for name, keys, splits in cases:
+  cases = [('ucf101_layout', dict(label_key='label'), {'train': 3}, 'raw'),
+           ('bair_layout', dict(video_key='image_main'), {'train': 3, 'test': 1}, 'zlib'),
+           ('moving_mnist_layout', dict(video_key='image_sequence'), {'test': 3}, 'png')]
+  for name, keys, splits, storage in cases:
     report = prepare_lib.run(_config(), f'tfds:{name}', name + '_prepared', str(tmp_path / 'out'),
-                             clip_frames=0, progress=False,
+                             clip_frames=0, storage=storage, progress=False,
                              source_options=dict(tfds_data_dir=str(tmp_path), **keys))
     assert {s: c['videos'] for s, c in report.metadata['splits'].items()} == splits, name
     split = next(iter(splits))
@@ -230,6 +231,16 @@ def test_tfds_sources_in_the_real_builders_layouts(tmp_path):
       np.testing.assert_array_equal(r['video'], frames_lib.conform_frames(originals[i], SIZE, 3))
       if name == 'ucf101_layout':
         assert r['label'] == 7 * i
+  # The pipeline reads each storage (PNG frames decoded one by one, only those a clip uses).
+  for name, _, splits, storage in cases:
+    config = _config(str(tmp_path / 'out'), name + '_prepared')
+    config.data.label_key = ''
+    split = next(iter(splits))
+    spec = sources.read_spec(config)
+    assert (sources.open_split(spec, split).decode_frame is not None) == (storage == 'png')
+    clips = next(iter(pipeline.make_eval_iterator(config, split, batch_size=1, num_examples=1)))
+    np.testing.assert_array_equal(clips['video'][0], _records(str(tmp_path / 'out'), name + '_prepared',
+                                                              split)[0]['video'][:FRAMES])
   with pytest.raises(KeyError, match="'video' is not a feature of 'bair_layout'.*image_main"):
     video_sources.open_source('tfds:bair_layout', tfds_data_dir=str(tmp_path))
 

@@ -271,7 +271,7 @@ def test_prompts_are_checked_before_anything_loads(tmp_path, text_data, no_resto
 
 @pytest.mark.slow
 @pytest.mark.parametrize('method', ['videofusion', 'trip'])
-def test_each_method_trains_and_samples_with_text(method, text_data):
+def test_each_method_trains_with_text_and_its_denoiser_reads_it(method, text_data):
   from vdm import sharding  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
   from vdm.train import train_lib  # pylint: disable=g-import-not-at-top
@@ -299,9 +299,8 @@ def test_each_method_trains_and_samples_with_text(method, text_data):
   b = fn(z, logsnr, conditions.make(None, jnp.asarray(words(texts))))
   np.testing.assert_allclose(a[0], b[0], atol=1e-6)
   assert not np.allclose(a[1], b[1], atol=1e-6)
-  if method == 'videofusion':  # Sampling with text, on the run's own sampler.
-    videos = trainer.sample(state.ema_params, jax.random.key(0), 2, text=words(texts))
-    assert np.isfinite(videos).all() and videos.shape == (2, 4, 8, 8, 1)
+  # Sampling needs nothing more of a method than this denoiser: the samplers take
+  # its conditions as they come (sampling with text: test_text_run_resumes_...).
 
 
 def test_text_alignment_is_high_on_real_clips_and_near_chance_on_shuffled_captions(captioned):

@@ -62,12 +62,11 @@ class Settings:
   clip_frames: frames per stored window; 0 keeps every video whole.
   clip_stride: frames between the starts of consecutive windows.
   min_frames: the shortest video kept (the training clip's span).
-  storage: 'png' (one PNG per frame, decoded only for the frames a clip
-    uses), 'raw' (uint8 arrays) or 'zlib' (the same, compressed). PNG is the
-    default: on ucf64-shaped clips it was both the cheapest to read (a
-    training row reads one window for its clip and one for each appended
-    image, of which it needs one frame) and the smallest on disk
-    (BENCHMARKS.md, "Input pipeline").
+  storage: 'raw' (uint8 bytes; array_record compresses every record with
+    zstd on disk), 'png' (one PNG per frame, decoded only for the frames a
+    clip uses) or 'zlib' (uint8, zlib-compressed). Raw is the default: it
+    was the cheapest to read per training clip, on real and on synthetic
+    frames, at 1.1-1.3x PNG's disk size (BENCHMARKS.md, "Input pipeline").
   videos_per_shard: source videos per output shard (the unit of work and of
     resume).
   """
@@ -76,7 +75,7 @@ class Settings:
   clip_frames: int
   clip_stride: int
   min_frames: int
-  storage: str = 'png'
+  storage: str = 'raw'
   videos_per_shard: int = 32
 
   def __post_init__(self):
@@ -95,7 +94,7 @@ class Settings:
 
 
 def settings_from_config(config, *, clip_frames: Optional[int] = None,
-                         clip_stride: Optional[int] = None, storage: str = 'png',
+                         clip_stride: Optional[int] = None, storage: str = 'raw',
                          videos_per_shard: int = 32) -> Settings:
   """Settings for training with `config`: its image_size, channels and clip span.
 
@@ -130,8 +129,10 @@ def features(settings: Settings, label_names: Optional[List[str]], captions: boo
         tfds.features.Image(shape=shape[1:], dtype=np.uint8, encoding_format='png'),
         length=shape[0])
   else:
+    # 'bytes', not TFDS's default encoding, which writes each uint8 as a
+    # varint of an int64 list: four times slower to parse than PNG decodes.
     video = tfds.features.Tensor(shape=shape, dtype=np.uint8,
-                                 encoding='zlib' if s.storage == 'zlib' else 'none')
+                                 encoding='zlib' if s.storage == 'zlib' else 'bytes')
   out = dict(video=video, origin=tfds.features.Text(),
              start=tfds.features.Tensor(shape=(), dtype=np.int32))
   if label_names is not None:
@@ -411,7 +412,7 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
 
 def run(config, source: str, name: str, out: str = '', *, source_options=None,
         clip_frames: Optional[int] = None, clip_stride: Optional[int] = None,
-        storage: str = 'png', videos_per_shard: int = 32, workers: int = 1,
+        storage: str = 'raw', videos_per_shard: int = 32, workers: int = 1,
         progress: bool = True) -> Report:
   """What prepare.py does: open the source, prepare it for `config`, warn of
   caption rows without a video.
