@@ -205,6 +205,9 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
   assert line['mode'] == 'long' and line['frames'] == 15 and line['clip_frames'] == 10
   assert line['long_method'] == 'independent'
   assert [v.shape for v in seen] == [(N, 15, 8, 8, 1)] * 2  # Real clips, then generated.
+  # Seams: one, where the second clip begins; real motion is as smooth there as inside.
+  assert line['seams'] == [10] and line['seam_pixel_ratio'] > 0
+  assert 0.5 < line['real_seam_pixel_ratio'] < 2
   assert os.path.exists(os.path.join(workdir, 'eval', '2_long15_independent_ddim-1.json'))
   with pytest.raises(ValueError, match=r'needs num_frames > config.data.num_frames=10'):
     cli.evaluate(workdir, num_samples=N, mode='long', num_frames=10)

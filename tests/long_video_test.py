@@ -266,3 +266,34 @@ def test_vidrd_samples_with_ddim_unless_a_sampler_is_named(monkeypatch):
   assert generate(named.sampling) == 'pc'
   named.sampling.vidrd_sampler = ''  # '': the config's own sampler.
   assert long_video.driver_sampler(named.sampling) == 'pc'
+
+
+def test_clip_starts_are_where_each_driver_begins_a_clip():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  def starts(method, frames, order='reversed'):
+    c = ml_collections.ConfigDict(dict(long_method=method, vidrd_order=order, vidrd_overlap=4))
+    return long_video.clip_starts(c, frames, 10, 5).tolist()
+  assert starts('reconstruction', 20) == [10, 15]  # 5 new frames a clip after the first.
+  assert starts('independent', 30) == [10, 20]
+  assert starts('vidrd', 30) == [10, 20]  # 'reversed' keeps every clip whole...
+  assert starts('vidrd', 30, 'forward') == [10, 16, 22, 28]  # ...'forward' drops the overlap.
+
+
+def test_seam_scores_see_a_restart_and_not_continuous_real_motion():
+  from vdm.data import moving_digits  # pylint: disable=g-import-not-at-top
+  from vdm.evaluation import seams  # pylint: disable=g-import-not-at-top
+  real = moving_digits.generate('test', 16, 20, 32, max_digits=1)['video']  # [16, 20, 32, 32, 1]
+  continuous = seams.SeamStats([10], 20, track=True)
+  continuous.add(real, classes=np.zeros((16, 20), int))
+  restarted = seams.SeamStats([10], 20, track=True)
+  # Clips of other videos after the seam: the digit jumps and may change class.
+  joined = np.concatenate([real[:, :10], np.roll(real, 1, axis=0)[:, 10:]], axis=1)
+  classes = np.repeat(np.arange(16)[:, None], 20, 1)
+  classes[:, 10:] = np.roll(classes, 1, axis=0)[:, 10:]
+  restarted.add(joined, classes)
+  a, b = continuous.scores(), restarted.scores()
+  assert 0.5 < a['seam_track_ratio'] < 1.5 and 0.5 < a['seam_pixel_ratio'] < 1.5
+  assert b['seam_track_ratio'] > 3 and b['seam_pixel_ratio'] > 2
+  assert a['seam_class_consistency'] == 1.0 and b['seam_class_consistency'] == 0.0
+  with pytest.raises(ValueError, match='must lie in'):
+    seams.SeamStats([20], 20, track=False)

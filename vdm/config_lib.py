@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 import ml_collections
 
+from vdm import atomic
 from vdm import methods
 from vdm.diffusion import gaussian
 from vdm.diffusion import samplers
@@ -168,12 +169,7 @@ def validate_config(config):
 def save_config(config: ml_collections.ConfigDict, workdir: str,
                 name: str = 'config.json') -> str:
   """Writes the resolved config as workdir/<name> atomically; returns the path."""
-  path = os.path.join(workdir, name)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=2))
-  os.replace(tmp, path)
-  return path
+  return atomic.write_text(os.path.join(workdir, name), config.to_json(indent=2))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

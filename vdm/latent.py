@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vdm import atomic
 from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm import run_lib
@@ -125,11 +126,8 @@ class LatentSpace:
     std = float(np.sqrt(max(total_sq / count - (total / count)**2, 1e-12)))
     scale = 1.0 / std
     if jax.process_index() == 0:
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump({'step': self.step, 'scale': scale, 'latent_std': std,
-                   'frames': count // int(np.prod(latents.shape[2:]))}, f, indent=2)
-      os.replace(tmp, path)
+      atomic.write_json(path, {'step': self.step, 'scale': scale, 'latent_std': std,
+                               'frames': count // int(np.prod(latents.shape[2:]))})
     progress_lib.log(f'Measured the latent scale of {self.workdir}: posterior std {std:.4f} over '
                      f'{clips} training clips.')
     return scale

@@ -114,6 +114,25 @@ def straight_path(rng: np.random.Generator, direction: int, speed: int, num_fram
   return np.round(start + vel * t).astype(np.int64)
 
 
+def centroids(video: np.ndarray) -> np.ndarray:
+  """The brightness centroid (y, x) of every frame, in pixels.
+
+  Args:
+    video: [N, T, H, W] or [N, T, H, W, 1], any real dtype, bright digit on dark.
+
+  Returns:
+    float64 [N, T, 2].
+  """
+  v = np.asarray(video, np.float64)
+  if v.ndim == 5:
+    v = v[..., 0]
+  v = np.clip(v - v.min(axis=(2, 3), keepdims=True), 0, None)  # Dark background to 0.
+  mass = v.sum(axis=(2, 3)) + 1e-9  # [N, T]
+  ys = (v.sum(axis=3) * np.arange(v.shape[2])).sum(axis=2) / mass  # [N, T]
+  xs = (v.sum(axis=2) * np.arange(v.shape[3])).sum(axis=2) / mass  # [N, T]
+  return np.stack([ys, xs], axis=-1)
+
+
 def measured_direction(video: np.ndarray) -> np.ndarray:
   """The compass direction of the brightness centroid's motion over each clip.
 
@@ -124,14 +143,9 @@ def measured_direction(video: np.ndarray) -> np.ndarray:
     int [N], an index of DIRECTIONS: the nearest to the least-squares velocity
     of the centroid.
   """
-  v = np.asarray(video, np.float64)
-  if v.ndim == 5:
-    v = v[..., 0]
-  v = np.clip(v - v.min(axis=(2, 3), keepdims=True), 0, None)  # Dark background to 0.
-  mass = v.sum(axis=(2, 3)) + 1e-9  # [N, T]
-  ys = (v.sum(axis=3) * np.arange(v.shape[2])).sum(axis=2) / mass  # [N, T]
-  xs = (v.sum(axis=2) * np.arange(v.shape[3])).sum(axis=2) / mass  # [N, T]
-  t = np.arange(v.shape[1]) - (v.shape[1] - 1) / 2
+  c = centroids(video)
+  ys, xs = c[..., 0], c[..., 1]  # [N, T]
+  t = np.arange(c.shape[1]) - (c.shape[1] - 1) / 2
   vy, vx = (ys * t).sum(axis=1), (xs * t).sum(axis=1)  # Slopes, up to a positive factor.
   angle = np.arctan2(-vy, vx)  # Counter-clockwise from right, y up.
   return np.round(angle / (np.pi / 4)).astype(int) % len(DIRECTIONS)

@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from vdm import atomic
 from vdm import progress as progress_lib
 from vdm.data import frames as frames_lib
 from vdm.data import sources
@@ -198,13 +199,6 @@ def plan(splits: Dict[str, int], videos_per_shard: int) -> List[Shard]:
           for split, n in splits.items() for k in range(math.ceil(n / videos_per_shard))]
 
 
-def _write_json(path: str, value: Any) -> None:
-  """Writes JSON aside and renames it: a reader never sees half a file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + '.tmp', path)
-
-
 def write_shard(source, settings: Settings, shard: Shard, state_dir: str) -> Dict[str, Any]:
   """Reads, converts and writes one shard; records it as done.
 
@@ -238,7 +232,7 @@ def write_shard(source, settings: Settings, shard: Shard, state_dir: str) -> Dic
   finally:
     writer.close()
   os.replace(path + '.tmp', path)
-  _write_json(os.path.join(state_dir, shard.stem + '.json'), done)
+  atomic.write_json(os.path.join(state_dir, shard.stem + '.json'), done)
   return done
 
 
@@ -375,7 +369,7 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
           f'(they differ in: {", ".join(changed)}): rerun the same command to continue it, '
           f'or delete {version_dir} to start again.')
   else:
-    _write_json(request_file, request)
+    atomic.write_json(request_file, request)
 
   shards = plan(splits, settings.videos_per_shard)
   todo = [s for s in shards if not os.path.exists(os.path.join(state_dir, s.stem + '.json'))]

@@ -60,6 +60,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vdm import atomic
 from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm import run_lib
@@ -71,6 +72,7 @@ from vdm.evaluation import generated
 from vdm.evaluation import i3d
 from vdm.evaluation import real as real_lib
 from vdm.evaluation import scores as scores_lib
+from vdm.evaluation import seams
 from vdm.evaluation import text_alignment
 from vdm.models import tokenizer
 from vdm.sampling import long_video
@@ -150,15 +152,6 @@ def protocol_fields(config, split: str, num: int, num_real: Optional[int] = None
   }
 
 
-def _write_json(path: str, result: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
 # (result key, label, format) of the figures summary_line shows, where present.
 _SUMMARY_FIGURES = (
     ('fvd', 'FVD', '.1f'), ('kvd', 'KVD', '.4g'),
@@ -171,6 +164,11 @@ _SUMMARY_FIGURES = (
     ('first_frame_psnr', 'first-frame PSNR', '.2f'),
     ('first_frame_ssim', 'first-frame SSIM', '.3f'),
     ('later_frames_psnr', 'later-frames PSNR', '.2f'),
+    ('seam_track_ratio', 'seam track ratio', '.2f'),
+    ('real_seam_track_ratio', 'real', '.2f'),
+    ('seam_pixel_ratio', 'seam pixel ratio', '.2f'),
+    ('real_seam_pixel_ratio', 'real', '.2f'),
+    ('seam_class_consistency', 'seam class consistency', '.3f'),
 )
 
 
@@ -197,7 +195,7 @@ def emit(result: dict, path: Optional[str]) -> None:
     return
   if path:
     result['output'] = path
-    _write_json(path, result)
+    atomic.write_json(path, result)
   print(json.dumps(result, sort_keys=True), flush=True)
   progress_lib.log(summary_line(result) + (f'; written to {path}' if path else ''))
 
@@ -237,15 +235,20 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
     contexts = real_clips[:, :context_frames if mode == 'predict' else 1]
     first = contexts[:, 0]  # [N, H, W, C]
 
+  classify = None
+  if score_digits or score_text:
+    classify = scores_lib.digit_classifier(scores_lib.labelled(config), split).predict
+  seam_stats = seams.for_long_videos(run.config, num_frames) if mode == 'long' else None
+
   def on_videos(lo: int, videos: np.ndarray) -> None:
     if first is not None:
       scores.append(fidelity.first_frame_scores(first[lo:lo + len(videos)], videos))
-    if score_digits:
-      predicted.append(scores_lib.digit_classifier(config, split).predict(videos))
+    if classify is not None:
+      predicted.append(classify(videos))  # [n, F]
     if score_text:
-      predicted.append(scores_lib.digit_classifier(scores_lib.labelled(config),
-                                                   split).predict(videos))
       directions.append(digit_captions.measured_direction(videos))
+    if seam_stats is not None:
+      seam_stats.add(videos, predicted[-1] if classify is not None else None)
 
   fake = generated.generated_features(
       run, num, batch_size=batch_size, seed=seed, labels=labels, text=text,
@@ -282,6 +285,10 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
                     vidrd_beta=float(sc.vidrd_beta), vidrd_order=str(sc.vidrd_order))
   if mode == 'i2v':
     result['fvd_frames'] = 'all frames, generated frame 1 included'
+  if seam_stats is not None:
+    result.update(seam_stats.scores(), **seams.real_scores(config, split, num, batch_size,
+                                                           seam_stats, classify),
+                  seams=seam_stats.seams.tolist(), seam_protocol=seams.PROTOCOL)
   if first is not None:
     result.update(scores_lib.first_frame_fidelity(real_clips, scores))
   if score_digits:

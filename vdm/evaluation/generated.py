@@ -23,6 +23,12 @@ from vdm.sampling import long_video
 from vdm.sampling import mesh_sampling
 
 
+
+def long_context_frames(clip_frames: int) -> int:
+  """Frames each new clip of a long video is conditioned on in evaluation
+  ('reconstruction' driver): half a clip."""
+  return max(1, clip_frames // 2)
+
 @functools.partial(jax.jit, static_argnames=('num_frames', 'options'))
 def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, options):
   """'First k frames given' sampling, compiled once per shape and options."""
@@ -96,7 +102,7 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     if num_frames is not None:
       videos = sharding.shard_rows(long_video.generate(
           fn, rng, num_frames, sampling_config=c.sampling, clip_frames=t,
-          clip_shape=(bs, size, size, channels), context_frames=max(1, t // 2),
+          clip_shape=(bs, size, size, channels), context_frames=long_context_frames(t),
           sample_ids=chunk.sample_ids, mesh=mesh, **options), mesh)
     elif ctx is None:
       videos = run_lib.sample(fn, rng, (bs, t, size, size, channels), options, chunk.sample_ids)

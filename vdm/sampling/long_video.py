@@ -360,6 +360,28 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   return np.concatenate(video, axis=1)[:, :num_frames]
 
 
+def clip_starts(sampling_config, num_frames: int, clip_frames: int,
+                context_frames: int) -> np.ndarray:
+  """The first output frame of every clip after the first: the seams of a long video.
+
+  Frame s - 1 ends one clip and frame s begins the next. 'reconstruction'
+  adds clip_frames - context_frames new frames a clip, 'vidrd' clip_frames
+  (order 'reversed', which keeps each clip whole) or clip_frames - overlap
+  ('forward'), 'independent' clip_frames.
+
+  Returns:
+    int [number of seams], increasing, each in (0, num_frames).
+  """
+  s = sampling_config
+  if s.long_method == 'reconstruction':
+    step = clip_frames - context_frames
+  elif s.long_method == 'vidrd' and s.vidrd_order == 'forward':
+    step = clip_frames - int(s.vidrd_overlap)
+  else:
+    step = clip_frames
+  return np.arange(clip_frames, num_frames, step)
+
+
 # How long videos are joined clip by clip (config.sampling.long_method).
 LONG_METHODS = ('reconstruction', 'vidrd', 'independent')
 
