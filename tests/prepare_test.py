@@ -264,6 +264,9 @@ def test_bad_sources_and_settings_are_refused_with_the_fix(folder, tmp_path):
     video_sources.open_source(str(tmp_path / 'flat'), labels_from_folders=True)
   with pytest.raises(ValueError, match='--label_key apply to a TFDS source'):
     video_sources.open_source(root, label_key='label')
+  with pytest.raises(ValueError, match="bundled dataset's name"):
+    prepare_lib.prepare(video_sources.open_source(root), str(tmp_path), 'moving_digits',
+                        prepare_lib.settings_from_config(_config()))
   with pytest.raises(ValueError, match='shorter than a training clip'):
     prepare_lib.settings_from_config(_config(), clip_frames=3)
   # One video in a folder without split folders: all of it is 'train'.

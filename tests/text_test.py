@@ -291,7 +291,7 @@ def test_each_method_trains_with_text_and_its_denoiser_reads_it(method, text_dat
   networks = model_test.randomized(nnx.merge(trainer.graphdef, state.params))
   z = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 1))
   first = {'first_frame': z[:, 0]} if method == 'trip' else None
-  fn = trainer.method.denoiser(networks, first)
+  fn = jax.jit(trainer.method.denoiser(networks, first))  # One compile, not op by op.
   logsnr = jnp.zeros(2)
   texts = ('a one moving up, slowly', 'a nine moving left, quickly')
   words = tokenizer.from_config(config)  # Its vocabulary: the tiny train split's words.

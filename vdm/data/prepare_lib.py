@@ -44,6 +44,7 @@ import numpy as np
 
 from vdm import atomic
 from vdm import progress as progress_lib
+from vdm.data import bundled
 from vdm.data import frames as frames_lib
 from vdm.data import sources
 from vdm.data import video_sources
@@ -340,6 +341,9 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
   """
   if not name or os.sep in name or ':' in name:
     raise ValueError(f'--name={name!r}: give a plain dataset name such as my_videos.')
+  if bundled.base_name(name) in bundled.MODULES:
+    raise ValueError(f'--name={name!r} is a bundled dataset\'s name, which training would '
+                     'build instead of reading yours; choose another.')
   version_dir = os.path.join(os.path.abspath(os.path.expanduser(out)), name, VERSION)
   state_dir = os.path.join(version_dir, STATE_DIR)
   splits = source.splits()
