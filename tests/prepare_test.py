@@ -112,6 +112,7 @@ def test_labels_and_captions_arrive_in_the_batch(folder, prepared):
     assert caption == captions[origin]
 
 
+@pytest.mark.slow
 def test_command_line_prepare_interrupted_continued_trained_and_sampled(folder, prepared,
                                                                         tmp_path, capfd):
   root, _ = folder
