@@ -3,8 +3,12 @@
   python train.py --config=configs/bair_64.py --workdir=runs/bair_64 \
       --config.data.data_dir=/path/to/tfds
 
-Data: TFDS 'bair_robot_pushing_small' (`tfds build bair_robot_pushing_small`).
-Hardware: 8 H100/H200 GPUs or a TPU-v4 slice, bfloat16. Expected result: the
+Data: TFDS 'bair_robot_pushing_small' (`tfds build bair_robot_pushing_small`);
+for GPU runs prepare it once (`python prepare.py --config=configs/bair_64.py
+--source=tfds:bair_robot_pushing_small --video_key=image_main ...`, docs/data.md).
+Hardware: 8 H100/H200 GPUs or a TPU-v4 slice, bfloat16. The train state
+(148M parameters, EMA, Adam) takes 2.2 GiB a device replicated, 0.3 GiB
+under FSDP over 8 (BENCHMARKS.md#memory-plan). Expected result: the
 paper reports FVD 66.92 for 1-frame-conditioned prediction of 15 frames with
 256 ancestral steps plus 256 Langevin corrections (sample.py --mode=predict
 --sampler=pc --steps=256).

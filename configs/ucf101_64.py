@@ -3,9 +3,20 @@
   python train.py --config=configs/ucf101_64.py --workdir=runs/ucf101_64 \
       --config.data.data_dir=/path/to/tfds
 
-Data: TFDS 'ucf101' (manual download: docs/data.md#other-tfds-datasets).
+Data: TFDS 'ucf101' (manual download: docs/data.md#other-tfds-datasets). For
+GPU runs, prepare it once at 64x64 (read as it is stored, a clip costs a GPU
+dozens of host cores; prepared, about one: BENCHMARKS.md#input-pipeline):
+
+  python prepare.py --config=configs/ucf101_64.py --source=tfds:ucf101 --label_key=label \
+      --tfds_data_dir=/path/to/tfds --name=ucf101_64 --out=/path/to/tfds
+  python train.py ... --config.data.dataset=ucf101_64
+
 Hardware: the paper trained on TPU-v4 with batch 128; on 8 H100/H200 GPUs use
-the default mesh (('data', -1), ('fsdp', 1)) and bfloat16. Expected result:
+bfloat16. The train state (1.17B parameters, EMA, Adam) takes 17.4 GiB a
+device on the default mesh (('data', -1), ('fsdp', 1)), 2.2 GiB with
+--config.sharding.mesh="(('data', 1), ('fsdp', -1))" on 8 devices
+(BENCHMARKS.md#memory-plan); the step's activations are not measured yet.
+Expected result:
 the paper reports FVD 295 for the unconditional 16x64x64 model with joint
 training (K = 8 appended images), after roughly 450k steps.
 """
