@@ -37,7 +37,6 @@ line, also written to benchmarks/results/input_pipeline.json.
 
 import argparse
 import copy
-import io
 import json
 import os
 import statistics
@@ -106,20 +105,10 @@ def synthetic_video(rng: np.random.Generator, num_frames: int) -> np.ndarray:
   return out
 
 
-def png_frames(video: np.ndarray) -> list:
-  """uint8 [T0, H, W, 3] -> PNG bytes per frame (zlib level 6, as TFDS's)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  frames = []
-  for frame in video:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format='PNG', compress_level=6)
-    frames.append(buf.getvalue())
-  return frames
-
-
 def build_synthetic(data_dir: str, num_videos: int, seed: int = 0) -> None:
   """Builds SYNTHETIC_NAME (array_record) into data_dir; a no-op when built."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from vdm.data import prepare_lib  # pylint: disable=g-import-not-at-top
 
   class SyntheticUcf101(tfds.core.GeneratorBasedBuilder):
     """UCF101's storage (PNG frames of 320x240 RGB, 101 labels), synthetic pixels."""
@@ -143,7 +132,7 @@ def build_synthetic(data_dir: str, num_videos: int, seed: int = 0) -> None:
       for i in range(num_videos):
         rng = np.random.default_rng([seed, i])
         video = synthetic_video(rng, int(rng.integers(100, 201)))
-        yield i, {'video': png_frames(video), 'label': int(rng.integers(UCF_CLASSES))}
+        yield i, {'video': prepare_lib.png_frames(video), 'label': int(rng.integers(UCF_CLASSES))}
 
   builder = SyntheticUcf101(data_dir=data_dir)
   if not builder.is_prepared():

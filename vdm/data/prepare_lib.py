@@ -248,9 +248,7 @@ class Report:
     """Lines for a person: counts per split, skipped videos, how to train on it."""
     m = self.metadata
     lines = [f'Prepared {self.name} from {m["source"]} into {self.directory}: '
-             f'{m["image_size"]}x{m["image_size"]}x{m["channels"]}, '
-             + (f'windows of {m["clip_frames"]} frames every {m["clip_stride"]}'
-                if m['clip_frames'] else 'whole videos') + f', {m["storage"]} storage.']
+             f'{sources.prepared_layout(m)}.']
     for split, c in m['splits'].items():
       lines.append(f'  {split}: {c["records"]} clips from {c["videos"] - c["skipped"]} videos '
                    f'({c["skipped"]} skipped), {c["bytes"] / 2**20:.1f} MiB')
@@ -432,8 +430,7 @@ def run(config, source: str, name: str, out: str = '', *, source_options=None,
   """
   source_options = dict(source_options or {})
   opened = video_sources.open_source(source, **source_options)
-  unknown = (opened.unknown_captioned(source_options.get('captions', ''))
-             if isinstance(opened, video_sources.FolderSource) else [])
+  unknown = getattr(opened, 'uncaptioned_rows', [])
   if unknown:
     progress_lib.log(f'warning: {len(unknown)} rows of {source_options["captions"]} name no '
                      f'video in the folder, e.g. {unknown[:3]}; they are ignored.')

@@ -259,14 +259,20 @@ def check_prepared(metadata: dict, spec: Spec) -> None:
         'shorter clips.')
 
 
+def prepared_layout(metadata: dict) -> str:
+  """What prepare.py stored, in words: '16x16x3, windows of 8 frames every 5, raw storage'."""
+  m = metadata
+  windows = (f'windows of {m["clip_frames"]} frames every {m["clip_stride"]}'
+             if m['clip_frames'] else 'whole videos')
+  return f'{m["image_size"]}x{m["image_size"]}x{m["channels"]}, {windows}, {m["storage"]} storage'
+
+
 def describe_prepared(metadata: dict, spec: Spec) -> str:
   """One line on how prepare.py made a dataset, and what the pipeline still converts."""
   m = metadata
   clips = ', '.join(f'{s} {c["records"]} clips' for s, c in m['splits'].items())
   line = (f'Data: {spec.dataset}, prepared on {m["date"]} from {m["source"]}: '
-          f'{m["image_size"]}x{m["image_size"]}x{m["channels"]}, '
-          + (f'windows of {m["clip_frames"]} frames' if m['clip_frames'] else 'whole videos')
-          + f', {m["storage"]} storage; {clips}.')
+          f'{prepared_layout(m)}; {clips}.')
   if (m['image_size'], m['channels']) != (spec.image_size, spec.channels):
     line += (f' The config reads it at {spec.image_size}x{spec.image_size}x{spec.channels}, '
              'so every clip is converted again: prepare it at the config\'s size to save that.')

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -154,6 +155,7 @@ class FolderSource:
   label_names: Optional[List[str]]  # None: no labels.
   labels: Optional[Dict[str, int]]  # path -> label; None: no labels.
   captions: Optional[Dict[str, str]]  # path -> caption; None: no captions.
+  uncaptioned_rows: List[str] = dataclasses.field(default_factory=list)  # Caption paths, no video.
 
   @classmethod
   def scan(cls, root: str, *, labels: bool = False, captions: str = '',
@@ -206,7 +208,7 @@ class FolderSource:
       label_names = sorted({u.split(os.sep)[0] for u in under.values()})
       label_of = {p: label_names.index(u.split(os.sep)[0]) for p, u in under.items()}
 
-    caption_map = None
+    caption_map, unknown = None, []
     if captions:
       caption_map = read_captions(captions)
       missing = [p for p in paths if p not in caption_map]
@@ -214,12 +216,9 @@ class FolderSource:
         raise ValueError(f'{len(missing)} videos have no caption in {captions!r}, e.g. '
                          f'{missing[:3]}: add a row (path relative to {root!r}, caption) '
                          'for each, or move them out of the folder.')
+      unknown = sorted(set(caption_map) - set(paths))
       caption_map = {p: caption_map[p] for p in paths}
-    return cls(root, items, label_names, label_of, caption_map)
-
-  def unknown_captioned(self, captions: str) -> List[str]:
-    """Paths in the caption file with no video (reported as a warning)."""
-    return sorted(set(read_captions(captions)) - set(self.captions or {})) if captions else []
+    return cls(root, items, label_names, label_of, caption_map, unknown)
 
   def describe(self) -> str:
     return f'folder {self.root}'
@@ -286,8 +285,9 @@ class TfdsSource:
       raise ValueError(f'{self.name!r} has no split {missing}; its splits are '
                        f'{sorted(builder.info.splits)}.')
 
-  @property
+  @functools.cached_property
   def label_names(self) -> Optional[List[str]]:
+    """The label feature's class names (read once; a list, so the source still pickles)."""
     if not self.label_key:
       return None
     feature = self._features(self._builder())[self.label_key]
