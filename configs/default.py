@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.text_width = 128             # D: features per text token.
   model.text_layers = 2              # Transformer layers of the text encoder.
   model.text_heads = 4               # Attention heads of the text encoder.
+  model.guidance_embed = False       # Take the guidance weight w as an input (guidance-distilled students; configs/distill.py).
 
   # --- latent: where the diffusion runs (vdm/latent.py) ----------------------
   config.latent = latent = ml_collections.ConfigDict()

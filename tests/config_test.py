@@ -21,11 +21,54 @@ SHIPPED = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(
 
 
 @pytest.mark.parametrize('name', SHIPPED)
-def test_shipped_configs_validate(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+def test_shipped_configs_validate(name, tmp_path):
+  module = importlib.import_module(f'configs.{name}')
+  if name == 'distill':  # Its config is its teacher run's: a default run's here.
+    config_lib.save_config(_default(), str(tmp_path))
+    config = module.get_config(str(tmp_path))
+  else:
+    config = module.get_config()
   method = config_lib.validate_config(config)
   assert type(method).__module__ == f'vdm.methods.{config.get("method", "vdm")}'
   assert method.config is config
+
+
+def test_distill_config_chains_rounds_from_its_teacher_run(tmp_path):
+  from configs import distill, videofusion_digits
+  teacher = _default()
+  config_lib.save_config(teacher, str(tmp_path / 'run'))
+  guided = distill.get_config(f'{tmp_path / "run"},guidance')
+  config_lib.validate_config(guided)
+  assert (guided.distill.num_steps, guided.distill.round, guided.model.guidance_embed) == (0, 0, True)
+  assert guided.optimizer.learning_rate == pytest.approx(0.1 * teacher.optimizer.learning_rate)
+  config_lib.save_config(guided, str(tmp_path / 'g'))
+  rounds = []
+  for arg, out in (('g', 'r16'), ('r16', 'r8')):
+    config = distill.get_config(str(tmp_path / arg))
+    config_lib.validate_config(config)
+    config_lib.save_config(config, str(tmp_path / out))
+    rounds.append(config)
+  assert [(c.distill.num_steps, c.sampling.num_steps, c.sampling.sampler, c.distill.round)
+          for c in rounds] == [(16, 16, 'ddim', 1), (8, 8, 'ddim', 2)]
+  assert all(c.distill.teacher_guidance_embed and c.distill.teacher_method == 'distill' and
+             c.optimizer.learning_rate == guided.optimizer.learning_rate for c in rounds)
+  assert distill.get_config(f'{tmp_path / "r8"},steps=2').distill.num_steps == 2
+  with pytest.raises(ValueError, match="unknown option 'fast'"):
+    distill.get_config(f'{tmp_path / "run"},fast')
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    distill.get_config(str(tmp_path / 'nothing'))
+  # A VideoFusion teacher: its section travels with the student's config, and
+  # its noise-predicting networks are refused with the reason.
+  config_lib.save_config(videofusion_digits.get_config(), str(tmp_path / 'vf'))
+  vf = distill.get_config(str(tmp_path / 'vf'))
+  assert vf.distill.base_method == 'videofusion' and 'videofusion' in vf
+  with pytest.raises(ValueError, match=r"base_method='videofusion'.*predict noise"):
+    config_lib.validate_config(vf)
+  eps = _default()
+  eps.diffusion.parameterization, eps.diffusion.loss_type = 'eps', 'eps_mse'
+  config_lib.save_config(eps, str(tmp_path / 'eps'))
+  with pytest.raises(ValueError, match="parameterization 'v' or 'x'"):
+    config_lib.validate_config(distill.get_config(str(tmp_path / 'eps')))
 
 
 def test_tiny_trip_config_validates():

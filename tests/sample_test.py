@@ -52,6 +52,8 @@ def workdir(tmp_path_factory):
   config.training.num_steps = 2
   config.training.num_samples = 0  # No sample videos during training.
   config.training.async_checkpoints = False
+  # v-prediction, so that the distillation test can take this run as its teacher.
+  config.diffusion.parameterization, config.diffusion.loss_type = 'v', 'v_mse'
   path = str(tmp_path_factory.mktemp('run'))
   train_lib.train(config, path)
   return path
@@ -490,3 +492,48 @@ def test_long_videos_on_eight_devices_in_chunks(workdir, tmp_path):
                             **kwargs)
     eight = entry_points.sample(workdir, str(tmp_path / f'eight{i}'), mesh=_mesh(8), **kwargs)
     assert_same_videos(eight.videos, one.videos)
+
+
+def test_distilled_students_train_from_the_run_and_sample(workdir, tmp_path):
+  """The guidance stage and one progressive round, each a short run, from the
+  tiny run: the frozen teacher stays the teacher run's weights, the student
+  takes w in one pass, and sample.py samples it on its own grid."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from configs import distill as distill_config  # pylint: disable=g-import-not-at-top
+  from vdm.diffusion import conditions  # pylint: disable=g-import-not-at-top
+
+  def short(config, path):
+    config.training.num_steps = 2
+    config.training.num_samples = 0
+    config.training.async_checkpoints = False
+    config.optimizer.warmup_steps = 1
+    return config, train_lib.train(config, path)
+
+  teacher = run_lib.restore_run(workdir)
+  _, state = short(distill_config.get_config(f'{workdir},guidance'), str(tmp_path / 'g'))
+  for ours, theirs in zip(jax.tree.leaves(state.params['teacher']), jax.tree.leaves(teacher.params)):
+    np.testing.assert_array_equal(ours, theirs)
+  config, _ = short(distill_config.get_config(str(tmp_path / 'g')), str(tmp_path / 'r'))
+  assert (config.distill.num_steps, config.sampling.sampler, config.sampling.num_steps) == (2, 'ddim', 2)
+  assert config.distill.teacher_guidance_embed and config.model.guidance_embed
+
+  student = run_lib.restore_run(str(tmp_path / 'r'))
+  # A w embedding that is not zero (two steps barely move its zero-initialised layer).
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if 'guidance_mlp2' in jax.tree_util.keystr(path) else x,
+      student.params)
+  labels = np.array([0, 1])
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, T, S, S, 1))
+  logsnr = np.zeros(2, np.float32)
+  fn = student.method.denoiser(nnx.merge(student.graphdef, params))
+  at = lambda w: np.asarray(run_lib.model_fn(student.method, student.graphdef, params,
+                                             labels=labels, guidance_weight=w)(z, logsnr))
+  # Guidance is the w input of one pass, not a mix of two.
+  np.testing.assert_allclose(
+      at(2.0), fn(z, logsnr, conditions.with_guidance_weight(labels, np.full(2, 2.0))),
+      rtol=1e-5, atol=1e-6)
+  # FiLM layers start at zero and have trained six steps: w moves the output a little.
+  assert not np.array_equal(at(2.0), at(0.0))
+  result = entry_points.sample(str(tmp_path / 'r'), str(tmp_path / 'out'), mode='unconditional',
+                               num_samples=N)
+  assert result.videos.shape == (N, T, S, S, 1) and result.step == 2

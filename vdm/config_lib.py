@@ -72,13 +72,15 @@ def frame_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def _check_sections_against_default(config) -> None:
   """Unknown sections or keys (typos) are errors that list the known ones."""
   reference = default_config()
-  name = config.get('method', 'vdm')
-  section = methods.default_section(name)  # Also: an unknown method fails here.
-  if section is not None:
-    if name not in config:
-      raise ValueError(f'config.method={name!r} needs its section config.{name}; start from '
-                       f'vdm.methods.{name}.default_config().')
-    reference[name] = section
+  for name in methods.sections(config):
+    section = methods.default_section(name)  # Also: an unknown method fails here.
+    if section is not None:
+      if name not in config:
+        method = config.get('method', 'vdm')
+        whose = 'its section' if name == method else 'the section of its base method,'
+        raise ValueError(f'config.method={method!r} needs {whose} config.{name}; start from '
+                         f'vdm.methods.{name}.default_config().')
+      reference[name] = section
   for section in config:
     if not hasattr(config[section], 'keys'):
       continue  # Top-level values such as config.method are checked on their own.
@@ -194,10 +196,10 @@ def with_new_defaults(config: ml_collections.ConfigDict) -> ml_collections.Confi
   existed, so an older run's config.json still loads.
   """
   reference = default_config()
-  name = config.get('method', 'vdm')
-  method_section = methods.default_section(name)
-  if method_section is not None:
-    reference[name] = method_section
+  for name in methods.sections(config):
+    method_section = methods.default_section(name)
+    if method_section is not None:
+      reference[name] = method_section
   for section in reference:
     if section not in config:
       config[section] = reference[section]

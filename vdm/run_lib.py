@@ -174,7 +174,8 @@ def model_fn(method: base.Method, graphdef: Any, params: Any, *,
   here, so they cannot drift: the method's denoiser, labels (per video [N] or
   per frame [N, T]), captions, other conditioning, and classifier-free guidance with
   w = guidance_weight in the paper's convention. At w = 0 the unconditional
-  half of the doubled batch is skipped (the same output for half the work).
+  half of the doubled batch is skipped (the same output for half the work);
+  a guidance-distilled network takes w as an input and runs once.
 
   The result is a ``jax.tree_util.Partial`` whose leaves are the weights,
   labels, conditioning and w, so a jitted sampler takes them as arguments
@@ -195,6 +196,11 @@ def model_fn(method: base.Method, graphdef: Any, params: Any, *,
   """
   condition = conditions.as_int(conditions.make(labels, text))
   guided = condition is not None and guidance_weight != 0
+  if condition is not None and method.takes_guidance_weight():
+    # A guidance-distilled network: w is one more input, one pass per step.
+    batch = conditions.frames_shape(condition)[:1]
+    condition = conditions.with_guidance_weight(condition, jnp.full(batch, guidance_weight))
+    guided = False
   conditioning = None if conditioning is None else {
       k: jnp.asarray(v, jnp.float32) for k, v in conditioning.items()}
   return jax.tree_util.Partial(_GuidedDenoiser(method, graphdef, guided), params, condition,

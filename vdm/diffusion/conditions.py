@@ -6,7 +6,9 @@ A condition is one of
   * a dict with 'label' (as above) and/or 'text' (byte tokens,
     vdm.models.tokenizer: [B, L] per video or [B, T, L] per frame).
 Its null, the input of the unconditional branch of classifier-free guidance,
-is NULL_LABEL for labels and all padding for text. Training drops label and
+is NULL_LABEL for labels and all padding for text. A guidance-distilled
+network also takes the guidance weight w [B] under GUIDANCE_WEIGHT: it has no
+null (a nulled condition keeps its w) and no frame axis. Training drops label and
 text together (one draw per video frame set and per appended image), so the
 network learns one unconditional model that guidance on both at once needs.
 """
@@ -23,7 +25,9 @@ import jax.numpy as jnp
 NULL_LABEL = -1
 NULL_TEXT_TOKEN = 0  # vdm.models.tokenizer.PAD: a text of padding only is the null text.
 
-Condition = Any  # None, an int label array, or {'label': ..., 'text': ...}.
+GUIDANCE_WEIGHT = 'guidance_weight'
+
+Condition = Any  # None, an int label array, or {'label': ..., 'text': ..., 'guidance_weight': ...}.
 
 
 def make(label: Optional[jax.Array] = None, text: Optional[jax.Array] = None) -> Condition:
@@ -33,8 +37,24 @@ def make(label: Optional[jax.Array] = None, text: Optional[jax.Array] = None) ->
   return {'text': text} if label is None else {'label': label, 'text': text}
 
 
+def with_guidance_weight(condition: Condition, guidance_weight: jax.Array) -> Condition:
+  """``condition`` with w [B] for a network that takes it (unet3d's guidance_embed)."""
+  if condition is None:
+    raise ValueError('a guidance weight needs a condition (labels or text) to guide on.')
+  parts = dict(condition) if isinstance(condition, Mapping) else {'label': condition}
+  return {**parts, GUIDANCE_WEIGHT: jnp.asarray(guidance_weight, jnp.float32)}
+
+
+def split_guidance_weight(condition: Condition) -> tuple[Condition, Optional[jax.Array]]:
+  """(``condition`` without its w, that w or None)."""
+  if not isinstance(condition, Mapping) or GUIDANCE_WEIGHT not in condition:
+    return condition, None
+  rest = {k: v for k, v in condition.items() if k != GUIDANCE_WEIGHT}
+  return (rest['label'] if set(rest) == {'label'} else rest), condition[GUIDANCE_WEIGHT]
+
+
 def network_kwargs(condition: Condition) -> dict:
-  """The keyword arguments (label=, text=) a network takes for ``condition``."""
+  """The keyword arguments (label=, text=, guidance_weight=) a network takes for ``condition``."""
   if condition is None:
     return {}
   if isinstance(condition, Mapping):
@@ -54,6 +74,8 @@ def frames_shape(condition: Condition) -> tuple[int, ...]:
 def where_null(null: jax.Array, condition: Condition) -> Condition:
   """``condition`` with the entries where ``null`` ([B] or [B, T]) is True nulled."""
   def one(key, x):
+    if key == GUIDANCE_WEIGHT:
+      return x
     if key == 'text':
       return jnp.where(null[..., None], NULL_TEXT_TOKEN, x)
     return jnp.where(null, NULL_LABEL, x)
@@ -68,6 +90,10 @@ def null(condition: Condition) -> Condition:
 
 
 def as_int(condition: Condition) -> Condition:
+  """Labels and tokens as int32 (w, if any, stays float)."""
+  if isinstance(condition, Mapping):
+    return {k: v if k == GUIDANCE_WEIGHT else jnp.asarray(v, jnp.int32)
+            for k, v in condition.items()}
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), condition)
 
 
@@ -87,4 +113,6 @@ def map_frames(fn, condition: Condition) -> Condition:
   any frames."""
   if not per_frame(condition):
     return condition
-  return jax.tree.map(fn, condition)
+  if isinstance(condition, Mapping):
+    return {k: v if k == GUIDANCE_WEIGHT else fn(v) for k, v in condition.items()}
+  return fn(condition)

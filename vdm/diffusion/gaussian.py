@@ -163,7 +163,8 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
                    cond_drop_prob: float = 0.0, low_discrepancy: bool = True,
                    t: Optional[jax.Array] = None,
                    noise_fn: Optional[Callable[[jax.Array, tuple[int, ...]], jax.Array]] = None,
-                   is_image: Optional[jax.Array] = None, frame_losses: bool = False):
+                   is_image: Optional[jax.Array] = None, frame_losses: bool = False,
+                   target_x_fn: Optional[Callable[..., jax.Array]] = None):
   """The denoising loss of each example.
 
   The mean is over every pixel of every frame, video frames and appended image
@@ -187,6 +188,9 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
     is_image: [T] bool mask of appended image frames: with per-frame labels,
       each image's label is dropped on its own (see drop_condition).
     frame_losses: also return the loss of each frame (a method's metrics).
+    target_x_fn: (z_t, logsnr, t, condition) -> the x to learn instead of the
+      clean data (a distillation target, vdm.diffusion.distillation); the
+      error is then taken against that x and the eps it implies at z_t.
 
   Returns:
     The loss of each example, [B] float32; with frame_losses, (that loss,
@@ -205,6 +209,9 @@ def diffusion_loss(denoise_fn: DenoiseFn, x: jax.Array, rng: jax.Array, *,
   z = q_sample(x, logsnr, eps)
   if label is not None and cond_drop_prob > 0:
     label = drop_condition(rng_drop, label, cond_drop_prob, is_image)
+  if target_x_fn is not None:
+    x = jax.lax.stop_gradient(target_x_fn(z, logsnr, t, label)).astype(jnp.float32)
+    eps = eps_from_z_x(z, x, logsnr)
   model_out = denoise_fn(z, logsnr, label).astype(jnp.float32)
   x_hat, eps_hat = predict_x_eps(z, logsnr, model_out, parameterization)
   if loss_type == 'eps_mse':

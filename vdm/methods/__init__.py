@@ -1,4 +1,4 @@
-"""The method registry: what differs between VDM, VideoFusion and TRIP.
+"""The method registry: what differs between VDM, VideoFusion, TRIP and distillation.
 
 A method is one module of this package defining a subclass of
 ``vdm.methods.base.Method`` named ``Method``; ``config.method`` names the
@@ -21,6 +21,7 @@ METHODS = {
     'videofusion': 'vdm.methods.videofusion',
     'trip': 'vdm.methods.trip',
     'autoencoder': 'vdm.methods.autoencoder',  # Latent space of latent diffusion; no sampler.
+    'distill': 'vdm.methods.distill',  # A few-step student of a trained run.
 }
 
 
@@ -38,6 +39,18 @@ def default_section(name: str):
   """
   fn = getattr(_module(name), 'default_config', None)
   return None if fn is None else fn()
+
+
+def sections(config) -> list[str]:
+  """The method sections a config needs: its method's, and that of the method
+  whose networks it takes over (``config.<method>.base_method``, e.g. distill)."""
+  name = config.get('method', 'vdm')
+  names = [name]
+  own = config.get(name)
+  inner = own.get('base_method') if hasattr(own, 'get') else None
+  if inner and inner != name:
+    names.append(inner)
+  return names
 
 
 def get_method(config) -> 'base.Method':  # noqa: F821  (vdm.methods.base)

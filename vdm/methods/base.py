@@ -221,6 +221,11 @@ class Method:
     """Whether the denoiser takes captions (config.model.text_encoder)."""
     return bool(self.config.model.get('text_encoder', ''))
 
+  def takes_guidance_weight(self) -> bool:
+    """Whether the denoiser takes w itself (config.model.guidance_embed): guidance
+    is then one pass of the network, not the mix of two."""
+    return bool(self.config.model.get('guidance_embed', False))
+
   def batch_condition(self, batch: Mapping[str, Any]) -> Any:
     """The condition (vdm.diffusion.conditions) of a training batch: its
     per-frame labels and caption tokens, the ones the model takes."""

@@ -31,6 +31,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 # lambda in [-20, 20] times this spans about the range of a 1000-step index,
 # which the sinusoidal frequencies below were designed for.
 LOGSNR_EMBED_SCALE = 25.0
+# w in [0, 8] times this spans the same range.
+GUIDANCE_EMBED_SCALE = 125.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,10 @@ class UNetConfig:
     text_width: D, features per text token.
     text_layers: transformer layers of the text encoder.
     text_heads: attention heads of the text encoder.
+    guidance_embed: take the classifier-free guidance weight w as an input,
+      embedded like the log-SNR and added to the conditioning (a
+      guidance-distilled student, vdm.methods.distill); its last layer starts
+      at zero, so the net starts as the one it was copied from.
   """
   channels: int = 3
   image_size: int = 64
@@ -100,6 +106,7 @@ class UNetConfig:
   text_width: int = 128
   text_layers: int = 2
   text_heads: int = 4
+  guidance_embed: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'channel_mult', tuple(self.channel_mult))
@@ -298,6 +305,11 @@ class UNet3D(nnx.Module):
     else:
       self.text_encoder = self.text_pool = None
     # Only when asked for: the default net has no parameter of absolute position.
+    if cfg.guidance_embed:
+      self.guidance_mlp1 = layers.Dense(base, emb, rngs=rngs, dtype=dtype)
+      self.guidance_mlp2 = layers.Dense(emb, emb, rngs=rngs, dtype=dtype, init_scale=0.0)
+    else:
+      self.guidance_mlp1 = self.guidance_mlp2 = None
     self.frame_embed = (layers.Embed(cfg.frame_index_embed, emb, rngs=rngs)
                         if cfg.frame_index_embed else None)
     # The first and last convolutions compute in float32 whatever the compute
@@ -394,7 +406,8 @@ class UNet3D(nnx.Module):
   def __call__(self, z: jax.Array, logsnr: jax.Array, *, label: Optional[jax.Array] = None,
                cond: Optional[jax.Array] = None, is_image: Optional[jax.Array] = None,
                dropout_rng: Optional[jax.Array] = None,
-               text: Optional[jax.Array] = None) -> jax.Array:
+               text: Optional[jax.Array] = None,
+               guidance_weight: Optional[jax.Array] = None) -> jax.Array:
     """Predicts eps, v or x (whatever it was trained for) from z_t.
 
     Args:
@@ -410,6 +423,8 @@ class UNet3D(nnx.Module):
       text: tokens (vdm.models.tokenizer) [B, L] (one caption per
         video) or [B, T, L] (per frame); all padding means the null text.
         None on a text model means null text for all.
+      guidance_weight: w [B] or a scalar, for a net with ``guidance_embed``
+        (None: w = 0); refused by a net without it.
 
     Returns:
       The prediction [B, T, H, W, C], float32.
@@ -431,6 +446,15 @@ class UNet3D(nnx.Module):
       tokens, mask, pooled = self._text_context(text, z.shape[0])
       context = (tokens, mask)
       emb = emb + self.text_pool(pooled).astype(emb.dtype)  # [B, 1 or T, E]
+    if cfg.guidance_embed:
+      w = jnp.broadcast_to(jnp.float32(0) if guidance_weight is None else guidance_weight,
+                           z.shape[:1])  # [B]
+      # w of a few units spread over the frequencies as the log-SNR's 40 do.
+      w = layers.sinusoidal_embedding(GUIDANCE_EMBED_SCALE * w, cfg.base_channels)
+      emb = emb + self.guidance_mlp2(jax.nn.silu(self.guidance_mlp1(w)))[:, None]
+    elif guidance_weight is not None:
+      raise ValueError('guidance_weight was given to a net without a guidance input '
+                       '(config.model.guidance_embed = False): guide it with two passes instead.')
     if self.frame_embed is not None:
       # Video frames count 0, 1, ...; appended images, which have no place in
       # the clip, get no index embedding.

@@ -189,8 +189,13 @@ def resolve_text_vocabulary(config: ml_collections.ConfigDict) -> ml_collections
   return config
 
 
-def _count_params(params) -> int:
-  return sum(x.size for x in jax.tree.leaves(params))
+def _describe_params(params, frozen_mask) -> str:
+  """'N parameters', with how many of them are frozen when some are."""
+  total = sum(x.size for x in jax.tree.leaves(params))
+  if frozen_mask is None:
+    return f'{total:,} parameters'
+  frozen = sum(x.size for x, f in zip(jax.tree.leaves(params), jax.tree.leaves(frozen_mask)) if f)
+  return f'{total:,} parameters ({frozen:,} of them frozen)'
 
 
 def _warn_short_warmup(config: ml_collections.ConfigDict) -> None:
@@ -313,7 +318,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   start_step, state = run_dir.restore(ckpt, trainer.abstract_state, workdir)
   if state is None:
     start_step, state = 0, trainer.init_state()
-    progress_lib.log(f'Initialised {_count_params(state.params):,} parameters '
+    progress_lib.log(f'Initialised {_describe_params(state.params, trainer.frozen_mask)} '
                      f'on mesh {dict(trainer.mesh.shape)}.')
   else:
     progress_lib.log(f'Resumed from step {start_step} in {ckpt.directory}.')
