@@ -69,18 +69,26 @@ def frame_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return size, channels
 
 
-def _check_sections_against_default(config) -> None:
-  """Unknown sections or keys (typos) are errors that list the known ones."""
+def _reference_config(config) -> ml_collections.ConfigDict:
+  """configs/default.py's config with the default sections of the methods
+  ``config`` needs (methods.sections); an unknown method fails here."""
   reference = default_config()
   for name in methods.sections(config):
-    section = methods.default_section(name)  # Also: an unknown method fails here.
+    section = methods.default_section(name)
     if section is not None:
-      if name not in config:
-        method = config.get('method', 'vdm')
-        whose = 'its section' if name == method else 'the section of its base method,'
-        raise ValueError(f'config.method={method!r} needs {whose} config.{name}; start from '
-                         f'vdm.methods.{name}.default_config().')
       reference[name] = section
+  return reference
+
+
+def _check_sections_against_default(config) -> None:
+  """Unknown sections or keys (typos) are errors that list the known ones."""
+  reference = _reference_config(config)
+  for name in methods.sections(config):
+    if name in reference and name not in config:
+      method = config.get('method', 'vdm')
+      whose = 'its section' if name == method else 'the section of its base method,'
+      raise ValueError(f'config.method={method!r} needs {whose} config.{name}; start from '
+                       f'vdm.methods.{name}.default_config().')
   for section in config:
     if not hasattr(config[section], 'keys'):
       continue  # Top-level values such as config.method are checked on their own.
@@ -195,11 +203,7 @@ def with_new_defaults(config: ml_collections.ConfigDict) -> ml_collections.Confi
   A new key's default keeps the behaviour the code had before the key
   existed, so an older run's config.json still loads.
   """
-  reference = default_config()
-  for name in methods.sections(config):
-    method_section = methods.default_section(name)
-    if method_section is not None:
-      reference[name] = method_section
+  reference = _reference_config(config)
   for section in reference:
     if section not in config:
       config[section] = reference[section]

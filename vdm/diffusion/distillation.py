@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.diffusion import gaussian
+from vdm.diffusion import samplers
 from vdm.diffusion import schedules
 
 # x_fn(z [B, T, H, W, C], logsnr [B]) -> x_hat [B, T, H, W, C]: a teacher's
@@ -78,9 +79,8 @@ def ddim_step(z_t: jax.Array, x: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.A
   Returns:
     z_s, same shape as z_t.
   """
-  alpha_t, sigma_t = _alpha_sigma(logsnr_t, z_t, False)
   alpha_s, sigma_s = _alpha_sigma(logsnr_s, z_t, final)
-  return alpha_s * x + sigma_s * (z_t - alpha_t * x) / sigma_t
+  return alpha_s * x + sigma_s * gaussian.eps_from_z_x(z_t, x, logsnr_t)
 
 
 def target_x(teacher_x: XFn, z_t: jax.Array, t: jax.Array, num_steps: int,
@@ -112,10 +112,6 @@ def target_x(teacher_x: XFn, z_t: jax.Array, t: jax.Array, num_steps: int,
   return jax.lax.stop_gradient((z_s - ratio * z_t) / (alpha_s - ratio * alpha_t))
 
 
-def x_fn(model_fn: Callable[[jax.Array, jax.Array], jax.Array],
-         parameterization: str) -> XFn:
+def x_fn(model_fn: samplers.ModelFn, parameterization: str) -> XFn:
   """A network's output in ``parameterization`` as an x-prediction (see XFn)."""
-  def fn(z, logsnr):
-    out = model_fn(z, logsnr).astype(jnp.float32)
-    return gaussian.predict_x_eps(z, logsnr, out, parameterization)[0]
-  return fn
+  return lambda z, logsnr: samplers.make_denoise(model_fn, parameterization, logsnr)(z)[0]

@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.teacher_workdir = ''           # Run to distil: a base_method run, or a previous 'distill' round.
   d.teacher_method = 'vdm'         # That run's config.method (configs/distill.py reads it).
-  d.base_method = 'vdm'            # Whose networks and noise law: 'vdm' or 'videofusion' (a 'distill' teacher's own).
+  d.base_method = 'vdm'            # Whose networks and noise law: 'vdm' (BASE_METHODS; a 'distill' teacher's own).
   d.num_steps = 16                 # N: student's DDIM steps, the teacher doing 2N; 0 = match the teacher's output at every t (guidance distillation).
   d.round = 1                      # Rounds since the undistilled run (0: guidance distillation); names the run, changes nothing.
   d.teacher_guidance_embed = False  # The teacher takes w as an input (it was guidance-distilled).
@@ -97,7 +97,10 @@ class Method(base.Method):
         _with_method(config, self.d.base_method, bool(self.d.teacher_guidance_embed)))
 
   def validate(self) -> None:
-    d, fail = self.d, lambda msg: (_ for _ in ()).throw(ValueError(msg))
+    d = self.d
+
+    def fail(msg):
+      raise ValueError(msg)
     self.student.validate()
     if not d.teacher_workdir:
       fail('config.distill.teacher_workdir is empty: name the run to distil, e.g. '
