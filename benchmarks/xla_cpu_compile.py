@@ -40,6 +40,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 VARIANTS = {
     'default': '',
     'no fusion emitters': '--xla_cpu_use_fusion_emitters=false',
+    'no fusion emitters, one codegen split': (
+        '--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1'),
 }
 # --train_step: name -> compile options on top of tests/cli.py's XLA_FLAGS.
 COMPILE_VARIANTS = {

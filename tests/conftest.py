@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 # Test models are tiny: compile time dominates, and XLA's heavy passes buy
-# nothing at these sizes.
+# nothing at these sizes. Tests marked `optimized` are the exception (below).
 jax.config.update('jax_disable_most_optimizations', True)
 
 
@@ -54,6 +54,24 @@ _HEAVIEST_FIRST = ('train_test.py', 'sample_test.py', 'latent_cli_test.py', 'vid
                    'samplers_test.py',
                    'guidance_test.py', 'trip_test.py', 'latent_test.py', 'data_test.py',
                    'mesh_sampling_test.py', 'compat_test.py', 'evaluation_test.py')
+
+
+@pytest.fixture(autouse=True)
+def _optimized_compiles(request):
+  """XLA's optimizations for tests marked `optimized`.
+
+  Their programs run long (statistics over thousands of samples and hundreds
+  of sampler steps, the I3D network): unoptimized code runs them 2-4x slower
+  than optimizing costs (BENCHMARKS.md, "Test suite").
+  """
+  if request.node.get_closest_marker('optimized') is None:
+    yield
+    return
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', True)
 
 
 def pytest_unconfigure(config):

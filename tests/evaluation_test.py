@@ -275,6 +275,7 @@ def test_i3d_features_shape_finite_and_sensible(feats):
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_i3d_deterministic_and_padding(model, clips, feats):
     seen = []
     # N=3 with batch 2: the last batch is padded; same compiled shape.

@@ -103,6 +103,7 @@ def test_known_latents_are_fresh_forward_samples(weight):
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 @pytest.mark.parametrize('task', ['prediction', 'interpolation'])
 def test_reconstruction_guidance_beats_replacement(task):
   # Over 8 given videos (500 samples each): how far one method's conditional

@@ -81,6 +81,7 @@ def test_reconstruction_guided_prediction_on_eight_devices():
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_per_sample_noise_keeps_the_gaussian_law():
   # The same 5-standard-error demands as samplers_test, with every draw made
   # row by row from fold_in(key, i).

@@ -91,6 +91,7 @@ def moment_z_scores(x: np.ndarray, data: analytic.GaussianData) -> tuple[float, 
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 @pytest.mark.parametrize('sampler,gamma,parameterization', [
     ('ancestral', 0.0, 'eps'),
     ('ancestral', 0.1, 'eps'),

@@ -473,17 +473,29 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       x, eps = shift_x(x, eps, jnp.clip(x, -1.0, 1.0) - x, step.logsnr)
     return z, x, eps
 
-  def langevin(z, step, rng):
-    """The corrector at t_i: ``pc_corrections`` Langevin moves."""
+  def corrected_denoise(z, step, rng_corr, rng_guide):
+    """'pc' at t_i: the Langevin moves, then the denoising the step uses.
+
+    One loop whose body holds the only call of the denoiser: move j denoises
+    with its own keys and moves z; the last pass denoises for the step. So
+    the compiled program holds the network (and a guide's gradient of it)
+    once, not twice. At t_0 = 1 there was no ancestral step to correct, and
+    the loop starts at the last pass.
+    """
     sigma = schedules.alpha_sigma(gaussian.expand_to(step.logsnr, z))[1]
 
-    def move(j, z):
-      rng_guide, rng_noise = jax.random.split(jax.random.fold_in(rng, j))
-      z, _, eps = denoise_at(z, step, rng_guide)
-      noise = noise_fn(rng_noise, z.shape)
-      return z - 0.5 * pc_delta * sigma * eps + jnp.sqrt(pc_delta) * sigma * noise
+    def move_or_denoise(j, carry):
+      z = carry[0]
+      is_move = j < pc_corrections
+      rng_g, rng_n = jax.lax.cond(
+          is_move, lambda: tuple(jax.random.split(jax.random.fold_in(rng_corr, j))),
+          lambda: (rng_guide, rng_guide))
+      z, x, eps = denoise_at(z, step, rng_g)
+      moved = z - 0.5 * pc_delta * sigma * eps + jnp.sqrt(pc_delta) * sigma * noise_fn(rng_n, z.shape)
+      return jnp.where(is_move, moved, z), x, eps
 
-    return jax.lax.fori_loop(0, pc_corrections, move, z)
+    first = jnp.where(step.index > 0, 0, pc_corrections)
+    return jax.lax.fori_loop(first, pc_corrections + 1, move_or_denoise, (z, z, z))
 
   def record(z):
     """The part of z that the trajectory keeps."""
@@ -509,10 +521,10 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     step, target = at(i), at(i + 1)
     if sampler == 'pc' and pc_corrections:
       # The correction after the ancestral step into t_i runs here, at t_i, so
-      # that one body serves every step; at t_0 = 1 there was no such step.
-      # step is closed over, not an operand, so step.num_steps stays a Python int.
-      z = jax.lax.cond(i > 0, lambda z: langevin(z, step, rng_corr), lambda z: z, z)
-    z, x, eps = denoise_at(z, step, rng_guide)
+      # that one body serves every step.
+      z, x, eps = corrected_denoise(z, step, rng_corr, rng_guide)
+    else:
+      z, x, eps = denoise_at(z, step, rng_guide)
     if buffer is not None:
       # Steps from K on rewrite slot K - 1 with its own value: one loop body, no cond.
       slot = jnp.minimum(i, trajectory_steps - 1)
