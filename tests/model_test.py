@@ -1,7 +1,6 @@
 """Tests of the factorized space-time U-Net: shapes, masking, relative positions."""
 
 import functools
-import itertools
 import os
 import sys
 
@@ -55,11 +54,12 @@ def apply_default_codegen(model, z, logsnr, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('labels,dtype', list(itertools.product([False, True], ['float32', 'bfloat16'])))
+# Labels and the compute dtype act on different layers: two cases cover both.
+@pytest.mark.parametrize('labels,dtype', [(False, 'float32'), (True, 'bfloat16')])
 def test_shapes_and_finiteness(labels, dtype):
   cfg = tiny_config(num_classes=5 if labels else 0, dtype=dtype)
   model = randomized(unet3d.UNet3D(cfg, rngs=nnx.Rngs(0)))
-  for frames in (1, 2, 8):
+  for frames in (1, 8):  # An image alone, and a clip.
     x = jax.random.uniform(jax.random.key(frames), (2, frames, 8, 8, 3), minval=-1, maxval=1)
     label = jnp.array([0, 4]) if labels else None
     out = apply(model, x, jnp.array([-5.0, 5.0]), label=label, dropout_rng=jax.random.key(1))

@@ -495,30 +495,41 @@ def test_long_videos_on_eight_devices_in_chunks(workdir, tmp_path):
 
 
 def test_distilled_students_train_from_the_run_and_sample(workdir, tmp_path):
-  """The guidance stage and one progressive round, each a short run, from the
-  tiny run: the frozen teacher stays the teacher run's weights, the round's
-  config samples with DDIM on its own steps, and the student takes w in one
-  pass of run_lib.model_fn, the path of sample.py and evaluate.py."""
+  """The guidance stage, a short run from the tiny run, then a progressive
+  round from it: the frozen teachers are the runs' (EMA) weights, the round's config
+  samples with DDIM on its own steps and its train step traces (its target's
+  arithmetic: tests/distillation_test.py), and the guidance student takes w in
+  one pass of run_lib.model_fn, the path of sample.py and evaluate.py."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from configs import distill as distill_config  # pylint: disable=g-import-not-at-top
+  from vdm import sharding  # pylint: disable=g-import-not-at-top
   from vdm.diffusion import conditions  # pylint: disable=g-import-not-at-top
 
-  def short(config, path):
-    config.training.num_steps = 2
-    config.training.num_samples = 0
-    config.training.async_checkpoints = False
-    config.optimizer.warmup_steps = 1
-    return config, train_lib.train(config, path)
-
   teacher = run_lib.restore_run(workdir)
-  _, state = short(distill_config.get_config(f'{workdir},guidance'), str(tmp_path / 'g'))
+  config = distill_config.get_config(f'{workdir},guidance')
+  config.training.update(num_steps=2, num_samples=0, async_checkpoints=False)
+  config.optimizer.warmup_steps = 1
+  state = train_lib.train(config, str(tmp_path / 'g'))
   for ours, theirs in zip(jax.tree.leaves(state.params['teacher']), jax.tree.leaves(teacher.params)):
     np.testing.assert_array_equal(ours, theirs)
-  config, _ = short(distill_config.get_config(str(tmp_path / 'g')), str(tmp_path / 'r'))
+
+  config = distill_config.get_config(str(tmp_path / 'g'))
   assert (config.distill.num_steps, config.sampling.sampler, config.sampling.num_steps) == (2, 'ddim', 2)
   assert config.distill.teacher_guidance_embed and config.model.guidance_embed
+  trainer = train_lib.Trainer(config)
+  round_state = trainer.init_state()
+  for ours, theirs in zip(jax.tree.leaves(round_state.params['teacher']),
+                          jax.tree.leaves(state.ema_params['student'])):
+    np.testing.assert_array_equal(ours, theirs)
+  rng = np.random.default_rng(0)
+  b = config.training.batch_size
+  batch = sharding.global_batch({'video': rng.uniform(-1, 1, (b, T, S, S, 1)).astype(np.float32),
+                                 'label': rng.integers(0, 10, (b,)).astype(np.int32),
+                                 'is_image': np.zeros(T, bool)}, trainer.mesh)
+  _, metrics = jax.eval_shape(trainer.train_step, round_state, batch)
+  assert metrics['loss'].shape == ()
 
-  student = run_lib.restore_run(str(tmp_path / 'r'))
+  student = run_lib.restore_run(str(tmp_path / 'g'))
   # A w embedding that is not zero (two steps barely move its zero-initialised layer).
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.1 if 'guidance_mlp2' in jax.tree_util.keystr(path) else x,
@@ -533,5 +544,5 @@ def test_distilled_students_train_from_the_run_and_sample(workdir, tmp_path):
   np.testing.assert_allclose(
       at(2.0), fn(z, logsnr, conditions.with_guidance_weight(labels, np.full(2, 2.0))),
       rtol=1e-5, atol=1e-6)
-  # FiLM layers start at zero and have trained six steps: w moves the output a little.
+  # The w layers start at zero and have trained two steps: w moves the output a little.
   assert not np.array_equal(at(2.0), at(0.0))

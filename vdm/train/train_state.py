@@ -149,12 +149,14 @@ class StateLayout:
     self.frozen_mask = frozen_mask(labels, multipliers)
     self.param_shardings = sharding.param_shardings(abstract_params, self.mesh,
                                                     config.sharding.rules)
-    # Compiled once: its output shardings are also what checkpoints restore into.
-    self._init = self._compile_init(self._state_out_shardings(abstract_params))
-    self.state_shardings = self._init.output_shardings
+    # Every leaf's placement is given, so no compile is needed to know them:
+    # a run restored to sample or evaluate never compiles the initialiser.
+    shapes = jax.eval_shape(self._init_state)
+    self.state_shardings = jax.tree.map(lambda s, _: s, self._state_out_shardings(abstract_params),
+                                        shapes)
     self.abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        jax.eval_shape(self._init_state), self.state_shardings)
+        shapes, self.state_shardings)
 
   def _state_out_shardings(self, abstract_params):
     rep = sharding.replicated(self.mesh)
@@ -172,9 +174,6 @@ class StateLayout:
     return TrainState(step=rep, params=params, ema_params=params, opt_state=opt_state,
                       rng=rep)
 
-  def _compile_init(self, out_shardings):
-    return jax.jit(self._init_state, out_shardings=out_shardings).lower().compile()
-
   def _init_state(self) -> TrainState:
     seed = self.config.training.seed
     params = nnx.state(self.method.build(nnx.Rngs(seed)))
@@ -188,9 +187,8 @@ class StateLayout:
 
     The method's ``initial_params`` hook may replace the random parameters
     (pretrained weights); the EMA and optimizer state then follow them.
-    The compiled initialiser is used once and then dropped (with the heap it
-    held: ~60 MiB of host memory on the tiny benchmark model); a second call
-    compiles it again.
+    The initialiser is compiled here, used once and dropped (with the heap it
+    held: ~60 MiB of host memory on the tiny benchmark model).
 
     Args:
       pretrained: {name: vdm.run_lib.Run} of every run the method's
@@ -204,7 +202,7 @@ class StateLayout:
     if missing:
       raise ValueError(f'init_state needs the pretrained runs {missing} that the method '
                        'declares; vdm.train.train_lib.Trainer.init_state restores them.')
-    init, self._init = self._init or self._compile_init(self.state_shardings), None
+    init = jax.jit(self._init_state, out_shardings=self.state_shardings).lower().compile()
     state = jax.block_until_ready(init())
     del init
     params = self.method.initial_params(state.params, pretrained)
