@@ -273,10 +273,10 @@ def test_bad_inputs_are_explained():
 
 @pytest.mark.slow
 def test_cond_channels_and_remat_match():
-  cfg = tiny_config(cond_channels=2)
-  model = randomized(unet3d.UNet3D(cfg, rngs=nnx.Rngs(0)))
-  remat_model = randomized(unet3d.UNet3D(tiny_config(cond_channels=2, remat=True),
-                                         rngs=nnx.Rngs(0)))
+  # One level: remat wraps every block alike, and the two gradients compile in half the time.
+  one_level = dict(cond_channels=2, channel_mult=(1,), attention_resolutions=(8,))
+  model = randomized(unet3d.UNet3D(tiny_config(**one_level), rngs=nnx.Rngs(0)))
+  remat_model = randomized(unet3d.UNet3D(tiny_config(remat=True, **one_level), rngs=nnx.Rngs(0)))
   x = jax.random.normal(jax.random.key(0), (1, 3, 8, 8, 3))
   cond = jax.random.normal(jax.random.key(1), (1, 3, 8, 8, 2))
 

@@ -274,7 +274,7 @@ def test_prompts_are_checked_before_anything_loads(tmp_path, text_data, no_resto
 
 @pytest.mark.slow
 @pytest.mark.parametrize('method', ['videofusion', 'trip'])
-def test_each_method_trains_with_text_and_its_denoiser_reads_it(method, text_data):
+def test_each_method_takes_text_in_its_train_step_and_denoiser(method, text_data):
   from vdm import sharding  # pylint: disable=g-import-not-at-top
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
   from vdm.train import train_lib  # pylint: disable=g-import-not-at-top
@@ -286,11 +286,13 @@ def test_each_method_trains_with_text_and_its_denoiser_reads_it(method, text_dat
   batches.close()
   assert local['text'].shape[:2] == local['video'].shape[:2]  # A caption per frame.
   batch = sharding.global_batch(local, trainer.mesh)
-  state, metrics = trainer.compile_train_step(state, batch)(state, batch)
-  assert np.isfinite(float(metrics['loss']))
+  # The train step traces with text (each method trains for real without text
+  # in its command-line test, and the plain method with text above).
+  _, metrics = jax.eval_shape(trainer.train_step, state, batch)
+  assert metrics['loss'].shape == ()
   # The text reaches the denoiser: one caption changed, one video's output changed.
-  # Noise on every weight: after one warm-up step the zero-initialised output
-  # layers still output 0 whatever the text.
+  # Noise on every weight: the zero-initialised output layers output 0
+  # whatever the text.
   networks = model_test.randomized(nnx.merge(trainer.graphdef, state.params))
   z = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 1))
   first = {'first_frame': z[:, 0]} if method == 'trip' else None
