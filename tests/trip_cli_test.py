@@ -43,7 +43,7 @@ def cli_run(tmp_path_factory):
     proc.communicate()
 
 
-def test_train_stopped_by_ctrl_c_then_sample_i2v_and_evaluate_through_the_command_line(cli_run, tmp_path):
+def test_train_ctrl_c_sample_i2v_and_evaluate_through_the_command_line(cli_run, tmp_path):
   _, workdir, proc = cli_run
   # Stopped by Ctrl-C once it logs step 2: it saves a checkpoint at the end of
   # the step it is in and exits with status 130.

@@ -491,7 +491,8 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
           is_move, lambda: tuple(jax.random.split(jax.random.fold_in(rng_corr, j))),
           lambda: (rng_guide, rng_guide))
       z, x, eps = denoise_at(z, step, rng_g)
-      moved = z - 0.5 * pc_delta * sigma * eps + jnp.sqrt(pc_delta) * sigma * noise_fn(rng_n, z.shape)
+      noise = noise_fn(rng_n, z.shape)
+      moved = z - 0.5 * pc_delta * sigma * eps + jnp.sqrt(pc_delta) * sigma * noise
       return jnp.where(is_move, moved, z), x, eps
 
     first = jnp.where(step.index > 0, 0, pc_corrections)
