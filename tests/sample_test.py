@@ -28,6 +28,7 @@ from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cli as entry_points  # pylint: disable=g-import-not-at-top
+import train_test  # pylint: disable=g-import-not-at-top
 
 # Every test here samples from, or trains, a run.
 pytestmark = pytest.mark.slow
@@ -521,11 +522,7 @@ def test_distilled_students_train_from_the_run_and_sample(workdir, tmp_path):
   for ours, theirs in zip(jax.tree.leaves(round_state.params['teacher']),
                           jax.tree.leaves(state.ema_params['student'])):
     np.testing.assert_array_equal(ours, theirs)
-  rng = np.random.default_rng(0)
-  b = config.training.batch_size
-  batch = sharding.global_batch({'video': rng.uniform(-1, 1, (b, T, S, S, 1)).astype(np.float32),
-                                 'label': rng.integers(0, 10, (b,)).astype(np.int32),
-                                 'is_image': np.zeros(T, bool)}, trainer.mesh)
+  batch = sharding.global_batch(train_test.synthetic_batch(config), trainer.mesh)
   _, metrics = jax.eval_shape(trainer.train_step, round_state, batch)
   assert metrics['loss'].shape == ()
 

@@ -35,7 +35,8 @@ import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 import train_worker  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def _synthetic_batch(config, seed=0):
+def synthetic_batch(config, seed=0):
+  """A local batch of uniform noise videos and random labels in ``config``'s shapes."""
   rng = np.random.default_rng(seed)
   b, t, k = config.training.batch_size, config.data.num_frames, config.data.num_images
   s, c = config.data.image_size, config.data.channels
@@ -49,7 +50,7 @@ def _run_steps(config, mesh, num_steps=2):
   state = trainer.init_state()
   losses, step_fn = [], None
   for step in range(num_steps):
-    batch = sharding.global_batch(_synthetic_batch(config, step), mesh)
+    batch = sharding.global_batch(synthetic_batch(config, step), mesh)
     # The ahead-of-time compiled step, as train() runs it.
     step_fn = step_fn or trainer.compile_train_step(state, batch)
     state, metrics = step_fn(state, batch)
