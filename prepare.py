@@ -14,7 +14,8 @@ A folder source holds video files (mp4, webm, avi, mov, mkv, gif) and frame
 folders (PNG/JPEG frames of one video), found recursively; top-level
 train/ and test/ folders give the splits (otherwise --test_fraction of the
 videos, drawn with --split_seed, go to 'test'). Videos that cannot be used
-are skipped and listed at the end. Rerunning the same command after a crash
+are skipped and listed at the end. --autoencoder stores a latent run's
+latents of every frame beside it. Rerunning the same command after a crash
 or Ctrl-C continues where it stopped. See docs/data.md ("Your own videos").
 """
 
@@ -24,6 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vdm import cli
+from vdm import latent
 from vdm.data import prepare_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -60,6 +62,10 @@ _STORAGE = flags.DEFINE_enum('storage', 'raw', prepare_lib.STORAGES,
 _VIDEOS_PER_SHARD = flags.DEFINE_integer('videos_per_shard', 32,
                                          'Source videos per shard (the unit of resume).')
 _WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes in parallel.')
+_AUTOENCODER = flags.DEFINE_string(
+    'autoencoder', '', 'Workdir of an autoencoder run: its latents of every frame are stored '
+    'too, so that a latent run on them (--config.data.latent_key=latents) never runs the '
+    'encoder (docs/data.md).')
 
 
 def main(argv):
@@ -72,7 +78,8 @@ def main(argv):
           tfds_data_dir=_TFDS_DATA_DIR.value, video_key=_VIDEO_KEY.value,
           label_key=_LABEL_KEY.value, caption_key=_CAPTION_KEY.value, splits=_SPLITS.value),
       clip_frames=_CLIP_FRAMES.value, clip_stride=_CLIP_STRIDE.value, storage=_STORAGE.value,
-      videos_per_shard=_VIDEOS_PER_SHARD.value, workers=_WORKERS.value)
+      videos_per_shard=_VIDEOS_PER_SHARD.value, workers=_WORKERS.value,
+      encoder=latent.FrameEncoder(_AUTOENCODER.value) if _AUTOENCODER.value else None)
   print(report.summary(), flush=True)
 
 

@@ -7,7 +7,8 @@
 For each guidance weight w, `python evaluate.py --workdir=... --num_samples=N
 --guidance_weight=w` samples every video with the caption of the real test
 clip in its row and scores digit and direction accuracy on seen and on
-held-out compositions (vdm.evaluation.text_alignment) and FVD. Then one
+held-out compositions (vdm.evaluation.text_alignment) and FVD. Then the
+direction probe (the eight directions of one digit, paired by noise), and one
 video per prompt of FRAME_PROMPTS (seen and held-out compositions) is
 sampled with the run's own guidance weight, and every frame is written to
 docs/text_digits_frames.png (one row per prompt, in that order) and the
@@ -69,12 +70,44 @@ def frames(workdir: str, png: str, gif: str) -> list[str]:
   return list(FRAME_PROMPTS)
 
 
+def direction_probe(workdir: str, digit: int, num_samples: int) -> dict:
+  """Does the direction word move the digit? Prompts that differ only in it.
+
+  Video i of every prompt starts from the same noise (same seed, same index),
+  so a model that ignores the direction word draws the same video for all
+  eight prompts. Returns, per direction, the share of videos that move that
+  way (chance 1/8) and their mean centroid velocity (dy, dx) in pixels/frame.
+  """
+  from vdm.data import digit_captions  # pylint: disable=g-import-not-at-top
+  from vdm.sampling import sample_lib  # pylint: disable=g-import-not-at-top
+  probe = {}
+  for k, direction in enumerate(digit_captions.DIRECTIONS):
+    prompt = digit_captions.caption(digit_captions.Motion(digit, k, 1))
+    videos = sample_lib.sample(
+        workdir, os.path.join(workdir, 'sample_out', 'direction_probe'),
+        sample_lib.SampleRequest(num_samples=num_samples, prompts=(prompt,)),
+        progress=False).videos  # [N, T, H, W, 1] uint8
+    track = digit_captions.centroids(videos)  # [N, T, 2]
+    frames = np.arange(track.shape[1])
+    velocity = np.polyfit(frames, track.transpose(1, 0, 2).reshape(len(frames), -1), 1)[0]
+    probe[direction] = {
+        'prompt': prompt,
+        'moves_that_way': float(np.mean(digit_captions.measured_direction(videos) == k)),
+        'mean_velocity': velocity.reshape(-1, 2).mean(axis=0).round(3).tolist(),
+    }
+  return probe
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--num_samples', type=int, default=256)
   parser.add_argument('--guidance_weights', default='0,1,3')
   parser.add_argument('--frames_only', action='store_true')
+  parser.add_argument('--probe_digit', type=int, default=3,
+                      help='digit of the direction probe (all eight directions, quickly)')
+  parser.add_argument('--probe_samples', type=int, default=12,
+                      help='videos per direction in the probe (0 skips it)')
   parser.add_argument('--png', default=os.path.join(common.ROOT, 'docs', 'text_digits_frames.png'))
   parser.add_argument('--gif', default=os.path.join(common.ROOT, 'docs', 'text_digits_samples.gif'))
   args = parser.parse_args()
@@ -90,6 +123,13 @@ def main():
       print(common.table(rows), flush=True)
     real = record['results'][0]
     print('real clips: ' + ', '.join(f'{k} {real["real_" + k]:.1%}' for k in FIGURES[:4]))
+  if args.probe_samples:
+    probe = direction_probe(args.workdir, args.probe_digit, args.probe_samples)
+    record['direction_probe'] = probe
+    rows = [['prompt', 'moves that way', 'mean velocity (dy, dx) px/frame']]
+    rows += [[p['prompt'], f'{p["moves_that_way"]:.0%}',
+              '({:+.2f}, {:+.2f})'.format(*p['mean_velocity'])] for p in probe.values()]
+    print(common.table(rows), flush=True)
   record['frame_prompts'] = frames(args.workdir, args.png, args.gif)
   path = os.path.join(common.ROOT, 'benchmarks', 'results', 'text_alignment.json')
   with open(path, 'w') as f:

@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.video_key = 'video'           # Name of the video feature in the TFDS dataset.
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
   data.caption_key = ''              # Name of the caption (text) feature; '' for none. Needs model.text_encoder.
+  data.latent_key = ''               # Feature of latents stored by prepare.py --autoencoder ('' = encode frames in the step); must match latent.autoencoder.
   data.seed = 0                      # Seed of the data order and augmentation.
   data.loader = 'threads'            # 'threads' (StepIterator) or 'grain' (worker processes); same batches (BENCHMARKS.md#input-pipeline).
   data.num_workers = 2               # Threads ('threads') or processes ('grain') preparing batches (0 = synchronous).

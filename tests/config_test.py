@@ -94,6 +94,8 @@ def _default():
     ('sampling', 'time_grid', 'karras', r'config\.sampling\.time_grid'),
     ('optimizer', 'name', 'sgd', r'config\.optimizer\.name'),
     ('training', 'grad_accum_steps', 3, r'config\.training\.grad_accum_steps'),
+    ('data', 'latent_key', 'latents', r'latent_key=.latents. reads stored latents.*config\.latent\.autoencoder'),
+    ('model', 'frame_index_embed', 8, r'num_frames=10 .*config\.model\.frame_index_embed=10'),
 ])
 def test_bad_values_name_the_key(section, key, value, match):
   config = _default()

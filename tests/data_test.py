@@ -282,7 +282,7 @@ def test_numpy_fallback_gives_identical_batches(data_dir, gen_train,
 def test_dataset_info(data_dir):
   info = pipeline.dataset_info(make_config(data_dir))
   assert info == dict(num_classes=10, num_train_examples=NUM_TRAIN,
-                      video_shape=(FRAMES, 32, 32, 1), prepared=None)
+                      video_shape=(FRAMES, 32, 32, 1), prepared=None, latents=None)
   info = pipeline.dataset_info(make_config(data_dir, label_key=''))
   assert info['num_classes'] is None
 

@@ -21,6 +21,7 @@ from configs import tiny
 from vdm import latent
 from vdm import run_lib
 from vdm.data import moving_digits
+from vdm.data import prepare_lib
 from vdm.methods import autoencoder as autoencoder_method
 from vdm.methods import base
 from vdm.train import train_lib
@@ -54,6 +55,30 @@ def cli_run(tmp_path_factory):
   if proc.poll() is None:
     proc.kill()
     proc.communicate()
+
+
+@pytest.fixture(scope='module')
+def latent_data(cli_run):
+  """The digits prepared with the autoencoder's latents stored (prepare.py
+  --autoencoder), whole videos; returns (data_dir, report)."""
+  data_dir, ae_dir = cli_run[0], cli_run[1]()
+  out = os.path.join(os.path.dirname(data_dir), 'prepared')
+  config = _latent_config(data_dir, ae_dir)
+  report = prepare_lib.run(config, 'tfds:moving_digits/32', 'digit_latents', out,
+                           source_options=dict(tfds_data_dir=data_dir, label_key='label'),
+                           clip_frames=0, encoder=latent.FrameEncoder(ae_dir), progress=False)
+  return out, report
+
+
+def _latent_config(data_dir, ae_dir):
+  """tiny's diffusion config on the autoencoder's latents, one device."""
+  config = tiny.get_config()
+  # No flips: the encoder is not mirror-symmetric, so stored latents cannot be flipped.
+  config.data.update(data_dir=data_dir, num_workers=0, image_size=16, random_flip=False)
+  config.latent.autoencoder = ae_dir
+  config.training.update(num_steps=1, num_samples=0, async_checkpoints=False)
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))
+  return config
 
 
 def test_temporal_stage_starts_from_the_image_stage_and_trains_only_its_layers(cli_run, capsys):
@@ -130,16 +155,68 @@ def test_latent_scale_gives_unit_variance(cli_run):
       _decode(nnx.merge(space._graphdef, space._params), mean), -1, 1), atol=1e-5)
 
 
-def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run):
+def test_stored_latents_are_the_encoded_frames_and_refuse_another_autoencoder(
+    tmp_path, cli_run, latent_data):
+  """prepare.py --autoencoder stores every frame's latents beside it; the
+  pipeline reads them (config.data.latent_key) in the rows it would encode,
+  and training refuses latents that another autoencoder (here: another scale)
+  made. The command-line test below trains on them."""
   data_dir, ae_dir = cli_run[0], cli_run[1]()
+  out, report = latent_data
+  assert report.metadata['latents']['autoencoder'] == os.path.abspath(ae_dir)
+  assert '--config.data.latent_key=latents' in report.summary()
+  space = latent.LatentSpace(ae_dir)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  records = tfds.data_source('digit_latents', data_dir=out, split='train')
+  rows = [records[i] for i in range(2)]
+  videos = np.stack([r['video'] for r in rows]).astype(np.float32) / 127.5 - 1.0
+  stored = np.stack([r['latents'] for r in rows])  # [2, 20, 8, 8, 2]
+  assert stored.dtype == np.float16 and stored.shape == (2, 20, 8, 8, 2)
+  np.testing.assert_allclose(stored, latent.encode_videos(space, videos), rtol=2e-3, atol=2e-3)
+
+  config = _latent_config(out, ae_dir)
+  config.data.dataset = 'digit_latents'
+  from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
+  frames_batch = next(pipeline.make_train_iterator(config))
+  config.data.latent_key = 'latents'
+  latents_batch = next(pipeline.make_train_iterator(config))
+  # The same rows (clip starts, appended images): encoded in the step, or read.
+  np.testing.assert_array_equal(latents_batch['is_image'], frames_batch['is_image'])
+  np.testing.assert_allclose(latents_batch['video'],
+                             latent.encode_videos(space, frames_batch['video']),
+                             rtol=2e-3, atol=2e-3)
+
+  rescaled = str(tmp_path / 'ae_rescaled')
+  shutil.copytree(ae_dir, rescaled)
+  with open(os.path.join(rescaled, latent.SCALE_FILE)) as f:
+    record = json.load(f)
+  with open(os.path.join(rescaled, latent.SCALE_FILE), 'w') as f:
+    json.dump(dict(record, scale=2 * record['scale']), f)
+  config.latent.autoencoder = rescaled
+  with pytest.raises(ValueError, match=r'differ from those of config\.latent\.autoencoder=.* '
+                                       r'in: scale\. Prepare the dataset again'):
+    train_lib.train(config, str(tmp_path / 'refused'))
+  config.latent.autoencoder = ae_dir
+  config.data.dataset, config.data.data_dir = 'moving_digits/32', data_dir
+  with pytest.raises(KeyError, match=r"latent_key='latents' is not a feature"):
+    train_lib.train(config, str(tmp_path / 'no_latents'))
+
+
+def test_latent_diffusion_end_to_end_through_the_command_line(tmp_path, cli_run, latent_data):
+  """Trained on the stored latents (no encoder in the step), sampled and
+  evaluated on decoded pixels."""
+  ae_dir = cli_run[1]()
   ldm = str(tmp_path / 'ldm')
   flags = ['--config=configs/tiny.py', f'--workdir={ldm}', f'--config.data.num_frames={T}',
-           f'--config.data.data_dir={data_dir}', '--config.data.num_workers=0',
-           '--config.data.image_size=16', f'--config.latent.autoencoder={ae_dir}',
+           f'--config.data.data_dir={latent_data[0]}', '--config.data.dataset=digit_latents',
+           '--config.data.latent_key=latents', '--config.data.random_flip=False',
+           '--config.data.num_workers=0', '--config.data.image_size=16',
+           f'--config.latent.autoencoder={ae_dir}',
            '--config.model.temporal_conv=True', '--config.training.num_steps=2',
            '--config.training.async_checkpoints=False']
   out, err = cli.finish(cli.start('train.py', *flags))
   assert 'scale factor' in err and 'Wrote samples' in err and 'Done: 2 steps' in out
+  assert 'the train step runs no encoder' in err
   with np.load(os.path.join(ldm, 'samples', 'step_2.npz')) as saved:
     assert saved['videos'].shape == (2, T, 16, 16, 1)  # Decoded pixels, not latents.
   sample = cli.start('sample.py', f'--workdir={ldm}', '--mode=predict', '--num_samples=2',

@@ -135,6 +135,11 @@ def validate_config(config):
     raise ValueError('config.data.seed, num_workers and prefetch must be >= 0.')
   if data.loader not in ('threads', 'grain'):
     raise ValueError(f"config.data.loader={data.loader!r} must be 'threads' or 'grain'.")
+  rows = config.model.get('frame_index_embed', 0)
+  if rows and data.num_frames > rows:
+    raise ValueError(f'config.data.num_frames={data.num_frames} exceeds the {rows} rows of '
+                     f'the absolute frame-index embedding: set config.model.frame_index_embed='
+                     f'{data.num_frames}.')
   if config.model.num_classes and not data.label_key:
     raise ValueError('config.model.num_classes > 0 needs config.data.label_key '
                      '(or set config.model.num_classes = 0 for an unconditional model).')
@@ -146,6 +151,14 @@ def validate_config(config):
   if data.caption_key and data.random_flip:
     raise ValueError('config.data.random_flip would mirror left and right motion while the '
                      'caption keeps its words; set random_flip = False for captioned data.')
+  if data.get('latent_key', ''):
+    if not autoencoder_workdir(config):
+      raise ValueError(f'config.data.latent_key={data.latent_key!r} reads stored latents, which '
+                       'need the autoencoder that made them in config.latent.autoencoder; set '
+                       "it, or config.data.latent_key='' to train on the frames.")
+    if data.random_flip:
+      raise ValueError('config.data.random_flip cannot flip stored latents (the encoder is not '
+                       "mirror-symmetric): set random_flip = False or config.data.latent_key=''.")
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
     raise ValueError(f'config.optimizer.name={opt.name!r} is unknown; choose one of {OPTIMIZERS}.')

@@ -16,6 +16,7 @@ decoded videos with the same FVD protocol as a pixel run.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from typing import Optional
@@ -185,3 +186,105 @@ def decode_videos(space_obj, latents, batch_size: int = 16) -> np.ndarray:
   if not space_obj.is_latent:
     return np.asarray(latents, np.float32)
   return np.clip(_in_chunks(space_obj, 'decode', latents, batch_size), -1.0, 1.0)
+
+
+# Stored latents (prepare.py --autoencoder): half the bytes of float32, and
+# rounding of 2^-11 relative, far below the diffusion noise of any training t.
+STORED_DTYPE = np.float16
+
+
+def encoder_fingerprint(space_obj: LatentSpace) -> str:
+  """A short hash of the encoder's weights: which latents a run makes.
+
+  Two runs that share the encoder (the temporal-decoder stage keeps its image
+  stage's encoder frozen; a copied workdir) make the same latents and get the
+  same fingerprint, wherever their directories are.
+  """
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(space_obj._params['encoder']):  # pylint: disable=protected-access
+    digest.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def stored_latents_record(space_obj: LatentSpace) -> dict:
+  """What a dataset with stored latents records of the autoencoder that made them."""
+  ae = space_obj.ae_config
+  return dict(autoencoder=os.path.abspath(space_obj.workdir), step=int(space_obj.step),
+              scale=float(space_obj.scale), encoder=encoder_fingerprint(space_obj),
+              shape=[ae.latent_size, ae.latent_size, ae.latent_channels],
+              dtype=np.dtype(STORED_DTYPE).name)
+
+
+class FrameEncoder:
+  """uint8 clips -> stored latents with an autoencoder run, for prepare.py.
+
+  Picklable (only the workdir travels), so each worker process of the
+  preparation restores the run once, on its own first use.
+
+  Args:
+    workdir: the autoencoder run.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self._space = None
+
+  def __getstate__(self):
+    return {'workdir': self.workdir, '_space': None}
+
+  @property
+  def space(self) -> LatentSpace:
+    if self._space is None:
+      self._space = _latent_space(self.workdir, None)
+    return self._space
+
+  @property
+  def image_size(self) -> int:
+    return self.space.ae_config.image_size
+
+  @property
+  def channels(self) -> int:
+    return self.space.ae_config.channels
+
+  def record(self) -> dict:
+    """stored_latents_record of the run: goes into the dataset's metadata."""
+    return stored_latents_record(self.space)
+
+  def __call__(self, clip: np.ndarray) -> np.ndarray:
+    """uint8 [L, S, S, C] -> STORED_DTYPE [L, h, w, c], the scaled posterior means."""
+    video = np.asarray(clip, np.float32)[None] / 127.5 - 1.0  # [1, L, S, S, C]
+    return encode_videos(self.space, video)[0].astype(STORED_DTYPE)
+
+
+def check_stored_latents(space_obj, record: Optional[dict], dataset: str) -> None:
+  """Refuses stored latents that another autoencoder (or scale) made.
+
+  Args:
+    space_obj: the run's space (config.latent.autoencoder).
+    record: the dataset's ``stored_latents_record``; None if it stores none.
+    dataset: its name, for the message.
+
+  Raises:
+    ValueError: naming what differs and the three ways out.
+  """
+  if not space_obj.is_latent:
+    raise ValueError(f'config.data.latent_key reads latents stored in {dataset}, but the run '
+                     'diffuses in pixels: set config.latent.autoencoder to the autoencoder '
+                     "that made them, or config.data.latent_key='' to train on the frames.")
+  if not record:
+    raise ValueError(f'{dataset} stores no latents (config.data.latent_key): prepare it with '
+                     f'prepare.py --autoencoder={space_obj.workdir}, or set '
+                     "config.data.latent_key='' to encode the frames in the train step.")
+  mine = stored_latents_record(space_obj)
+  differ = [k for k in ('encoder', 'shape') if record.get(k) != mine[k]]
+  if not np.isclose(record.get('scale', np.nan), mine['scale'], rtol=1e-6):
+    differ.append('scale')
+  if differ:
+    raise ValueError(
+        f'{dataset} stores latents of the autoencoder {record.get("autoencoder")} (step '
+        f'{record.get("step")}, scale {record.get("scale")}), which differ from those of '
+        f'config.latent.autoencoder={space_obj.workdir} (step {mine["step"]}, scale '
+        f'{mine["scale"]:.6g}) in: {", ".join(differ)}. Prepare the dataset again with '
+        f'prepare.py --autoencoder={space_obj.workdir}, train with config.latent.autoencoder='
+        f"{record.get('autoencoder')}, or set config.data.latent_key='' to encode the frames "
+        'in the train step.')

@@ -37,6 +37,14 @@ def _prepare_frames(ds: sources.Dataset, spec: sources.Spec, frames: np.ndarray
                         f'Feature {ds.video_key!r} of {ds.name!r}')
 
 
+def _frames(ds: sources.Dataset, spec: sources.Spec, video, idx: np.ndarray) -> np.ndarray:
+  """Frames `idx` of one stored video as the batch takes them: uint8 [n, S, S, C],
+  or with config.data.latent_key the stored latents [n, h, w, c] as they are."""
+  if spec.latent_key:
+    return np.asarray(video)[idx]
+  return _prepare_frames(ds, spec, take_frames(ds, video, idx))
+
+
 def read_clip(ds: sources.Dataset, spec: sources.Spec, video, u_start: float, index: Any,
               num_frames: Optional[int] = None) -> np.ndarray:
   """`num_frames` frames, `frameskip` apart, from a start chosen by u_start.
@@ -51,7 +59,8 @@ def read_clip(ds: sources.Dataset, spec: sources.Spec, video, u_start: float, in
     num_frames: clip length; spec.num_frames when None.
 
   Returns:
-    uint8 [num_frames, S, S, C].
+    uint8 [num_frames, S, S, C] (stored latents [num_frames, h, w, c] when
+    `video` is the latent_key feature).
   """
   t = spec.num_frames if num_frames is None else num_frames
   span = (t - 1) * spec.frameskip + 1
@@ -63,14 +72,12 @@ def read_clip(ds: sources.Dataset, spec: sources.Spec, video, u_start: float, in
         f'{t} with frameskip={spec.frameskip} needs {span}.')
   start = int(u_start * (n0 - span + 1))
   idx = start + spec.frameskip * np.arange(t)
-  return _prepare_frames(ds, spec, take_frames(ds, video, idx))
+  return _frames(ds, spec, video, idx)
 
 
 def read_image(ds: sources.Dataset, spec: sources.Spec, video, u: float) -> np.ndarray:
-  """One frame chosen by u in [0, 1): uint8 [1, S, S, C]."""
-  n0 = len(video)
-  return _prepare_frames(ds, spec, take_frames(ds, video,
-                                                np.array([int(u * n0)])))
+  """One frame chosen by u in [0, 1): uint8 [1, S, S, C] (or its latents)."""
+  return _frames(ds, spec, video, np.array([int(u * len(video))]))
 
 
 @dataclasses.dataclass
@@ -99,13 +106,15 @@ def draw_row(rng: np.random.Generator, spec: sources.Spec, num_sources: int) -> 
 
 def train_row(ds: sources.Dataset, spec: sources.Spec, example, image_examples,
               d: RowDraws, index) -> np.ndarray:
-  """One training row: uint8 [T + K, S, S, C] (clip frames, then images)."""
-  clip = read_clip(ds, spec, example[ds.video_key], d.u_start, index)
+  """One training row: uint8 [T + K, S, S, C] (clip frames, then images), or
+  their stored latents [T + K, h, w, c] with config.data.latent_key."""
+  key = spec.latent_key or ds.video_key
+  clip = read_clip(ds, spec, example[key], d.u_start, index)
   if d.flip:  # Flip the whole clip, so the motion stays consistent.
     clip = clip[:, :, ::-1]
   parts = [clip]
   for j, ex in enumerate(image_examples):
-    img = read_image(ds, spec, ex[ds.video_key], d.image_u[j])
+    img = read_image(ds, spec, ex[key], d.image_u[j])
     if d.image_flip[j]:
       img = img[:, :, ::-1]
     parts.append(img)
@@ -135,9 +144,12 @@ _TO_UNIT = (np.arange(256) / 127.5 - 1.0).astype(np.float32)
 def to_batch(rows: List[np.ndarray], conditions: Optional[List[Dict[str, list]]],
              spec: sources.Spec) -> Dict[str, np.ndarray]:
   """Training rows (and their row_conditions) -> the batch dict of the pipeline."""
-  # uint8 -> [-1, 1] as x / 127.5 - 1, through a 256-entry table: one pass
-  # over the batch instead of three, and exactly rounded.
-  video = _TO_UNIT[np.stack(rows)]  # [B_local, T+K, S, S, C] float32
+  if spec.latent_key:  # Stored latents: already what the model diffuses.
+    video = np.stack(rows).astype(np.float32)  # [B_local, T+K, h, w, c]
+  else:
+    # uint8 -> [-1, 1] as x / 127.5 - 1, through a 256-entry table: one pass
+    # over the batch instead of three, and exactly rounded.
+    video = _TO_UNIT[np.stack(rows)]  # [B_local, T+K, S, S, C] float32
   is_image = np.zeros(spec.num_frames + spec.num_images, bool)  # [T+K]
   is_image[spec.num_frames:] = True
   out = dict(video=video, is_image=is_image)

@@ -64,12 +64,15 @@ def dataset_info(config) -> Dict[str, Any]:
       video_shape: the stored video shape (T0, H0, W0, C0) before clip
         sampling and resizing; entries may be None for variable sizes.
       prepared: a line on how prepare.py made the dataset, or None.
+      latents: vdm.latent.stored_latents_record of the autoencoder whose
+        latents prepare.py stored, or None.
   """
   spec = sources.read_spec(config)
   ds = sources.open_split(spec, spec.train_split)
   return dict(num_classes=ds.num_classes, num_train_examples=ds.num_examples,
               video_shape=ds.video_shape,
-              prepared=ds.prepared and sources.describe_prepared(ds.prepared, spec))
+              prepared=ds.prepared and sources.describe_prepared(ds.prepared, spec),
+              latents=(ds.prepared or {}).get('latents'))
 
 
 def caption_vocabulary(config) -> tuple[str, ...]:

@@ -112,13 +112,15 @@ def settings_from_config(config, *, clip_frames: Optional[int] = None,
                   min_frames=span, storage=storage, videos_per_shard=videos_per_shard)
 
 
-def features(settings: Settings, label_names: Optional[List[str]], captions: bool):
+def features(settings: Settings, label_names: Optional[List[str]], captions: bool,
+             latents: Optional[Dict[str, Any]] = None):
   """The TFDS features of a prepared dataset.
 
   video: uint8 [L, S, S, C] (L = clip_frames, or any length for whole videos);
   origin: the source video (relative path, or 'split[index]'); start: the
   window's first frame in it; label (ClassLabel) and caption (Text) when the
-  source has them.
+  source has them; latents [L, h, w, c] (float16) of every frame when an
+  autoencoder is given (`latents` is its vdm.latent.stored_latents_record).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   s = settings
@@ -141,6 +143,9 @@ def features(settings: Settings, label_names: Optional[List[str]], captions: boo
     out['label'] = tfds.features.ClassLabel(names=label_names)
   if captions:
     out['caption'] = tfds.features.Text()
+  if latents:
+    out['latents'] = tfds.features.Tensor(shape=(shape[0], *latents['shape']),
+                                          dtype=np.dtype(latents['dtype']), encoding='bytes')
   return tfds.features.FeaturesDict(out)
 
 
@@ -200,14 +205,17 @@ def plan(splits: Dict[str, int], videos_per_shard: int) -> List[Shard]:
           for split, n in splits.items() for k in range(math.ceil(n / videos_per_shard))]
 
 
-def write_shard(source, settings: Settings, shard: Shard, state_dir: str) -> Dict[str, Any]:
+def write_shard(source, settings: Settings, shard: Shard, state_dir: str,
+                encoder=None) -> Dict[str, Any]:
   """Reads, converts and writes one shard; records it as done.
 
+  `encoder` (a vdm.latent.FrameEncoder, or None) adds each window's latents.
   Returns (and writes to <state_dir>/<stem>.json) what the shard holds:
   videos, records, bytes and the skipped videos with their reasons.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  feats = features(settings, source.label_names, bool(source.captions))
+  feats = features(settings, source.label_names, bool(source.captions),
+                   encoder.record() if encoder else None)
   path = os.path.join(state_dir, shard.stem + '.array_record')
   writer = array_record_module.ArrayRecordWriter(path + '.tmp', 'group_size:1')
   done = dict(split=shard.split, index=shard.index, videos=0, records=0, bytes=0, skipped=[])
@@ -219,9 +227,10 @@ def write_shard(source, settings: Settings, shard: Shard, state_dir: str) -> Dic
         done['skipped'].append([got.origin, got.reason])
         continue
       for start, clip in got:
-        if settings.storage == 'png':
-          clip = png_frames(clip)
-        record = dict(video=clip, origin=item.origin, start=start)
+        record = dict(origin=item.origin, start=start)
+        if encoder is not None:
+          record['latents'] = encoder(clip)
+        record['video'] = png_frames(clip) if settings.storage == 'png' else clip
         if item.label is not None:
           record['label'] = item.label
         if item.caption is not None:
@@ -265,15 +274,22 @@ class Report:
     if m['label_names']:
       keys.append(f'--config.model.num_classes={len(m["label_names"])}')
     lines.append('Train on it with: ' + ' '.join(keys))
+    if m.get('latents'):
+      a = m['latents']
+      lines.append(f'It stores the latents of {a["autoencoder"]} (step {a["step"]}): a latent run '
+                   f'trains on them without encoding with --config.latent.autoencoder='
+                   f'{a["autoencoder"]} --config.data.latent_key=latents.')
     if m['captions']:
       lines.append('Its captions condition a text model with --config.data.caption_key=caption '
                    '--config.model.text_encoder=learned (docs/text.md).')
     return '\n'.join(lines)
 
 
-def _state_request(source, settings: Settings, splits: Dict[str, int]) -> Dict[str, Any]:
+def _state_request(source, settings: Settings, splits: Dict[str, int],
+                   encoder=None) -> Dict[str, Any]:
   return dict(source=source.describe(), settings=dataclasses.asdict(settings), splits=splits,
-              label_names=source.label_names, captions=bool(source.captions))
+              label_names=source.label_names, captions=bool(source.captions),
+              latents=encoder.record() if encoder else None)
 
 
 def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],
@@ -307,10 +323,12 @@ def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],
   metadata = dict(prepared_by=sources.PREPARED_BY, source=request['source'],
                   **request['settings'], splits=counts, skipped=skipped[:_SKIPPED_IN_METADATA],
                   label_names=request['label_names'], captions=request['captions'],
+                  latents=request['latents'],
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
   tfds.folder_dataset.write_metadata(
       data_dir=version_dir,
-      features=features(settings, source.label_names, bool(source.captions)),
+      features=features(settings, source.label_names, bool(source.captions),
+                        request['latents']),
       split_infos=split_infos, version=VERSION, check_data=False,
       description=f'Videos of {request["source"]}, prepared for training by prepare.py.',
       metadata=tfds.core.MetadataDict(metadata))
@@ -318,8 +336,8 @@ def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],
   return metadata
 
 
-def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1,
-            progress: bool = True) -> Report:
+def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
+            workers: int = 1, progress: bool = True) -> Report:
   """Prepares `source` into the TFDS dataset <out>/<name>; continues an unfinished run.
 
   Args:
@@ -327,6 +345,8 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
     out: the TFDS data_dir to write into (config.data.data_dir for training).
     name: the dataset name (config.data.dataset for training).
     settings: what to store (`settings_from_config`).
+    encoder: a vdm.latent.FrameEncoder whose latents are stored beside the
+      frames, or None.
     workers: processes converting shards in parallel (1: this process).
     progress: print a progress line (videos/s, ETA) as shards finish.
 
@@ -345,12 +365,13 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
   version_dir = os.path.join(os.path.abspath(os.path.expanduser(out)), name, VERSION)
   state_dir = os.path.join(version_dir, STATE_DIR)
   splits = source.splits()
-  request = _state_request(source, settings, splits)
+  request = _state_request(source, settings, splits, encoder)
   info_file = os.path.join(version_dir, 'dataset_info.json')
   if os.path.exists(info_file):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     metadata = dict(tfds.builder_from_directory(version_dir).info.metadata or {})
     same = (metadata.get('source') == request['source'] and
+            metadata.get('latents') == request['latents'] and
             all(metadata.get(k) == v for k, v in request['settings'].items()))
     if not same:
       raise ValueError(f'{version_dir} already holds a dataset prepared from '
@@ -394,12 +415,12 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
 
   if workers <= 1 or len(todo) <= 1:
     for shard in todo:
-      report(write_shard(source, settings, shard, state_dir))
+      report(write_shard(source, settings, shard, state_dir, encoder))
   else:
     context = multiprocessing.get_context('spawn')  # TF and threads do not survive fork.
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)),
                                                 mp_context=context) as pool:
-      futures = [pool.submit(write_shard, source, settings, s, state_dir) for s in todo]
+      futures = [pool.submit(write_shard, source, settings, s, state_dir, encoder) for s in todo]
       for future in concurrent.futures.as_completed(futures):
         report(future.result())
   metadata = _finalize(name, version_dir, state_dir, shards, request, source, settings)
@@ -408,7 +429,7 @@ def prepare(source, out: str, name: str, settings: Settings, *, workers: int = 1
 
 def run(config, source: str, name: str, out: str = '', *, source_options=None,
         clip_frames: Optional[int] = None, clip_stride: Optional[int] = None,
-        storage: str = 'raw', videos_per_shard: int = 32, workers: int = 1,
+        storage: str = 'raw', videos_per_shard: int = 32, encoder=None, workers: int = 1,
         progress: bool = True) -> Report:
   """What prepare.py does: open the source, prepare it for `config`, warn of
   caption rows without a video.
@@ -422,6 +443,8 @@ def run(config, source: str, name: str, out: str = '', *, source_options=None,
     source_options: keyword arguments of video_sources.open_source.
     clip_frames, clip_stride, storage, videos_per_shard: see Settings
       (None: settings_from_config's defaults).
+    encoder: a vdm.latent.FrameEncoder to store latents too (None: frames
+      only); its autoencoder must encode frames of the config's size.
     workers: processes in parallel.
     progress: print progress lines.
 
@@ -436,5 +459,12 @@ def run(config, source: str, name: str, out: str = '', *, source_options=None,
                      f'video in the folder, e.g. {unknown[:3]}; they are ignored.')
   settings = settings_from_config(config, clip_frames=clip_frames, clip_stride=clip_stride,
                                   storage=storage, videos_per_shard=videos_per_shard)
-  return prepare(opened, out or str(config.data.data_dir), name, settings, workers=workers,
-                 progress=progress)
+  if encoder is not None and (encoder.image_size, encoder.channels) != (settings.image_size,
+                                                                         settings.channels):
+    raise ValueError(
+        f'--autoencoder={encoder.workdir} encodes {encoder.image_size}x{encoder.image_size}x'
+        f'{encoder.channels} frames, but the config stores {settings.image_size}x'
+        f'{settings.image_size}x{settings.channels}: set --config.data.image_size and '
+        '--config.data.channels to the autoencoder\'s.')
+  return prepare(opened, out or str(config.data.data_dir), name, settings, encoder=encoder,
+                 workers=workers, progress=progress)

@@ -41,6 +41,7 @@ class Spec:
   video_key: str
   label_key: str
   caption_key: str
+  latent_key: str
   tokenizer: Any  # vdm.models.tokenizer.Tokenizer of captions; None without captions.
   seed: int
   batch_size: int
@@ -88,6 +89,7 @@ def read_spec(config) -> Spec:
       video_key=str(get('video_key')),
       label_key=str(get('label_key') or ''),
       caption_key=str(get('caption_key') or ''),
+      latent_key=str(get('latent_key') or ''),
       tokenizer=_tokenizer(model) if get('caption_key') else None,
       seed=int(get('seed')),
       batch_size=int(config.training.batch_size),
@@ -210,6 +212,10 @@ def open_split(spec: Spec, split: str) -> Dataset:
   features = info.features
   label_key = _checked_label_key(spec, features)
   caption_key = _checked_caption_key(spec, features)
+  if spec.latent_key and spec.latent_key not in features:
+    raise KeyError(f'config.data.latent_key={spec.latent_key!r} is not a feature of dataset '
+                   f'{name!r}; its features are {sorted(features.keys())}. prepare.py '
+                   "--autoencoder=RUN stores them as 'latents'.")
   if split not in info.splits:
     raise ValueError(f'Dataset {name!r} has no split {split!r}; its splits are '
                      f'{sorted(info.splits.keys())}.')
@@ -244,11 +250,17 @@ def open_split(spec: Spec, split: str) -> Dataset:
 
 
 def check_prepared(metadata: dict, spec: Spec) -> None:
-  """Refuses a prepared dataset whose windows are shorter than the config's clip.
+  """Refuses a prepared dataset whose windows are shorter than the config's clip,
+  or whose stored latents are read at another frame size.
 
   Raises:
     ValueError: naming the window length, the clip's span and the fix.
   """
+  if spec.latent_key and metadata['image_size'] != spec.image_size:
+    raise ValueError(
+        f'{spec.dataset} stores latents of {metadata["image_size"]}x{metadata["image_size"]} '
+        f'frames, but config.data.image_size={spec.image_size}: latents cannot be resized; '
+        f'set config.data.image_size={metadata["image_size"]}.')
   span = (spec.num_frames - 1) * spec.frameskip + 1
   window = int(metadata.get('clip_frames') or 0)
   if window and window < span:
@@ -264,7 +276,11 @@ def prepared_layout(metadata: dict) -> str:
   m = metadata
   windows = (f'windows of {m["clip_frames"]} frames every {m["clip_stride"]}'
              if m['clip_frames'] else 'whole videos')
-  return f'{m["image_size"]}x{m["image_size"]}x{m["channels"]}, {windows}, {m["storage"]} storage'
+  latents = m.get('latents')
+  latents = (f', latents {"x".join(map(str, latents["shape"]))} of {latents["autoencoder"]} '
+             f'(step {latents["step"]})' if latents else '')
+  return (f'{m["image_size"]}x{m["image_size"]}x{m["channels"]}, {windows}, {m["storage"]} '
+          f'storage{latents}')
 
 
 def describe_prepared(metadata: dict, spec: Spec) -> str:

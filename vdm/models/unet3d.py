@@ -384,7 +384,9 @@ class UNet3D(nnx.Module):
     if is_image is not None and jnp.shape(is_image) != (t,):
       raise ValueError(f'is_image must be a [T] = [{t}] bool mask; got shape '
                        f'{jnp.shape(is_image)}.')
-    if cfg.frame_index_embed and t > cfg.frame_index_embed:
+    # With appended images (training) the video frames are counted by a traced
+    # mask; there validate_config has checked config.data.num_frames instead.
+    if cfg.frame_index_embed and is_image is None and t > cfg.frame_index_embed:
       raise ValueError(f'{t} frames exceed the {cfg.frame_index_embed} rows of the absolute '
                        f'frame-index embedding (config.model.frame_index_embed); run clips '
                        f'of at most {cfg.frame_index_embed} frames.')

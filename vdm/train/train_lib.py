@@ -61,6 +61,8 @@ class Trainer(train_state.StateLayout):
     super().__init__(run_lib.resolve_latent_shape(resolve_text_vocabulary(config)), mesh)
     # Pixels, or the frozen autoencoder whose latents this run diffuses in.
     self.space = latent.space(config, self.mesh)
+    # With latents stored by prepare.py the batch already holds them.
+    self.encode_in_step = not config.data.get('latent_key', '')
     self.train_step = jax.jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
 
@@ -96,8 +98,9 @@ class Trainer(train_state.StateLayout):
     rng = jax.random.fold_in(state.rng, state.step)
     # Latents are encoded on the mesh inside the step (the identity for a
     # pixel run): the input pipeline stays the pixel one, and the frozen
-    # encoder gets no gradient.
-    batch = dict(batch, video=self.space.encode(batch['video']))
+    # encoder gets no gradient. Stored latents skip it.
+    if self.encode_in_step:
+      batch = dict(batch, video=self.space.encode(batch['video']))
     accum = self.config.training.grad_accum_steps
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     if accum == 1:
@@ -306,6 +309,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   info = pipeline.dataset_info(config)
   if info.get('prepared'):
     progress_lib.log(info['prepared'])
+  if not trainer.encode_in_step:
+    latent.check_stored_latents(trainer.space, info.get('latents'), config.data.dataset)
+    progress_lib.log(f'Reading the latents stored in {config.data.dataset} '
+                     f'(config.data.latent_key={config.data.latent_key!r}): the train step '
+                     'runs no encoder.')
   num_classes = trainer.method.num_classes()
   if num_classes and info.get('num_classes') and info['num_classes'] > num_classes:
     raise ValueError(f'{config.data.dataset} has {info["num_classes"]} classes but '
