@@ -116,7 +116,7 @@ def test_pipeline_reads_photo_videos(data_dir):
   np.testing.assert_array_equal(b['is_image'], [False] * 4 + [True])
   info = pipeline.dataset_info(c)
   assert info == dict(num_classes=None, num_train_examples=NUM_TRAIN,
-                      video_shape=(FRAMES, 32, 32, 3), prepared=None)
+                      video_shape=(FRAMES, 32, 32, 3), prepared=None, latents=None)
   # Read as grey at 16 px, as any TFDS video would be.
   (g,) = list(pipeline.make_eval_iterator(
       make_config(data_dir, image_size=16, channels=1), num_examples=4,
