@@ -385,6 +385,7 @@ def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
   if os.path.exists(request_file):
     with open(request_file) as f:
       before = json.load(f)
+    before.setdefault('latents', None)  # Begun before latents could be stored.
     if before != json.loads(json.dumps(request)):
       changed = sorted(k for k in request if before.get(k) != json.loads(json.dumps(request[k])))
       raise ValueError(
