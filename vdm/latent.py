@@ -218,8 +218,9 @@ def stored_latents_record(space_obj: LatentSpace) -> dict:
 class FrameEncoder:
   """uint8 clips -> stored latents with an autoencoder run, for prepare.py.
 
-  Picklable (only the workdir travels), so each worker process of the
-  preparation restores the run once, on its own first use.
+  Picklable (the workdir and the record travel, not the weights), so each
+  worker process of the preparation restores the run once, on its own first
+  use.
 
   Args:
     workdir: the autoencoder run.
@@ -228,9 +229,10 @@ class FrameEncoder:
   def __init__(self, workdir: str):
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     self._space = None
+    self._record = None
 
   def __getstate__(self):
-    return {'workdir': self.workdir, '_space': None}
+    return dict(self.__dict__, _space=None)
 
   @property
   def space(self) -> LatentSpace:
@@ -247,8 +249,10 @@ class FrameEncoder:
     return self.space.ae_config.channels
 
   def record(self) -> dict:
-    """stored_latents_record of the run: goes into the dataset's metadata."""
-    return stored_latents_record(self.space)
+    """stored_latents_record of the run (hashed once): goes into the dataset's metadata."""
+    if self._record is None:
+      self._record = stored_latents_record(self.space)
+    return self._record
 
   def __call__(self, clip: np.ndarray) -> np.ndarray:
     """uint8 [L, S, S, C] -> STORED_DTYPE [L, h, w, c], the scaled posterior means."""
@@ -260,17 +264,14 @@ def check_stored_latents(space_obj, record: Optional[dict], dataset: str) -> Non
   """Refuses stored latents that another autoencoder (or scale) made.
 
   Args:
-    space_obj: the run's space (config.latent.autoencoder).
+    space_obj: the run's LatentSpace (config.latent.autoencoder; a pixel run
+      with a latent_key is refused earlier, by vdm.config_lib.validate_config).
     record: the dataset's ``stored_latents_record``; None if it stores none.
     dataset: its name, for the message.
 
   Raises:
     ValueError: naming what differs and the three ways out.
   """
-  if not space_obj.is_latent:
-    raise ValueError(f'config.data.latent_key reads latents stored in {dataset}, but the run '
-                     'diffuses in pixels: set config.latent.autoencoder to the autoencoder '
-                     "that made them, or config.data.latent_key='' to train on the frames.")
   if not record:
     raise ValueError(f'{dataset} stores no latents (config.data.latent_key): prepare it with '
                      f'prepare.py --autoencoder={space_obj.workdir}, or set '
