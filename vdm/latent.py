@@ -31,6 +31,7 @@ from vdm import atomic
 from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm import run_lib
+from vdm import video_io
 from vdm.data import pipeline
 from vdm.methods import autoencoder
 
@@ -121,7 +122,7 @@ class LatentSpace:
     encode = jax.jit(self._posterior_means)
     total, total_sq, count = 0.0, 0.0, 0
     for batch in batches:
-      video = batch['video'][batch['mask']].astype(np.float32) / 127.5 - 1.0
+      video = video_io.to_model_range(batch['video'][batch['mask']])
       latents = np.asarray(encode(video), np.float64)
       total, total_sq, count = total + latents.sum(), total_sq + (latents**2).sum(), count + latents.size
     std = float(np.sqrt(max(total_sq / count - (total / count)**2, 1e-12)))
@@ -256,7 +257,7 @@ class FrameEncoder:
 
   def __call__(self, clip: np.ndarray) -> np.ndarray:
     """uint8 [L, S, S, C] -> STORED_DTYPE [L, h, w, c], the scaled posterior means."""
-    video = np.asarray(clip, np.float32)[None] / 127.5 - 1.0  # [1, L, S, S, C]
+    video = video_io.to_model_range(clip)[None]  # [1, L, S, S, C]
     return encode_videos(self.space, video)[0].astype(STORED_DTYPE)
 
 
