@@ -3,6 +3,8 @@
   python evaluate.py --workdir=runs/default --num_samples=256
   python evaluate.py --workdir=runs/bair --mode=predict --context_frames=1
   python evaluate.py --workdir=runs/trip_tnf --mode=i2v --num_samples=64
+  python evaluate.py --workdir=runs/default --mode=long --num_frames=40 --num_samples=64
+  python evaluate.py --workdir=runs/default --mode=long --num_frames=40 --conditioning=replacement
   python evaluate.py --workdir=runs/default --real_vs_real --num_samples=256
   python evaluate.py --config=configs/default.py --real_vs_real    # no run needed
 
@@ -30,6 +32,7 @@ from ml_collections import config_flags
 
 from vdm import cli
 from vdm.evaluation import evaluate_lib
+from vdm.sampling import conditional
 
 cli.define_sampling_flags()  # --sampler, --steps, --guidance_weight, ... (shared with sample.py)
 
@@ -48,13 +51,23 @@ _MODE = flags.DEFINE_enum('mode', None, list(evaluate_lib.MODES),
                           'conditioned on a first frame, e.g. TRIP) and also reports '
                           'first-frame PSNR/SSIM.')
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', None, '--mode=long: frames per video.')
-_CONTEXT_FRAMES = flags.DEFINE_integer('context_frames', None,
-                                       'Given frames in --mode=predict (default 1).')
+_CONTEXT_FRAMES = flags.DEFINE_integer(
+    'context_frames', None, 'Given frames in --mode=predict (default 1); in --mode=long with '
+    'long_method=reconstruction, the frames each new clip is conditioned on (default half a '
+    'clip).')
+_CONDITIONING = flags.DEFINE_enum(
+    'conditioning', None, list(conditional.CONDITIONINGS),
+    'How given frames enter in --mode=predict and --mode=long with long_method=reconstruction: '
+    'reconstruction guidance (the default) or replacement (the baseline).')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Videos per sampling / I3D batch; config.eval.batch_size if unset.')
 _REAL_VS_REAL = flags.DEFINE_bool(
     'real_vs_real', False, 'FVD/KVD between two disjoint sets of real clips (the floor); '
     'no checkpoint needed.')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'Where the real clips are read; the run\'s config.data.data_dir if unset '
+    '(data moved since training, or a build of the bundled data with longer videos for '
+    '--mode=long).')
 _CACHE_DIR = flags.DEFINE_string(
     'cache_dir', None, 'Real-feature cache; <config.data.data_dir>/fvd_cache if unset.')
 
@@ -64,8 +77,10 @@ def main(argv):
   request = evaluate_lib.EvalRequest(
       mode=_MODE.value, num_samples=_NUM_SAMPLES.value, split=_SPLIT.value,
       context_frames=_CONTEXT_FRAMES.value, num_frames=_NUM_FRAMES.value,
+      conditioning=_CONDITIONING.value,
       checkpoint_step=flags.FLAGS.checkpoint_step, batch_size=_BATCH_SIZE.value,
-      seed=flags.FLAGS.seed, real_vs_real=_REAL_VS_REAL.value, cache_dir=_CACHE_DIR.value)
+      seed=flags.FLAGS.seed, real_vs_real=_REAL_VS_REAL.value, cache_dir=_CACHE_DIR.value,
+      data_dir=_DATA_DIR.value)
   evaluate_lib.evaluate(_WORKDIR.value, request, cli.sampling_overrides(), config=_CONFIG.value)
 
 

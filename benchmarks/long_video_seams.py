@@ -11,7 +11,9 @@ Then draws 4 videos per driver with sample.py's extend mode (the same
 driver, from an unconditional first clip) and writes the frames around the
 first seam, one row per video, to docs/long_video_seams.png, to look at.
 
-Writes benchmarks/results/long_video_seams.json and prints a markdown table.
+Writes --out (benchmarks/results/long_video_seams.json) and prints a markdown
+table; the real clips' row holds the ceilings (digit consistency of real
+clips of the same length, and their seam scores).
 """
 
 import argparse
@@ -40,6 +42,8 @@ def evaluate(args, flags: list[str]) -> dict:
   cmd = [sys.executable, os.path.join(common.ROOT, 'evaluate.py'), f'--workdir={args.workdir}',
          '--mode=long', f'--num_frames={args.num_frames}', f'--num_samples={args.num_samples}',
          f'--steps={args.steps}', *flags]
+  if args.data_dir:
+    cmd.append(f'--data_dir={args.data_dir}')
   out = subprocess.run(cmd, cwd=common.ROOT, check=True, capture_output=True, text=True).stdout
   return json.loads([l for l in out.splitlines() if l.startswith('{')][-1])
 
@@ -72,6 +76,11 @@ def main():
                       help='NAME=evaluate.py flags, separated by ";"')
   parser.add_argument('--png', default=os.path.join(common.ROOT, 'docs', 'long_video_seams.png'))
   parser.add_argument('--no_frames', action='store_true', help='skip the picture')
+  parser.add_argument('--data_dir', default='',
+                      help='real clips from here (evaluate.py --data_dir): a build of the '
+                      'bundled data with videos of at least --num_frames frames')
+  parser.add_argument('--out', default=os.path.join(common.ROOT, 'benchmarks', 'results',
+                                                    'long_video_seams.json'))
   args = parser.parse_args()
   drivers = [d.split('=', 1) for d in args.drivers.split(';') if d]
   record = dict(benchmark='long_video_seams', date=time.strftime('%Y-%m-%d %H:%M UTC',
@@ -85,14 +94,15 @@ def main():
     print(f'{name}: ' + ', '.join(f'{k} {result.get(k)}' for k in FIGURES)
           + f' ({time.perf_counter() - start:.0f} s)', flush=True)
   first = next(iter(record['results'].values()))
-  record['real'] = {k: first.get(f'real_{k}') for k in ('seam_track_ratio', 'seam_pixel_ratio',
-                                                         'seam_class_consistency')}
+  record['real'] = {'digit_consistency': first.get('digit_consistency_ceiling'),
+                    **{k: first.get(f'real_{k}') for k in ('seam_track_ratio', 'seam_pixel_ratio',
+                                                          'seam_class_consistency')}}
   rows = [('driver', *FIGURES)]
   for name, r in record['results'].items():
     rows.append((name, *[f'{r[k]:.3g}' if isinstance(r.get(k), float) else str(r.get(k, '-'))
                          for k in FIGURES]))
-  rows.append(('real clips', '-', '-', '-', *[f'{v:.3g}' if v is not None else '-'
-                                             for v in record['real'].values()], '-'))
+  rows.append(('real clips', '-', '-', *[f'{v:.3g}' if v is not None else '-'
+                                        for v in record['real'].values()], '-'))
   print(common.table(rows))
   if not args.no_frames:
     from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -107,7 +117,7 @@ def main():
     record['png'] = os.path.relpath(args.png, common.ROOT)
     print(f'frames around the seam: {args.png} (rows: {", ".join(n for n, _ in drivers)}, '
           '4 videos each)')
-  path = os.path.join(common.ROOT, 'benchmarks', 'results', 'long_video_seams.json')
+  path = args.out
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
     json.dump(record, f, indent=1, sort_keys=True)

@@ -25,6 +25,7 @@ from vdm.evaluation import evaluate_lib
 from vdm.evaluation import i3d
 from vdm.evaluation import periodic
 from vdm.evaluation import real
+from vdm.sampling import long_video
 from vdm.train import train_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -215,6 +216,41 @@ def test_long_mode_scores_videos_longer_than_a_clip(run, capsys, monkeypatch):
   assert os.path.exists(os.path.join(workdir, 'eval', '2_long15_independent_ddim-1.json'))
   with pytest.raises(ValueError, match=r'needs num_frames > config.data.num_frames=10'):
     cli.evaluate(workdir, num_samples=N, mode='long', num_frames=10)
+
+
+def test_long_mode_takes_the_extension_drivers_context_and_conditioning(run, capsys,
+                                                                        monkeypatch):
+  # The replacement baseline and a context length other than half a clip reach
+  # the driver, the seams and the record (the drivers themselves are tested in
+  # guidance_test and long_video_test).
+  _, workdir, _ = run
+  monkeypatch.setattr(i3d, 'batch_features', lambda videos, mesh=None: np.random.default_rng(
+      0).normal(size=(len(videos), i3d.NUM_CLASSES)))
+  calls = []
+  generate = long_video.generate
+
+  def spy(*args, **kwargs):
+    calls.append((kwargs['context_frames'], kwargs['conditioning']))
+    return generate(*args, **kwargs)
+  monkeypatch.setattr(long_video, 'generate', spy)
+  cli.evaluate(workdir, num_samples=N, mode='long', num_frames=15, long_method='reconstruction',
+               context_frames=7, conditioning='replacement', steps=1)
+  line = _json_line(capsys.readouterr().out)
+  assert calls == [(7, 'replacement')]
+  assert (line['context_frames'], line['conditioning']) == (7, 'replacement')
+  assert 'reconstruction_guidance_weight' not in line
+  assert line['seams'] == [10, 13]  # 10 frames, then 3 new ones a clip.
+  (name,) = [f for f in os.listdir(os.path.join(workdir, 'eval')) if '_long15_replacement' in f]
+  assert name.startswith('2_long15_replacement_k7')
+  # Replacement takes no w_r; independent clips take neither flag.
+  with pytest.raises(ValueError, match='w_r=1.0 applies to .* conditioning=reconstruction'):
+    cli.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
+                 conditioning='replacement', w_r=1.0)
+  with pytest.raises(ValueError, match='context_frames=2 applies to'):
+    cli.evaluate(workdir, num_samples=N, mode='long', num_frames=15,
+                 long_method='independent', context_frames=2)
+  with pytest.raises(ValueError, match='context_frames=10 must be in'):
+    cli.evaluate(workdir, num_samples=N, mode='long', num_frames=15, context_frames=10)
 
 
 def test_periodic_evaluation_hook_matches_cli_and_writes_scalars(run, capsys):

@@ -75,6 +75,7 @@ from vdm.evaluation import scores as scores_lib
 from vdm.evaluation import seams
 from vdm.evaluation import text_alignment
 from vdm.models import tokenizer
+from vdm.sampling import conditional
 from vdm.sampling import long_video
 from vdm.sampling import options
 
@@ -86,24 +87,34 @@ SCALARS = ('fvd', 'kvd', 'digit_accuracy', 'digit_consistency', 'digit_accuracy_
 
 
 def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
-                 context_frames: int = 1, num_frames: Optional[int] = None) -> None:
+                 context_frames: Optional[int] = 1, num_frames: Optional[int] = None,
+                 conditioning: Optional[str] = None) -> None:
   """Fails early (before any checkpoint or data is read) on unusable settings.
 
   Args:
     config: the run's config.
     mode: one of MODES.
-    context_frames: k given frames in 'predict' mode.
+    context_frames: k given frames in 'predict' mode; in 'long' mode the
+      frames each new clip is conditioned on (None: half a clip).
     num_frames: 'long' mode: frames of the long videos (> the clip length).
+    conditioning: None or one of conditional.CONDITIONINGS.
 
   Raises:
     ValueError: clips shorter than the I3D's minimum, unknown mode or bad k.
   """
+  if conditioning is not None and conditioning not in conditional.CONDITIONINGS:
+    raise ValueError(f'conditioning={conditioning!r} is unknown; choose one of '
+                     f'{conditional.CONDITIONINGS}.')
   if mode == 'long':
     clip = int(config.data.num_frames)
     if num_frames is None or num_frames <= clip:
       raise ValueError(f'mode=long needs num_frames > config.data.num_frames={clip} (the '
                        f'clip length); got {num_frames}.')
     long_video.check_long_method(config.sampling, clip)
+    if context_frames is not None and not 0 < context_frames < clip:
+      raise ValueError(f'context_frames={context_frames} must be in (0, '
+                       f'config.data.num_frames={clip}) for mode=long: each new clip holds '
+                       'its given frames and at least one new one.')
     config = config.copy_and_resolve_references()
     config.data.num_frames = num_frames  # FVD is taken over the long videos.
   t = int(config.data.num_frames)
@@ -200,13 +211,20 @@ def emit(result: dict, path: Optional[str]) -> None:
   progress_lib.log(summary_line(result) + (f'; written to {path}' if path else ''))
 
 
-def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
+def model_eval(run, *, num: int, split: str, mode: str, context_frames: Optional[int],
                batch_size: int, seed: int, cache_dir: Optional[str],
-               num_frames: Optional[int] = None, mesh=None) -> dict:
-  """FVD/KVD of a run's samples against N real clips; returns the result."""
-  check_config(run.config, mode, context_frames, num_frames)
+               num_frames: Optional[int] = None, conditioning: str = 'reconstruction',
+               mesh=None) -> dict:
+  """FVD/KVD of a run's samples against N real clips; returns the result.
+
+  context_frames: 'predict': given frames; 'long': frames each new clip is
+  conditioned on (None: generated.long_context_frames).
+  """
+  check_config(run.config, mode, context_frames, num_frames, conditioning)
   config = run.config
   if mode == 'long':
+    if context_frames is None:
+      context_frames = generated.long_context_frames(int(config.data.num_frames))
     # The real side: clips of the long videos' length, made like the others.
     config = config.copy_and_resolve_references()
     config.data.num_frames = num_frames
@@ -238,7 +256,8 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
   classify = None
   if score_digits or score_text:
     classify = scores_lib.digit_classifier(scores_lib.labelled(config), split).predict
-  seam_stats = seams.for_long_videos(run.config, num_frames) if mode == 'long' else None
+  seam_stats = (seams.for_long_videos(run.config, num_frames, context_frames)
+                if mode == 'long' else None)
 
   def on_videos(lo: int, videos: np.ndarray) -> None:
     if first is not None:
@@ -254,6 +273,7 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
       run, num, batch_size=batch_size, seed=seed, labels=labels, text=text,
       contexts=contexts if mode == 'predict' else None,
       num_frames=num_frames if mode == 'long' else None,
+      context_frames=context_frames, conditioning=conditioning,
       first_frames=first if mode == 'i2v' else None, on_videos=on_videos, mesh=mesh)
   sc = config.sampling
   result = {
@@ -274,10 +294,13 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: int,
     result['sample_captions'] = 'captions of the real clips'
   if conditional or text is not None:
     result['guidance_weight'] = float(sc.guidance_weight)
+  known_frames = mode == 'predict' or (mode == 'long' and sc.long_method == 'reconstruction')
+  if known_frames:
+    result.update(context_frames=int(context_frames), conditioning=conditioning)
+    if conditioning == 'reconstruction':
+      result['reconstruction_guidance_weight'] = float(sc.w_r)
   if mode == 'predict':
-    result.update(context_frames=int(context_frames),
-                  reconstruction_guidance_weight=float(sc.w_r),
-                  fvd_frames='all frames, the given context frames included')
+    result['fvd_frames'] = 'all frames, the given context frames included'
   if mode == 'long':
     result.update(long_method=str(sc.long_method), clip_frames=int(run.config.data.num_frames))
     if sc.long_method == 'vidrd':
@@ -361,8 +384,13 @@ class EvalRequest:
       or 'i2v'.
     num_samples: N; config.eval.num_samples when None.
     split: real split; config.data.eval_split when None.
-    context_frames: k given frames in 'predict' mode (default 1).
+    context_frames: k given frames in 'predict' mode (default 1); in 'long'
+      mode with long_method='reconstruction', the frames each new clip is
+      conditioned on (default half a clip, long_context_frames).
     num_frames: 'long' mode: frames per video.
+    conditioning: how the known frames enter in 'predict' and in 'long' with
+      long_method='reconstruction': 'reconstruction' (guidance, the default)
+      or 'replacement' (the baseline that only overwrites them).
     checkpoint_step: the checkpoint; the newest when None.
     batch_size: sampling / I3D batch; config.eval.batch_size when None.
     seed: sampling seed (default 0).
@@ -372,17 +400,22 @@ class EvalRequest:
   is an error (``check_options_apply``).
     real_vs_real: compute the real-vs-real floor instead (no checkpoint).
     cache_dir: real-feature cache; <config.data.data_dir>/fvd_cache when None.
+    data_dir: where the real clips are read; the run's config.data.data_dir
+      when None (data moved since training, or a build of the same bundled
+      dataset with longer videos for 'long' mode).
   """
   mode: Optional[str] = None
   num_samples: Optional[int] = None
   split: Optional[str] = None
   context_frames: Optional[int] = None
   num_frames: Optional[int] = None
+  conditioning: Optional[str] = None
   checkpoint_step: Optional[int] = None
   batch_size: Optional[int] = None
   seed: Optional[int] = None
   real_vs_real: bool = False
   cache_dir: Optional[str] = None
+  data_dir: Optional[str] = None
 
   def check_options_apply(self, config, overrides: Mapping[str, Any]) -> None:
     """Refuses options given a value where they have no effect (see
@@ -403,12 +436,14 @@ class EvalRequest:
         ('seed', self.seed, model, not_real),
         *[(key, value, model, not_real) for key, value in given.items()],
     ])
+    known_frames = mode == 'predict' or (mode == 'long' and long_method == 'reconstruction')
+    known_where = 'mode=predict and mode=long with long_method=reconstruction'
+    guided = known_frames and self.conditioning != 'replacement'
     options.refuse_unused([
-        ('context_frames', self.context_frames, mode == 'predict', 'mode=predict'),
+        ('context_frames', self.context_frames, known_frames, known_where),
+        ('conditioning', self.conditioning, known_frames, known_where),
         ('num_frames', self.num_frames, mode == 'long', 'mode=long'),
-        ('w_r', given.get('w_r'), mode == 'predict' or (
-            mode == 'long' and long_method == 'reconstruction'),
-         'mode=predict and mode=long with long_method=reconstruction'),
+        ('w_r', given.get('w_r'), guided, known_where + ' and conditioning=reconstruction'),
         ('long_method', given.get('long_method'), mode == 'long', 'mode=long'),
         *[(key, given.get(key), mode == 'long' and long_method == 'vidrd',
            'mode=long with long_method=vidrd')
@@ -449,13 +484,16 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
   r = request
   overrides = dict(overrides or {})
   saved_config = _load_run_config(workdir, config)
-  run_config = config_lib.apply_overrides(copy.deepcopy(saved_config), overrides)
+  data = {'data.data_dir': r.data_dir} if r.data_dir else {}
+  run_config = config_lib.apply_overrides(copy.deepcopy(saved_config), {**overrides, **data})
   r.check_options_apply(run_config, overrides)
   mode, num_frames = r.mode or 'unconditional', r.num_frames
-  context_frames = 1 if r.context_frames is None else r.context_frames
+  # 'long' keeps None: long_context_frames of the clip length, named only when given.
+  context_frames = 1 if r.context_frames is None and mode != 'long' else r.context_frames
+  conditioning = r.conditioning or 'reconstruction'
   seed = r.seed or 0
   # Fail before touching checkpoints or data.
-  check_config(run_config, mode, context_frames, num_frames)
+  check_config(run_config, mode, context_frames, num_frames, conditioning)
   num = int(r.num_samples or run_config.eval.num_samples)
   split = r.split or eval_split(run_config)
   bs = int(r.batch_size or run_config.eval.batch_size)
@@ -473,8 +511,8 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
     raise ValueError('evaluating a model needs --workdir (a train.py run) and no '
                      '--config; --config is only for --real_vs_real.')
   mesh = sharding.create_mesh(run_config.sharding.mesh) if mesh is None else mesh
-  run = run_lib.restore_run(workdir, r.checkpoint_step, {**overrides, 'eval.batch_size': bs},
-                            mesh=mesh)
+  run = run_lib.restore_run(workdir, r.checkpoint_step,
+                            {**overrides, **data, 'eval.batch_size': bs}, mesh=mesh)
   step = run.step
   progress_lib.log(f'Evaluating step {step} of {workdir}: {num} samples, mode={mode}, '
        f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps, '
@@ -482,10 +520,11 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
   # Named before the long sampling run, so a naming error cannot discard it.
   name = result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method,
                       _settings_tag(saved_config, run.config, num=num, split=split,
-                                    batch_size=bs, seed=seed))
+                                    batch_size=bs, seed=seed), conditioning=conditioning)
   result = model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
-                       cache_dir=r.cache_dir, num_frames=num_frames, mesh=mesh)
+                       cache_dir=r.cache_dir, num_frames=num_frames, conditioning=conditioning,
+                       mesh=mesh)
   result['workdir'] = workdir
   emit(result, os.path.join(workdir, 'eval', name))
   return result
@@ -534,11 +573,23 @@ def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigD
   return ''.join('_' + part for part in parts)
 
 
-def result_name(step: int, mode: str, context_frames: int = 1,
+def result_name(step: int, mode: str, context_frames: Optional[int] = 1,
                 num_frames: Optional[int] = None, long_method: str = '',
-                tag: str = '') -> str:
-  """workdir/eval/ file name of a result; tag is _settings_tag's suffix."""
-  stem = {'unconditional': f'{step}', 'i2v': f'{step}_i2v',
-          'predict': f'{step}_predict{context_frames}',
-          'long': f'{step}_long{num_frames}_{long_method}'}[mode]
+                tag: str = '', conditioning: str = 'reconstruction') -> str:
+  """workdir/eval/ file name of a result; tag is _settings_tag's suffix.
+
+  Replacement conditioning names itself ('_replacement' in 'predict', in
+  place of the driver's name in 'long'); a long video's context_frames is
+  named when given (None: the default, half a clip).
+  """
+  replaced = conditioning == 'replacement'
+  if mode == 'long':
+    known = long_method == 'reconstruction'
+    stem = f'{step}_long{num_frames}_{"replacement" if known and replaced else long_method}'
+    if known and context_frames is not None:
+      stem += f'_k{context_frames}'
+  else:
+    stem = {'unconditional': f'{step}', 'i2v': f'{step}_i2v',
+            'predict': f'{step}_predict{context_frames}' + ('_replacement' if replaced else '')
+            }[mode]
   return f'{stem}{tag}.json'

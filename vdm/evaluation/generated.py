@@ -29,11 +29,11 @@ def long_context_frames(clip_frames: int) -> int:
   ('reconstruction' driver): half a clip."""
   return max(1, clip_frames // 2)
 
-@functools.partial(jax.jit, static_argnames=('num_frames', 'options'))
-def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, options):
+@functools.partial(jax.jit, static_argnames=('num_frames', 'conditioning', 'options'))
+def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, conditioning, options):
   """'First k frames given' sampling, compiled once per shape and options."""
-  return conditional.predict_frames(fn, rng, context, num_frames, conditioning='reconstruction',
-                                 w_r=w_r, sample_ids=sample_ids, **dict(options))
+  return conditional.predict_frames(fn, rng, context, num_frames, conditioning=conditioning,
+                                    w_r=w_r, sample_ids=sample_ids, **dict(options))
 
 
 def generated_features(run, num: int, *, batch_size: int, seed: int,
@@ -41,6 +41,8 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
                        text: Optional[np.ndarray] = None,
                        contexts: Optional[np.ndarray] = None,
                        num_frames: Optional[int] = None,
+                       context_frames: Optional[int] = None,
+                       conditioning: str = 'reconstruction',
                        first_frames: Optional[np.ndarray] = None,
                        on_videos: Optional[Callable[[int, np.ndarray], None]] = None,
                        mesh=None) -> np.ndarray:
@@ -67,6 +69,10 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
       None for unconditional sampling.
     num_frames: long videos of this many frames, clip by clip with the driver
       config.sampling.long_method names ('long' mode); None: one clip.
+    context_frames: 'long' mode with the 'reconstruction' driver: frames each
+      new clip is conditioned on; None: long_context_frames (half a clip).
+    conditioning: how given frames enter ('predict' mode and the
+      'reconstruction' driver): 'reconstruction' or 'replacement'.
     first_frames: uint8 [N, H, W, C] images the videos start from ('i2v'
       mode: passed to the denoiser as conditioning['first_frame']), or None.
     on_videos: optional callback(first_index, uint8 videos) per chunk (e.g.
@@ -93,22 +99,24 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
   feats = []
   for chunk in mesh_sampling.chunks(num, bs, mesh, inputs,
                                     what='sampling + I3D of generated videos'):
-    conditioning = dict(chunk.inputs)
-    lab, ctx = conditioning.pop('labels', None), conditioning.pop('context', None)
-    text_rows = conditioning.pop('text', None)
+    model_inputs = dict(chunk.inputs)
+    lab, ctx = model_inputs.pop('labels', None), model_inputs.pop('context', None)
+    text_rows = model_inputs.pop('text', None)
     fn = run_lib.model_fn(run.method, run.graphdef, run.params, labels=lab,
-                          conditioning=conditioning or None,
+                          conditioning=model_inputs or None,
                           guidance_weight=c.sampling.guidance_weight, text=text_rows)
     if num_frames is not None:
       videos = sharding.shard_rows(long_video.generate(
           fn, rng, num_frames, sampling_config=c.sampling, clip_frames=t,
-          clip_shape=(bs, size, size, channels), context_frames=long_context_frames(t),
+          clip_shape=(bs, size, size, channels),
+          context_frames=context_frames or long_context_frames(t), conditioning=conditioning,
           sample_ids=chunk.sample_ids, mesh=mesh, **options), mesh)
     elif ctx is None:
       videos = run_lib.sample(fn, rng, (bs, t, size, size, channels), options, chunk.sample_ids)
     else:
       videos = _predict(fn, rng, ctx, np.float32(c.sampling.w_r), chunk.sample_ids,
-                        num_frames=t, options=tuple(sorted(options.items())))
+                        num_frames=t, conditioning=conditioning,
+                        options=tuple(sorted(options.items())))
     videos_u8 = mesh_sampling.uint8_videos(space, videos)  # [B, T, H, W, C] on the mesh
     if on_videos is not None:
       on_videos(chunk.start, sharding.to_host(videos_u8)[:chunk.rows])
