@@ -15,7 +15,8 @@ folders (PNG/JPEG frames of one video), found recursively; top-level
 train/ and test/ folders give the splits (otherwise --test_fraction of the
 videos, drawn with --split_seed, go to 'test'). Videos that cannot be used
 are skipped and listed at the end. --autoencoder stores a latent run's
-latents of every frame beside it. Rerunning the same command after a crash
+latents of every frame beside it, --text_embeddings a frozen text encoder's
+embeddings of every caption. Rerunning the same command after a crash
 or Ctrl-C continues where it stopped. See docs/data.md ("Your own videos").
 """
 
@@ -66,6 +67,11 @@ _AUTOENCODER = flags.DEFINE_string(
     'autoencoder', '', 'Workdir of an autoencoder run: its latents of every frame are stored '
     'too, so that a latent run on them (--config.data.latent_key=latents) never runs the '
     'encoder (docs/data.md).')
+_TEXT_EMBEDDINGS = flags.DEFINE_bool(
+    'text_embeddings', False, "Store every caption's embeddings by the config's frozen text "
+    "encoder (--config.model.text_encoder=precomputed, its text_embedder, text_max_length and "
+    'text_embed_dim), so that a text run on them (--config.data.text_embedding_key='
+    'text_embeddings) never runs the encoder (docs/text.md).')
 
 
 def main(argv):
@@ -79,7 +85,8 @@ def main(argv):
           label_key=_LABEL_KEY.value, caption_key=_CAPTION_KEY.value, splits=_SPLITS.value),
       clip_frames=_CLIP_FRAMES.value, clip_stride=_CLIP_STRIDE.value, storage=_STORAGE.value,
       videos_per_shard=_VIDEOS_PER_SHARD.value, workers=_WORKERS.value,
-      encoder=latent.FrameEncoder(_AUTOENCODER.value) if _AUTOENCODER.value else None)
+      encoder=latent.FrameEncoder(_AUTOENCODER.value) if _AUTOENCODER.value else None,
+      text_embeddings=_TEXT_EMBEDDINGS.value)
   print(report.summary(), flush=True)
 
 

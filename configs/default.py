@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.label_key = 'label'           # Name of the label feature; '' for unconditional.
   data.caption_key = ''              # Name of the caption (text) feature; '' for none. Needs model.text_encoder.
   data.latent_key = ''               # Feature of latents stored by prepare.py --autoencoder ('' = encode frames in the step); must match latent.autoencoder.
+  data.text_embedding_key = ''       # Feature of caption embeddings stored by prepare.py --text_embeddings ('' = embed captions while reading); needs model.text_encoder='precomputed', same encoder.
   data.seed = 0                      # Seed of the data order and augmentation.
   data.loader = 'threads'            # 'threads' (StepIterator) or 'grain' (worker processes); same batches (BENCHMARKS.md#input-pipeline).
   data.num_workers = 2               # Threads ('threads') or processes ('grain') preparing batches (0 = synchronous).
@@ -70,13 +71,15 @@ def get_config() -> ml_collections.ConfigDict:
   model.attn_dtype = ''              # Attention dtype; '' = model.dtype.
   model.remat = False                # Recompute block activations in backward (saves GPU/TPU memory; not on XLA:CPU).
   model.temporal_conv = False        # Zero-initialised kernel-3 time convolution in every residual block (VidRD).
-  model.text_encoder = ''            # '' (no text) or 'learned': a transformer over caption tokens, learned with the net (docs/text.md).
-  model.text_tokenizer = 'words'     # 'words' (of the training captions) or 'bytes' (UTF-8, no vocabulary).
+  model.text_encoder = ''            # '' (no text), 'learned' (a transformer over caption tokens, learned with the net) or 'precomputed' (a frozen encoder's embeddings; docs/text.md).
+  model.text_tokenizer = 'words'     # 'learned': 'words' (of the training captions) or 'bytes' (UTF-8, no vocabulary).
   model.text_vocabulary = ()         # 'words': the vocabulary; () = filled from the train split's captions when training starts.
   model.text_max_length = 64         # L: tokens per caption (longer prompts are an error).
   model.text_width = 128             # D: features per text token.
   model.text_layers = 2              # Transformer layers of the text encoder.
   model.text_heads = 4               # Attention heads of the text encoder.
+  model.text_embedder = ''           # 'precomputed': the frozen encoder, 'package.module:function' (texts, L) -> (embeddings [B, L, D], mask [B, L]).
+  model.text_embed_dim = 0           # 'precomputed': D, features per token of its embeddings.
   model.guidance_embed = False       # Take the guidance weight w as an input (guidance-distilled students; configs/distill.py).
 
   # --- latent: where the diffusion runs (vdm/latent.py) ----------------------

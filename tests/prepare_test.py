@@ -112,6 +112,81 @@ def test_labels_and_captions_arrive_in_the_batch(folder, prepared):
     assert caption == captions[origin]
 
 
+def _embedding_config(data_dir, **model):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.with_text(_config(data_dir))
+  config.data.dataset = 'my_embedded_videos'  # Not with_text's digits.
+  config.data.label_key = ''  # Unlabelled: the text alone conditions.
+  config.model.num_classes = 0
+  config.model.update(text_encoder='precomputed', text_embedder=STAND_IN, text_embed_dim=64,
+                      **model)
+  config.data.text_embedding_key = 'text_embeddings'
+  return config
+
+
+STAND_IN = 'vdm.models.text_embedders:hashed_words'
+
+
+@pytest.mark.slow
+def test_stored_text_embeddings_are_the_encoders_and_train_without_it(folder, tmp_path):
+  from vdm.models import tokenizer  # pylint: disable=g-import-not-at-top
+  from vdm.sampling import sample_lib  # pylint: disable=g-import-not-at-top
+  from vdm.train import train_lib  # pylint: disable=g-import-not-at-top
+  root, captions = folder
+  out = str(tmp_path / 'tfds')
+  options = dict(captions=os.path.join(root, example_videos.CAPTIONS_FILE))
+  with pytest.raises(ValueError, match='text_encoder=precomputed'):
+    prepare_lib.run(_config(), root, 'my_embedded_videos', out, text_embeddings=True,
+                    progress=False, source_options=options)
+  config = _embedding_config(out)
+  report = prepare_lib.run(config, root, 'my_embedded_videos', out, text_embeddings=True,
+                           progress=False, source_options=options)
+  assert report.metadata['text_embeddings'] == dict(embedder=STAND_IN, max_length=16, dim=64,
+                                                    dtype='float16')
+  assert '--config.data.text_embedding_key=text_embeddings' in report.summary()
+  embed = tokenizer.from_config(config)
+  records = _records(out, 'my_embedded_videos')
+  for r in records:  # Each window holds its video's caption's embeddings.
+    want = embed([captions[r['origin'].decode()]])[0]
+    assert r['text_embeddings'].dtype == np.float16
+    np.testing.assert_allclose(r['text_embeddings'], want, rtol=1e-3, atol=1e-3)
+  # Read back: the training batch equals the one that embeds the captions as it reads.
+  stored = next(iter(pipeline.make_train_iterator(config, process_index=0, process_count=1)))
+  config_live = _embedding_config(out)
+  config_live.data.text_embedding_key = ''
+  live = next(iter(pipeline.make_train_iterator(config_live, process_index=0, process_count=1)))
+  assert stored['text'].shape == (4, FRAMES + 2, 16, 64) and stored['text'].dtype == np.float32
+  np.testing.assert_allclose(stored['text'], live['text'], rtol=1e-3, atol=1e-3)
+  clips = next(iter(pipeline.make_eval_iterator(config, 'test', batch_size=2)))
+  np.testing.assert_allclose(clips['text'], embed(list(clips['caption'])), rtol=1e-3, atol=1e-3)
+  # Another encoder setting than the one that made them is refused, naming it.
+  with pytest.raises(ValueError, match=r'max_length 16 \(the config: 24\)'):
+    sources.open_split(sources.read_spec(_embedding_config(out, text_max_length=24)), 'train')
+  # Trained on them (the train step sees float embeddings), then sampled from prompts,
+  # which the run's encoder embeds.
+  config.training.update(num_steps=4, num_samples=0)  # After 2 the text's layers are still 0.
+  config.sampling.num_steps = 2
+  config.data.image_size = 8  # Tiny's net; the pipeline resizes the stored 16x16 frames.
+  config.sharding.mesh = (('data', 1), ('fsdp', 1))
+  train_lib.train(config, str(tmp_path / 'run'))
+  def sample(*prompts):
+    return sample_lib.sample(str(tmp_path / 'run'), None, sample_lib.SampleRequest(
+        num_samples=2, prompts=prompts), {'sampling.guidance_weight': 1.0}, progress=False)
+  a = sample('a cat in the street', '')
+  b = sample('a cat in the street', 'a phone on a table')
+  np.testing.assert_array_equal(a.videos[0], b.videos[0])  # Sample 0: the same prompt.
+  assert b.captions == ['a cat in the street', 'a phone on a table']
+  # Four steps leave the samples' uint8 pixels saturated, so the prompt's effect
+  # is checked on the trained denoiser's output.
+  from vdm import run_lib  # pylint: disable=g-import-not-at-top
+  run = run_lib.restore_run(str(tmp_path / 'run'))
+  z, logsnr = np.random.default_rng(0).normal(size=(2, FRAMES, 8, 8, 3)), np.zeros(2)
+  out = [np.asarray(run_lib.model_fn(run.method, run.graphdef, run.params, text=embed(
+      ['a cat in the street', p]))(z, logsnr)) for p in ('', 'a phone on a table')]
+  np.testing.assert_array_equal(out[0][0], out[1][0])
+  assert not np.array_equal(out[0][1], out[1][1])
+
+
 @pytest.mark.slow
 def test_command_line_prepare_interrupted_continued_trained_and_sampled(folder, prepared,
                                                                         tmp_path, capfd):

@@ -4,6 +4,7 @@ classifier-free guidance."""
 
 import collections
 import os
+import pickle
 import shutil
 import sys
 
@@ -19,6 +20,7 @@ from vdm.diffusion import conditions
 from vdm.diffusion import gaussian
 from vdm.diffusion import guidance
 from vdm.models import attention
+from vdm.models import text_embedders
 from vdm.models import tokenizer
 from vdm.models import unet3d
 
@@ -194,6 +196,75 @@ def test_text_inputs_are_checked():
     plain(z, jnp.zeros(2), text=_tokens('a', 'b'))
   with pytest.raises(ValueError, match='text_encoder'):
     model_test.tiny_config(text_encoder='t5')
+
+
+# --- A frozen encoder's embeddings ('precomputed') ----------------------------------
+
+STAND_IN = 'vdm.models.text_embedders:hashed_words'
+
+
+def _embed(*texts, length=MAX_LEN):
+  return jnp.asarray(tokenizer.Embedder(STAND_IN, length, text_embedders.HASHED_WORDS_WIDTH)(
+      texts))
+
+
+def test_embedder_pads_with_zeros_and_names_the_keys_it_needs():
+  a = _embed('a one moving up, slowly', '', 'a one moving up, slowly', length=8)
+  assert a.shape == (3, 8, 64) and a.dtype == jnp.float32
+  np.testing.assert_array_equal(a[1], 0)  # '' is the null text.
+  np.testing.assert_array_equal(a[0], a[2])  # A word's vector is fixed (a hash of it).
+  # Five words and a comma: six real tokens, the padding exactly zero.
+  np.testing.assert_array_equal(np.any(a[0] != 0, -1), [True] * 6 + [False] * 2)
+  # The same word at another place differs by its position code only.
+  b = _embed('one a', length=8)
+  assert 0 < np.abs(b[0, 0] - a[0, 1]).max() <= 0.2 + 1e-6  # Two codes of amplitude 0.1.
+  # Pickles as its name (the input pipeline's worker processes hold it).
+  copy = pickle.loads(pickle.dumps(tokenizer.Embedder(STAND_IN, 8, 64)))
+  np.testing.assert_array_equal(copy(['a one moving up, slowly']), a[:1])
+  with pytest.raises(ValueError, match='text_embed_dim'):
+    tokenizer.Embedder(STAND_IN, 8, 32)(['a one'])  # The stand-in's D is 64.
+  with pytest.raises(ValueError, match='text_max_length'):
+    tokenizer.Embedder(STAND_IN, 2, 64)(['a one moving'])
+  with pytest.raises(ValueError, match="'package.module:function'"):
+    tokenizer.Embedder('hashed_words', 8, 64)(['a'])
+  with pytest.raises(ValueError, match='cannot be loaded'):
+    tokenizer.Embedder('vdm.models.text_embedders:t5', 8, 64)(['a'])
+  with pytest.raises(ValueError, match='text_embedder'):
+    model_test.tiny_config(text_encoder='precomputed', text_embed_dim=64)
+
+
+def _embedding_model():
+  cfg = model_test.tiny_config(text_encoder='precomputed', text_embedder=STAND_IN,
+                               text_embed_dim=64, text_max_length=MAX_LEN, text_width=16)
+  return model_test.randomized(unet3d.UNet3D(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_precomputed_embeddings_condition_guide_and_drop_like_tokens():
+  model = _embedding_model()
+  z = jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 3))
+  logsnr = jnp.array([-1.0, 2.0])
+  text = _embed('a one moving up, slowly', 'a two moving left, quickly')  # [2, L, 64]
+  null = model_test.apply(model, z, logsnr, text=jnp.zeros_like(text))
+  np.testing.assert_allclose(model_test.apply(model, z, logsnr), null, atol=1e-6)
+  np.testing.assert_array_equal(conditions.null({'text': text})['text'], 0)
+  assert conditions.frames_shape({'text': text}) == (2,)
+  assert conditions.as_int({'text': text})['text'].dtype == jnp.float32
+  cond = model_test.apply(model, z, logsnr, text=text)
+  assert not np.allclose(cond, null, atol=1e-3)
+  fn = lambda z, logsnr, c: model_test.apply(model, z, logsnr, **conditions.network_kwargs(c))
+  guided = guidance.classifier_free(fn, {'text': text}, 2.0)(z, logsnr)
+  np.testing.assert_allclose(guided, 3.0 * cond - 2.0 * null, atol=1e-4)
+  # Per frame [B, T, L, D]: the caption repeated on every frame is the caption.
+  per_frame = jnp.repeat(text[:, None], 3, axis=1)
+  np.testing.assert_allclose(model_test.apply(model, z, logsnr, text=per_frame), cond,
+                             atol=1e-5)
+  # Condition dropout nulls whole captions, per frame.
+  out = gaussian.drop_condition(jax.random.key(0), {'text': jnp.repeat(
+      per_frame, 64, axis=0)}, 0.5, jnp.zeros(3, bool))['text']  # [128, 3, L, D]
+  dropped = (out == 0).all((-1, -2))
+  assert ((out == 0).all(-1).any(-1) | ~dropped).all() and 0.3 < dropped.mean() < 0.7
+  with pytest.raises(ValueError, match='text must be embeddings'):
+    model(z, logsnr, text=_tokens('a', 'b'))
 
 
 # --- Training and sampling with text, every method ------------------------------

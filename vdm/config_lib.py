@@ -151,6 +151,11 @@ def validate_config(config):
   if data.caption_key and data.random_flip:
     raise ValueError('config.data.random_flip would mirror left and right motion while the '
                      'caption keeps its words; set random_flip = False for captioned data.')
+  if data.get('text_embedding_key', '') and config.model.text_encoder != 'precomputed':
+    raise ValueError(f'config.data.text_embedding_key={data.text_embedding_key!r} reads a frozen '
+                     "text encoder's stored embeddings: set config.model.text_encoder="
+                     "'precomputed' (with its text_embedder and text_embed_dim), or "
+                     "config.data.text_embedding_key=''.")
   if data.get('latent_key', ''):
     if not autoencoder_workdir(config):
       raise ValueError(f'config.data.latent_key={data.latent_key!r} reads stored latents, which '

@@ -127,12 +127,17 @@ def row_conditions(ds: sources.Dataset, spec: sources.Spec, example, image_examp
 
   The video's for its T clip frames, then each appended image's own (it comes
   from another video, whose label and caption are the true ones for it).
+  With config.data.text_embedding_key, the captions' stored embeddings come
+  instead of the captions.
 
   Returns:
-    {'label': T + K ints} and/or {'caption': T + K texts}.
+    {'label': T + K ints} and/or {'caption': T + K texts} or {'embedding':
+    T + K arrays [L, D]}.
   """
   out = {}
-  for key, name in ((ds.label_key, 'label'), (ds.caption_key, 'caption')):
+  caption = ((spec.text_embedding_key, 'embedding') if spec.text_embedding_key
+             else (ds.caption_key, 'caption'))
+  for key, name in ((ds.label_key, 'label'), caption):
     if key:
       out[name] = [example[key]] * spec.num_frames + [ex[key] for ex in image_examples]
   return out or None
@@ -157,15 +162,18 @@ def to_batch(rows: List[np.ndarray], conditions: Optional[List[Dict[str, list]]]
     out['label'] = np.asarray([c['label'] for c in conditions], np.int32)  # [B_local, T+K]
   if conditions and 'caption' in conditions[0]:
     out['text'] = caption_tokens([c['caption'] for c in conditions], spec)  # [B_local, T+K, L]
+  if conditions and 'embedding' in conditions[0]:
+    out['text'] = np.asarray([c['embedding'] for c in conditions], np.float32)  # [B_local, T+K, L, D]
   return out
 
 
 def caption_tokens(captions: List[Any], spec: sources.Spec) -> np.ndarray:
-  """Byte tokens int32 [..., L] of nested lists of captions (str or bytes)."""
+  """The text input of nested lists of captions (str or bytes): tokens int32
+  [..., L], or a frozen encoder's embeddings float32 [..., L, D]."""
   arr = np.asarray(captions, dtype=object)
   if spec.tokenizer is None:
     raise ValueError('captions are read but there is no tokenizer: config.model.text_encoder '
                      "is '' or the 'words' vocabulary (config.model.text_vocabulary) is empty; "
                      'training fills it (vdm.train.train_lib.resolve_text_vocabulary).')
   tokens = spec.tokenizer(arr.reshape(-1).tolist())
-  return tokens.reshape(arr.shape + tokens.shape[-1:])
+  return tokens.reshape(arr.shape + tokens.shape[1:])

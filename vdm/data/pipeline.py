@@ -310,7 +310,10 @@ def make_eval_iterator(config, split: Optional[str] = None, *,
       captions = [ex[ds.caption_key] for ex in examples]
       out['caption'] = np.array([c.decode() if isinstance(c, bytes) else str(c)
                                  for c in captions], dtype=object)
-      if spec.tokenizer is not None:  # None: no text model (e.g. real-vs-real FVD).
+      if spec.text_embedding_key:
+        out['text'] = np.asarray([ex[spec.text_embedding_key] for ex in examples],
+                                 np.float32)  # [B_local, L, D]
+      elif spec.tokenizer is not None:  # None: no text model (e.g. real-vs-real FVD).
         out['text'] = clips.caption_tokens(captions, spec)
     return out
 

@@ -48,6 +48,7 @@ from vdm.data import bundled
 from vdm.data import frames as frames_lib
 from vdm.data import sources
 from vdm.data import video_sources
+from vdm.models import tokenizer
 
 VERSION = '1.0.0'
 STORAGES = ('raw', 'zlib', 'png')
@@ -112,15 +113,28 @@ def settings_from_config(config, *, clip_frames: Optional[int] = None,
                   min_frames=span, storage=storage, videos_per_shard=videos_per_shard)
 
 
+def text_embeddings_record(embedder) -> Dict[str, Any]:
+  """What identifies stored text embeddings: the frozen encoder, L, D and dtype.
+
+  Args:
+    embedder: a vdm.models.tokenizer.Embedder.
+  """
+  return dict(embedder=embedder.name, max_length=embedder.max_length, dim=embedder.width,
+              dtype='float16')
+
+
 def features(settings: Settings, label_names: Optional[List[str]], captions: bool,
-             latents: Optional[Dict[str, Any]] = None):
+             latents: Optional[Dict[str, Any]] = None,
+             text_embeddings: Optional[Dict[str, Any]] = None):
   """The TFDS features of a prepared dataset.
 
   video: uint8 [L, S, S, C] (L = clip_frames, or any length for whole videos);
   origin: the source video (relative path, or 'split[index]'); start: the
   window's first frame in it; label (ClassLabel) and caption (Text) when the
   source has them; latents [L, h, w, c] (float16) of every frame when an
-  autoencoder is given (`latents` is its vdm.latent.stored_latents_record).
+  autoencoder is given (`latents` is its vdm.latent.stored_latents_record);
+  text_embeddings [L_text, D] (float16) of the caption when a frozen text
+  encoder is given (`text_embeddings` is its text_embeddings_record).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   s = settings
@@ -146,6 +160,10 @@ def features(settings: Settings, label_names: Optional[List[str]], captions: boo
   if latents:
     out['latents'] = tfds.features.Tensor(shape=(shape[0], *latents['shape']),
                                           dtype=np.dtype(latents['dtype']), encoding='bytes')
+  if text_embeddings:
+    out['text_embeddings'] = tfds.features.Tensor(
+        shape=(text_embeddings['max_length'], text_embeddings['dim']),
+        dtype=np.dtype(text_embeddings['dtype']), encoding='bytes')
   return tfds.features.FeaturesDict(out)
 
 
@@ -206,16 +224,19 @@ def plan(splits: Dict[str, int], videos_per_shard: int) -> List[Shard]:
 
 
 def write_shard(source, settings: Settings, shard: Shard, state_dir: str,
-                encoder=None) -> Dict[str, Any]:
+                encoder=None, text_embedder=None) -> Dict[str, Any]:
   """Reads, converts and writes one shard; records it as done.
 
-  `encoder` (a vdm.latent.FrameEncoder, or None) adds each window's latents.
+  `encoder` (a vdm.latent.FrameEncoder, or None) adds each window's latents,
+  `text_embedder` (a vdm.models.tokenizer.Embedder, or None) its caption's
+  embeddings (computed once per video).
   Returns (and writes to <state_dir>/<stem>.json) what the shard holds:
   videos, records, bytes and the skipped videos with their reasons.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   feats = features(settings, source.label_names, bool(source.captions),
-                   encoder.record() if encoder else None)
+                   encoder.record() if encoder else None,
+                   text_embeddings_record(text_embedder) if text_embedder else None)
   path = os.path.join(state_dir, shard.stem + '.array_record')
   writer = array_record_module.ArrayRecordWriter(path + '.tmp', 'group_size:1')
   done = dict(split=shard.split, index=shard.index, videos=0, records=0, bytes=0, skipped=[])
@@ -226,8 +247,13 @@ def write_shard(source, settings: Settings, shard: Shard, state_dir: str,
       if isinstance(got, video_sources.Skipped):
         done['skipped'].append([got.origin, got.reason])
         continue
+      embeddings = None
+      if text_embedder is not None:
+        embeddings = text_embedder([item.caption])[0].astype(np.float16)  # [L, D]
       for start, clip in got:
         record = dict(origin=item.origin, start=start)
+        if embeddings is not None:
+          record['text_embeddings'] = embeddings
         if encoder is not None:
           record['latents'] = encoder(clip)
         record['video'] = png_frames(clip) if settings.storage == 'png' else clip
@@ -279,17 +305,24 @@ class Report:
       lines.append(f'It stores the latents of {a["autoencoder"]} (step {a["step"]}): a latent run '
                    f'trains on them without encoding with --config.latent.autoencoder='
                    f'{a["autoencoder"]} --config.data.latent_key=latents.')
-    if m['captions']:
+    if m.get('text_embeddings'):
+      e = m['text_embeddings']
+      lines.append(f'It stores the embeddings of every caption by {e["embedder"]} (L {e["max_length"]}, '
+                   f'D {e["dim"]}): a text run reads them with --config.data.caption_key=caption '
+                   "--config.model.text_encoder=precomputed --config.data.text_embedding_key="
+                   'text_embeddings (docs/text.md).')
+    elif m['captions']:
       lines.append('Its captions condition a text model with --config.data.caption_key=caption '
                    '--config.model.text_encoder=learned (docs/text.md).')
     return '\n'.join(lines)
 
 
 def _state_request(source, settings: Settings, splits: Dict[str, int],
-                   encoder=None) -> Dict[str, Any]:
+                   encoder=None, text_embedder=None) -> Dict[str, Any]:
   return dict(source=source.describe(), settings=dataclasses.asdict(settings), splits=splits,
               label_names=source.label_names, captions=bool(source.captions),
-              latents=encoder.record() if encoder else None)
+              latents=encoder.record() if encoder else None,
+              text_embeddings=text_embeddings_record(text_embedder) if text_embedder else None)
 
 
 def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],
@@ -323,12 +356,12 @@ def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],
   metadata = dict(prepared_by=sources.PREPARED_BY, source=request['source'],
                   **request['settings'], splits=counts, skipped=skipped[:_SKIPPED_IN_METADATA],
                   label_names=request['label_names'], captions=request['captions'],
-                  latents=request['latents'],
+                  latents=request['latents'], text_embeddings=request['text_embeddings'],
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
   tfds.folder_dataset.write_metadata(
       data_dir=version_dir,
       features=features(settings, source.label_names, bool(source.captions),
-                        request['latents']),
+                        request['latents'], request['text_embeddings']),
       split_infos=split_infos, version=VERSION, check_data=False,
       description=f'Videos of {request["source"]}, prepared for training by prepare.py.',
       metadata=tfds.core.MetadataDict(metadata))
@@ -337,7 +370,7 @@ def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],
 
 
 def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
-            workers: int = 1, progress: bool = True) -> Report:
+            text_embedder=None, workers: int = 1, progress: bool = True) -> Report:
   """Prepares `source` into the TFDS dataset <out>/<name>; continues an unfinished run.
 
   Args:
@@ -347,6 +380,8 @@ def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
     settings: what to store (`settings_from_config`).
     encoder: a vdm.latent.FrameEncoder whose latents are stored beside the
       frames, or None.
+    text_embedder: a vdm.models.tokenizer.Embedder whose embeddings of each
+      caption are stored, or None.
     workers: processes converting shards in parallel (1: this process).
     progress: print a progress line (videos/s, ETA) as shards finish.
 
@@ -365,13 +400,14 @@ def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
   version_dir = os.path.join(os.path.abspath(os.path.expanduser(out)), name, VERSION)
   state_dir = os.path.join(version_dir, STATE_DIR)
   splits = source.splits()
-  request = _state_request(source, settings, splits, encoder)
+  request = _state_request(source, settings, splits, encoder, text_embedder)
   info_file = os.path.join(version_dir, 'dataset_info.json')
   if os.path.exists(info_file):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     metadata = dict(tfds.builder_from_directory(version_dir).info.metadata or {})
     same = (metadata.get('source') == request['source'] and
             metadata.get('latents') == request['latents'] and
+            metadata.get('text_embeddings') == request['text_embeddings'] and
             all(metadata.get(k) == v for k, v in request['settings'].items()))
     if not same:
       raise ValueError(f'{version_dir} already holds a dataset prepared from '
@@ -386,6 +422,7 @@ def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
     with open(request_file) as f:
       before = json.load(f)
     before.setdefault('latents', None)  # Begun before latents could be stored.
+    before.setdefault('text_embeddings', None)  # Or text embeddings.
     if before != json.loads(json.dumps(request)):
       changed = sorted(k for k in request if before.get(k) != json.loads(json.dumps(request[k])))
       raise ValueError(
@@ -416,12 +453,13 @@ def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
 
   if workers <= 1 or len(todo) <= 1:
     for shard in todo:
-      report(write_shard(source, settings, shard, state_dir, encoder))
+      report(write_shard(source, settings, shard, state_dir, encoder, text_embedder))
   else:
     context = multiprocessing.get_context('spawn')  # TF and threads do not survive fork.
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)),
                                                 mp_context=context) as pool:
-      futures = [pool.submit(write_shard, source, settings, s, state_dir, encoder) for s in todo]
+      futures = [pool.submit(write_shard, source, settings, s, state_dir, encoder, text_embedder)
+                 for s in todo]
       for future in concurrent.futures.as_completed(futures):
         report(future.result())
   metadata = _finalize(name, version_dir, state_dir, shards, request, source, settings)
@@ -430,8 +468,8 @@ def prepare(source, out: str, name: str, settings: Settings, *, encoder=None,
 
 def run(config, source: str, name: str, out: str = '', *, source_options=None,
         clip_frames: Optional[int] = None, clip_stride: Optional[int] = None,
-        storage: str = 'raw', videos_per_shard: int = 32, encoder=None, workers: int = 1,
-        progress: bool = True) -> Report:
+        storage: str = 'raw', videos_per_shard: int = 32, encoder=None,
+        text_embeddings: bool = False, workers: int = 1, progress: bool = True) -> Report:
   """What prepare.py does: open the source, prepare it for `config`, warn of
   caption rows without a video.
 
@@ -446,6 +484,9 @@ def run(config, source: str, name: str, out: str = '', *, source_options=None,
       (None: settings_from_config's defaults).
     encoder: a vdm.latent.FrameEncoder to store latents too (None: frames
       only); its autoencoder must encode frames of the config's size.
+    text_embeddings: store the embeddings of every caption by the config's
+      frozen text encoder (config.model.text_embedder, L = text_max_length,
+      D = text_embed_dim).
     workers: processes in parallel.
     progress: print progress lines.
 
@@ -467,5 +508,17 @@ def run(config, source: str, name: str, out: str = '', *, source_options=None,
         f'{encoder.channels} frames, but the config stores {settings.image_size}x'
         f'{settings.image_size}x{settings.channels}: set --config.data.image_size and '
         '--config.data.channels to the autoencoder\'s.')
+  text_embedder = None
+  if text_embeddings:
+    if config.model.get('text_encoder', '') != 'precomputed':
+      raise ValueError('--text_embeddings stores the embeddings of the config\'s frozen text '
+                       "encoder: set --config.model.text_encoder=precomputed, "
+                       '--config.model.text_embedder=package.module:function and '
+                       '--config.model.text_embed_dim (docs/text.md).')
+    if not opened.captions:
+      raise ValueError('--text_embeddings needs captions: give --captions (a folder source) '
+                       'or --caption_key (a TFDS source).')
+    text_embedder = tokenizer.from_model_config(config.model)
+    text_embedder(['a caption'])  # A wrong encoder name or shape fails here, not in a worker.
   return prepare(opened, out or str(config.data.data_dir), name, settings, encoder=encoder,
-                 workers=workers, progress=progress)
+                 text_embedder=text_embedder, workers=workers, progress=progress)

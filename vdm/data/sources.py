@@ -42,7 +42,8 @@ class Spec:
   label_key: str
   caption_key: str
   latent_key: str
-  tokenizer: Any  # vdm.models.tokenizer.Tokenizer of captions; None without captions.
+  text_embedding_key: str  # Stored caption embeddings read instead of running `tokenizer`.
+  tokenizer: Any  # vdm.models.tokenizer.from_model_config of captions; None without captions.
   seed: int
   batch_size: int
   loader: str
@@ -52,11 +53,14 @@ class Spec:
 
 
 def _tokenizer(model) -> Optional[tokenizer.Tokenizer]:
-  """The captions' tokenizer; None before a 'words' vocabulary is filled
-  (vdm.train.train_lib.resolve_text_vocabulary) or without a text model."""
-  if not model.get('text_encoder', ''):
+  """What turns captions into the net's text input (tokenizer.from_model_config);
+  None before a 'words' vocabulary is filled (vdm.train.train_lib.
+  resolve_text_vocabulary) or without a text model."""
+  encoder = model.get('text_encoder', '')
+  if not encoder:
     return None
-  if model.get('text_tokenizer', 'bytes') == 'words' and not model.get('text_vocabulary', ()):
+  if (encoder == 'learned' and model.get('text_tokenizer', 'bytes') == 'words'
+      and not model.get('text_vocabulary', ())):
     return None
   return tokenizer.from_model_config(model)
 
@@ -90,6 +94,7 @@ def read_spec(config) -> Spec:
       label_key=str(get('label_key') or ''),
       caption_key=str(get('caption_key') or ''),
       latent_key=str(get('latent_key') or ''),
+      text_embedding_key=str(get('text_embedding_key') or ''),
       tokenizer=_tokenizer(model) if get('caption_key') else None,
       seed=int(get('seed')),
       batch_size=int(config.training.batch_size),
@@ -212,10 +217,13 @@ def open_split(spec: Spec, split: str) -> Dataset:
   features = info.features
   label_key = _checked_label_key(spec, features)
   caption_key = _checked_caption_key(spec, features)
-  if spec.latent_key and spec.latent_key not in features:
-    raise KeyError(f'config.data.latent_key={spec.latent_key!r} is not a feature of dataset '
-                   f'{name!r}; its features are {sorted(features.keys())}. prepare.py '
-                   "--autoencoder=RUN stores them as 'latents'.")
+  for key, flag, stored in ((spec.latent_key, 'latent_key', "--autoencoder=RUN stores them as "
+                             "'latents'"),
+                            (spec.text_embedding_key, 'text_embedding_key',
+                             "--text_embeddings stores them as 'text_embeddings'")):
+    if key and key not in features:
+      raise KeyError(f'config.data.{flag}={key!r} is not a feature of dataset {name!r}; its '
+                     f'features are {sorted(features.keys())}. prepare.py {stored}.')
   if split not in info.splits:
     raise ValueError(f'Dataset {name!r} has no split {split!r}; its splits are '
                      f'{sorted(info.splits.keys())}.')
@@ -251,11 +259,26 @@ def open_split(spec: Spec, split: str) -> Dataset:
 
 def check_prepared(metadata: dict, spec: Spec) -> None:
   """Refuses a prepared dataset whose windows are shorter than the config's clip,
-  or whose stored latents are read at another frame size.
+  whose stored latents are read at another frame size, or whose stored text
+  embeddings another encoder (or L, D) made than the config's.
 
   Raises:
-    ValueError: naming the window length, the clip's span and the fix.
+    ValueError: naming what differs and the fix.
   """
+  if spec.text_embedding_key:
+    stored = metadata.get('text_embeddings') or {}
+    tok = spec.tokenizer
+    want = dict(embedder=getattr(tok, 'name', None), max_length=getattr(tok, 'max_length', None),
+                dim=getattr(tok, 'width', None))
+    differ = [f'{k} {stored.get(k)!r} (the config: {v!r})' for k, v in want.items()
+              if stored.get(k) != v]
+    if differ:
+      raise ValueError(
+          f'{spec.dataset} stores text embeddings that the config\'s text encoder would not '
+          f'make: {", ".join(differ)}. Train with the encoder that made them '
+          "(config.model.text_encoder='precomputed', text_embedder, text_max_length, "
+          'text_embed_dim), prepare the data again with --text_embeddings under this config, '
+          "or set config.data.text_embedding_key='' to embed the captions while training.")
   if spec.latent_key and metadata['image_size'] != spec.image_size:
     raise ValueError(
         f'{spec.dataset} stores latents of {metadata["image_size"]}x{metadata["image_size"]} '

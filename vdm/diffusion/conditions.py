@@ -3,10 +3,12 @@
 A condition is one of
   * None: an unconditional network;
   * an int array of class labels, [B] (per video) or [B, T] (per frame);
-  * a dict with 'label' (as above) and/or 'text' (byte tokens,
-    vdm.models.tokenizer: [B, L] per video or [B, T, L] per frame).
+  * a dict with 'label' (as above) and/or 'text': int tokens
+    (vdm.models.tokenizer: [B, L] per video or [B, T, L] per frame) or a
+    frozen encoder's float embeddings ([B, L, D] or [B, T, L, D]).
 Its null, the input of the unconditional branch of classifier-free guidance,
-is NULL_LABEL for labels and all padding for text. A guidance-distilled
+is NULL_LABEL for labels and all padding for text (PAD tokens, or zero
+embeddings). A guidance-distilled
 network also takes the guidance weight w [B] under GUIDANCE_WEIGHT: it has no
 null (a nulled condition keeps its w) and no frame axis. Training drops label and
 text together (one draw per video frame set and per appended image), so the
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 # Label value that means "no condition": the model maps it to its learned null
 # embedding. Condition dropout writes it; classifier-free guidance passes it.
 NULL_LABEL = -1
-NULL_TEXT_TOKEN = 0  # vdm.models.tokenizer.PAD: a text of padding only is the null text.
+NULL_TEXT_TOKEN = 0  # vdm.models.tokenizer.PAD (and the zero embedding): a text of padding only is the null text.
 
 GUIDANCE_WEIGHT = 'guidance_weight'
 
@@ -67,8 +69,14 @@ def frames_shape(condition: Condition) -> tuple[int, ...]:
   if isinstance(condition, Mapping):
     if 'label' in condition:
       return tuple(jnp.shape(condition['label']))
-    return tuple(jnp.shape(condition['text']))[:-1]
+    text = condition['text']
+    return tuple(jnp.shape(text))[:-_text_token_dims(text)]
   return tuple(jnp.shape(condition))
+
+
+def _text_token_dims(text) -> int:
+  """Trailing dims of one caption: 1 for tokens [.., L], 2 for embeddings [.., L, D]."""
+  return 2 if jnp.issubdtype(jnp.result_type(text), jnp.floating) else 1
 
 
 def where_null(null: jax.Array, condition: Condition) -> Condition:
@@ -77,7 +85,7 @@ def where_null(null: jax.Array, condition: Condition) -> Condition:
     if key == GUIDANCE_WEIGHT:
       return x
     if key == 'text':
-      return jnp.where(null[..., None], NULL_TEXT_TOKEN, x)
+      return jnp.where(null.reshape(null.shape + (1,) * _text_token_dims(x)), NULL_TEXT_TOKEN, x)
     return jnp.where(null, NULL_LABEL, x)
   if isinstance(condition, Mapping):
     return {k: one(k, v) for k, v in condition.items()}
@@ -90,10 +98,13 @@ def null(condition: Condition) -> Condition:
 
 
 def as_int(condition: Condition) -> Condition:
-  """Labels and tokens as int32 (w, if any, stays float)."""
+  """Labels and tokens as int32 (w and text embeddings, if any, stay float)."""
+  def one(key, v):
+    if key == GUIDANCE_WEIGHT or (key == 'text' and _text_token_dims(v) == 2):
+      return jnp.asarray(v, jnp.float32)
+    return jnp.asarray(v, jnp.int32)
   if isinstance(condition, Mapping):
-    return {k: v if k == GUIDANCE_WEIGHT else jnp.asarray(v, jnp.int32)
-            for k, v in condition.items()}
+    return {k: one(k, v) for k, v in condition.items()}
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), condition)
 
 
@@ -103,7 +114,7 @@ def concatenate(a: Condition, b: Condition) -> Condition:
 
 
 def per_frame(condition: Condition) -> bool:
-  """Whether ``condition`` has one entry per frame ([B, T] labels, [B, T, L] text)."""
+  """Whether ``condition`` has one entry per frame ([B, T] labels, [B, T, L(, D)] text)."""
   return condition is not None and len(frames_shape(condition)) == 2
 
 

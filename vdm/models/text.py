@@ -6,6 +6,8 @@ cross-attention reads and which of them are real (False on padding).
 
 The learned encoder (``config.model.text_encoder = 'learned'``) trains with
 the diffusion model over the tokens of vdm.models.tokenizer (bytes or words).
+With a frozen encoder outside the net (``'precomputed'``), the net learns only
+a projection of its embeddings (``EmbeddingProjection``).
 """
 
 from __future__ import annotations
@@ -88,3 +90,37 @@ class TextEncoder(nnx.Module):
       x = layer(x, mask)
     x = self.norm(x)
     return x.reshape(lead + x.shape[-2:]), mask.reshape(lead + mask.shape[-1:])
+
+
+class EmbeddingProjection(nnx.Module):
+  """A frozen encoder's token embeddings -> the net's text width (the 'precomputed' path).
+
+  A linear map and a LayerNorm: the embeddings of an external encoder (T5's
+  4,096 features, ...) come at their own scale, and the norm puts them at the
+  scale the cross-attention and the pooled embedding were sized for.
+
+  Args:
+    in_width: D_in, features per token of the embeddings.
+    width: D, features per token the net attends to.
+    rngs: parameter initialisation keys.
+  """
+
+  def __init__(self, in_width: int, width: int, *, rngs: nnx.Rngs):
+    self.proj = layers.Dense(in_width, width, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.in_width = in_width
+
+  def __call__(self, embeddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Projects.
+
+    Args:
+      embeddings: float [..., L, D_in], all zero on padding tokens.
+
+    Returns:
+      (embeddings float32 [..., L, D], mask bool [..., L]: True on real tokens).
+    """
+    if embeddings.shape[-1] != self.in_width:
+      raise ValueError(f'text embeddings must be [..., L, {self.in_width}] (config.model.'
+                       f'text_embed_dim); got shape {embeddings.shape}.')
+    mask = jnp.any(embeddings != 0, axis=-1)  # Padding is the zero vector.
+    return self.norm(self.proj(embeddings.astype(jnp.float32))), mask

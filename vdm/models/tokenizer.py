@@ -1,5 +1,11 @@
 """Tokens of text: what a caption becomes before any network sees it.
 
+A model that learns its text encoder (config.model.text_encoder = 'learned')
+takes tokens; one that reads a frozen encoder's embeddings ('precomputed')
+takes those, made by ``Embedder`` from the function config.model.text_embedder
+names (vdm.models.text_embedders has a stand-in). ``from_model_config`` gives
+whichever the config asks for; both are called the same way.
+
 Two tokenizers (``config.model.text_tokenizer``), both padding with PAD = 0:
 
 * 'bytes': the UTF-8 bytes of the text (byte b is token b + 1). No
@@ -20,9 +26,10 @@ importing JAX.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
-from typing import Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -37,13 +44,13 @@ _REPORTED_UNKNOWN = set()  # Unknown words already named (each is said once).
 Text = Union[str, bytes]
 
 
-def _as_str(text: Text) -> str:
+def as_str(text: Text) -> str:
   return text.decode('utf-8') if isinstance(text, bytes) else str(text)
 
 
 def words(text: Text) -> list[str]:
   """The lower-cased words and punctuation marks of a text, in order."""
-  return _WORD.findall(_as_str(text).lower())
+  return _WORD.findall(as_str(text).lower())
 
 
 def build_vocabulary(captions: Iterable[Text]) -> tuple[str, ...]:
@@ -104,7 +111,7 @@ class Tokenizer:
     for i, text in enumerate(texts):
       ids = self._ids_of(text)
       if len(ids) > self.max_length:
-        raise ValueError(f'{_as_str(text)!r} is {len(ids)} {self.kind} tokens, more than the '
+        raise ValueError(f'{as_str(text)!r} is {len(ids)} {self.kind} tokens, more than the '
                          f'{self.max_length} of config.model.text_max_length; shorten it or '
                          'train a model with a larger text_max_length.')
       out[i, :len(ids)] = ids
@@ -125,12 +132,83 @@ class Tokenizer:
     return [' '.join(names[i] for i in r[r != PAD]) for r in rows]
 
 
-def from_model_config(model) -> Tokenizer:
-  """The tokenizer of a ``config.model`` section."""
+def from_model_config(model) -> Union[Tokenizer, 'Embedder']:
+  """What turns captions into the text input of a ``config.model`` section's net:
+  its tokenizer ('learned'), or its frozen encoder ('precomputed')."""
+  if model.get('text_encoder', '') == 'precomputed':
+    return Embedder(str(model.get('text_embedder', '')), int(model.text_max_length),
+                    int(model.get('text_embed_dim', 0)))
   return Tokenizer(str(model.get('text_tokenizer', 'bytes')), int(model.text_max_length),
                    tuple(model.get('text_vocabulary', ()) or ()))
 
 
-def from_config(config) -> Tokenizer:
-  """The tokenizer of a full config (its ``model`` section)."""
+def from_config(config) -> Union[Tokenizer, 'Embedder']:
+  """from_model_config of a full config (its ``model`` section)."""
   return from_model_config(config.model)
+
+
+def resolve(name: str) -> Callable:
+  """The function 'package.module:function' names."""
+  module, sep, attr = str(name).partition(':')
+  if not sep or not module or not attr:
+    raise ValueError(f"config.model.text_embedder={name!r} must name a function as "
+                     "'package.module:function', e.g. 'vdm.models.text_embedders:hashed_words'.")
+  try:
+    fn = getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f'config.model.text_embedder={name!r} cannot be loaded ({e}); it must '
+                     'be importable from the working directory or the Python path.') from e
+  if not callable(fn):
+    raise ValueError(f'config.model.text_embedder={name!r} is not a function.')
+  return fn
+
+
+class Embedder:
+  """Captions -> the frozen encoder's embeddings float32 [B, L, D], zero on padding.
+
+  Stands where a learned model's tokenizer stands (same call), so the input
+  pipeline, sample.py's prompts and evaluate.py's captions need no second
+  path. Pickles as its name (the function is imported where it is called),
+  so the input pipeline's worker processes can hold it.
+
+  Args:
+    name: 'package.module:function' (config.model.text_embedder).
+    max_length: L (config.model.text_max_length).
+    width: D (config.model.text_embed_dim).
+  """
+
+  def __init__(self, name: str, max_length: int, width: int):
+    self.name, self.max_length, self.width = str(name), int(max_length), int(width)
+    self._fn = None
+
+  def __getstate__(self):
+    return {'name': self.name, 'max_length': self.max_length, 'width': self.width}
+
+  def __setstate__(self, state):
+    self.__init__(**state)
+
+  def __call__(self, texts: Sequence[Text]) -> np.ndarray:
+    """Embeddings of B texts (str or UTF-8 bytes): float32 [B, L, D]; '' gives zeros.
+
+    Raises:
+      ValueError: the function returns another shape than [B, <= L, D] (naming
+        the config keys that set L and D).
+    """
+    if self._fn is None:
+      self._fn = resolve(self.name)
+    texts = [as_str(t) for t in texts]
+    out = np.zeros((len(texts), self.max_length, self.width), np.float32)
+    rows = [i for i, t in enumerate(texts) if t]  # '' stays the all-zero null text.
+    if not rows:
+      return out
+    emb, mask = self._fn([texts[i] for i in rows], self.max_length)
+    emb, mask = np.asarray(emb, np.float32), np.asarray(mask, bool)
+    if (emb.ndim != 3 or emb.shape[0] != len(rows) or emb.shape[1] > self.max_length
+        or emb.shape[2] != self.width or mask.shape != emb.shape[:2]):
+      raise ValueError(
+          f'config.model.text_embedder={self.name!r} returned embeddings {emb.shape} and mask '
+          f'{mask.shape} for {len(rows)} texts; expected [{len(rows)}, <= {self.max_length}, '
+          f'{self.width}] and [{len(rows)}, <= {self.max_length}] (L = config.model.'
+          'text_max_length, D = config.model.text_embed_dim).')
+    out[rows, :emb.shape[1]] = emb * mask[..., None]
+    return out

@@ -27,6 +27,8 @@ from vdm.models import layers
 from vdm.models import text as text_lib
 from vdm.models import tokenizer as tokenizer_lib
 
+# config.model.text_encoder: none, learned with the net, or a frozen encoder's embeddings.
+TEXT_ENCODERS = ('', 'learned', 'precomputed')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # lambda in [-20, 20] times this spans about the range of a 1000-step index,
 # which the sinusoidal frequencies below were designed for.
@@ -66,14 +68,19 @@ class UNetConfig:
     temporal_conv: add a zero-initialised kernel-3 convolution over time
       after the first (spatial) convolution of every residual block (VidRD's
       U-Net); False: frames mix only through temporal attention.
-    text_encoder: '' (no text) or 'learned' (vdm.models.text.TextEncoder,
-      learned with the net).
-    text_tokenizer: 'bytes' or 'words' (vdm.models.tokenizer).
+    text_encoder: '' (no text), 'learned' (vdm.models.text.TextEncoder,
+      learned with the net over tokens) or 'precomputed' (a frozen encoder's
+      embeddings [..., L, text_embed_dim] come in; vdm.models.text.
+      EmbeddingProjection maps them to text_width).
+    text_tokenizer: 'learned': 'bytes' or 'words' (vdm.models.tokenizer).
     text_vocabulary: the words of the 'words' tokenizer.
     text_max_length: L, tokens per caption.
-    text_width: D, features per text token.
-    text_layers: transformer layers of the text encoder.
-    text_heads: attention heads of the text encoder.
+    text_width: D, features per text token the net attends to.
+    text_layers: transformer layers of the learned text encoder.
+    text_heads: attention heads of the learned text encoder.
+    text_embedder: 'precomputed': 'package.module:function', the frozen
+      encoder (vdm.models.tokenizer.Embedder).
+    text_embed_dim: 'precomputed': features per token of its embeddings.
     guidance_embed: take the classifier-free guidance weight w as an input,
       embedded like the log-SNR and added to the conditioning (a
       guidance-distilled student, vdm.methods.distill); its last layer starts
@@ -106,6 +113,8 @@ class UNetConfig:
   text_width: int = 128
   text_layers: int = 2
   text_heads: int = 4
+  text_embedder: str = ''
+  text_embed_dim: int = 0
   guidance_embed: bool = False
 
   def __post_init__(self):
@@ -132,6 +141,12 @@ class UNetConfig:
                        f'known keys: {sorted(fields)}.')
     size, channels = frame_shape or (config.data.image_size, config.data.channels)
     return cls(channels=channels, image_size=size, **model)
+
+  def text_input_shape(self) -> tuple[int, ...]:
+    """Shape of one caption's text input: (L,) tokens or (L, D_in) embeddings."""
+    if self.text_encoder == 'precomputed':
+      return (self.text_max_length, self.text_embed_dim)
+    return (self.text_max_length,)
 
   def tokenizer(self) -> tokenizer_lib.Tokenizer:
     """The tokenizer of the captions this net takes."""
@@ -171,9 +186,14 @@ class UNetConfig:
     for name in ('num_heads', 'emb_dim', 'num_classes', 'cond_channels', 'frame_index_embed'):
       if getattr(self, name) < 0:
         fail(f'config.model.{name}={getattr(self, name)} must be >= 0.')
-    if self.text_encoder not in ('', 'learned'):
+    if self.text_encoder not in TEXT_ENCODERS:
       fail(f"config.model.text_encoder={self.text_encoder!r} is unknown; choose '' (no "
-           "text) or 'learned'.")
+           "text), 'learned' or 'precomputed'.")
+    if self.text_encoder == 'precomputed' and (not self.text_embedder
+                                               or self.text_embed_dim < 1):
+      fail("config.model.text_encoder='precomputed' needs config.model.text_embedder (the "
+           "frozen encoder, 'package.module:function') and config.model.text_embed_dim (its "
+           f'features per token); got {self.text_embedder!r} and {self.text_embed_dim}.')
     if self.text_encoder:
       if self.text_tokenizer not in tokenizer_lib.TOKENIZERS:
         fail(f'config.model.text_tokenizer={self.text_tokenizer!r} is unknown; choose one of '
@@ -297,7 +317,11 @@ class UNet3D(nnx.Module):
     # Row num_classes is the learned null label for classifier-free guidance.
     self.label_embed = (layers.Embed(cfg.num_classes + 1, emb, rngs=rngs)
                         if cfg.num_classes else None)
-    if cfg.text_encoder:
+    if cfg.text_encoder == 'precomputed':
+      self.text_encoder = text_lib.EmbeddingProjection(cfg.text_embed_dim, cfg.text_width,
+                                                       rngs=rngs)
+      self.text_pool = layers.Dense(cfg.text_width, emb, rngs=rngs, dtype=dtype)
+    elif cfg.text_encoder:
       self.text_encoder = text_lib.TextEncoder(
           cfg.tokenizer().vocab_size, cfg.text_max_length, cfg.text_width, cfg.text_layers,
           cfg.text_heads, rngs=rngs)
@@ -369,11 +393,12 @@ class UNet3D(nnx.Module):
     if text is not None and not cfg.text_encoder:
       raise ValueError('text was given to a model without text conditioning '
                        "(config.model.text_encoder = '').")
-    if text is not None and jnp.shape(text) not in ((b, cfg.text_max_length),
-                                                    (b, t, cfg.text_max_length)):
-      raise ValueError(f'text must be tokens [B, L] = [{b}, {cfg.text_max_length}] (per '
-                       f'video) or [B, T, L] = [{b}, {t}, {cfg.text_max_length}] (per frame); '
-                       f'got shape {jnp.shape(text)}.')
+    per_token = cfg.text_input_shape()
+    if text is not None and jnp.shape(text) not in ((b, *per_token), (b, t, *per_token)):
+      what = 'tokens' if cfg.text_encoder == 'learned' else 'embeddings'
+      raise ValueError(f'text must be {what} [B, {per_token}] (per video) or [B, T, '
+                       f'{per_token}] (per frame), B = {b}, T = {t}; got shape '
+                       f'{jnp.shape(text)}.')
     if cfg.cond_channels:
       want = (b, t, h, w, cfg.cond_channels)
       if cond is None or cond.shape != want:
@@ -394,9 +419,11 @@ class UNet3D(nnx.Module):
   def _text_context(self, text, batch: int):
     """(token embeddings [B, T', L, D], mask [B, T', L], pooled [B, T', D])."""
     cfg = self.config
-    if text is None:  # The null text: padding only.
-      text = jnp.zeros((batch, cfg.text_max_length), jnp.int32)
-    text = jnp.asarray(text, jnp.int32).reshape(batch, -1, cfg.text_max_length)  # [B, T', L]
+    per_token = cfg.text_input_shape()  # (L,) tokens or (L, D_in) embeddings
+    dtype = jnp.float32 if cfg.text_encoder == 'precomputed' else jnp.int32
+    if text is None:  # The null text: padding only (zero tokens or zero embeddings).
+      text = jnp.zeros((batch, *per_token), dtype)
+    text = jnp.asarray(text, dtype).reshape(batch, -1, *per_token)  # [B, T', L(, D_in)]
     tokens, mask = self.text_encoder(text)
     weights = mask[..., None].astype(tokens.dtype)
     # Sum / sqrt(n) rather than the mean: one word that differs between two

@@ -182,7 +182,7 @@ def resolve_text_vocabulary(config: ml_collections.ConfigDict) -> ml_collections
   'words' tokenizer has none yet (in place); the run's config.json then holds
   it, so sampling and resuming tokenize the same way."""
   m = config.model
-  if (not m.get('text_encoder', '') or m.get('text_tokenizer', 'bytes') != 'words'
+  if (m.get('text_encoder', '') != 'learned' or m.get('text_tokenizer', 'bytes') != 'words'
       or m.get('text_vocabulary', ())):
     return config
   from vdm.data import pipeline  # pylint: disable=g-import-not-at-top
