@@ -25,6 +25,10 @@ processes) for
   * folder_png, folder_raw, folder_zlib: the example folder of real video
     files (vdm.data.example_videos) prepared the same way, for frames of real
     video rather than the synthetic textures;
+  * ucf64_latents, folder_latents: prepared raw with --autoencoder=
+    --autoencoder (a 64x64x3 autoencoder run: what it learned does not change
+    the bytes read) and read as its stored float16 latents
+    (config.data.latent_key; flips off, as stored latents require);
 
 for each loader (config.data.loader: 'threads' = StepIterator, 'grain' =
 GrainStepIterator, one map call per step) and each --workers count.
@@ -183,6 +187,11 @@ def prepared_dataset(args, source: str, storage: str):
   once, in a child process, at configs/ucf101_64.py's 64x64 RGB; facts hold
   the preparation's rate and the bytes a stored window takes.
   """
+  latents = storage == 'latents'
+  if latents:
+    if not args.autoencoder:
+      raise SystemExit(f'{source}_latents needs --autoencoder=WORKDIR (a 64x64x3 autoencoder run).')
+    storage = 'raw'
   if source == 'ucf64':
     source_config, note = ucf_dataset(args)
     d = str(source_config.data.data_dir)
@@ -196,6 +205,9 @@ def prepared_dataset(args, source: str, storage: str):
     if not os.path.isdir(folder):
       example_videos.write_folder(folder)
     flags, name = [f'--source={folder}', '--test_fraction=0'], f'example_videos_{storage}'
+  if latents:
+    flags.append(f'--autoencoder={os.path.abspath(args.autoencoder)}')
+    name += '_latents'
   cmd = [sys.executable, os.path.join(ROOT, 'prepare.py'), '--config=' +
          os.path.join(ROOT, 'configs', 'ucf101_64.py'), *flags, f'--name={name}',
          f'--out={d}', f'--storage={storage}', f'--workers={args.prepare_workers}']
@@ -219,6 +231,11 @@ def prepared_dataset(args, source: str, storage: str):
   c = ucf_config(d, args.ucf_batch_size)
   c.data.dataset = name
   c.data.label_key = 'label' if source == 'ucf64' else ''
+  if latents:
+    c.data.update(latent_key='latents', random_flip=False)
+    c.latent.autoencoder = os.path.abspath(args.autoencoder)
+    storage = f'{storage} + float16 latents {meta["latents"]["shape"]}'
+    facts['storage'] = storage
   return c, f'{note}, prepared ({storage})', facts
 
 
@@ -361,6 +378,8 @@ def main(argv=None):
                       help='prepare.py --workers for the ucf64_* prepared datasets')
   parser.add_argument('--prepare_folder', action='store_true',
                       help='also time prepare.py on the example folder of real videos')
+  parser.add_argument('--autoencoder', default='',
+                      help='*_latents datasets: workdir of a 64x64x3 autoencoder run')
   parser.add_argument('--build_synthetic', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.build_synthetic:
@@ -383,7 +402,7 @@ def main(argv=None):
       batches = args.ucf_batches
     else:
       raise SystemExit(f'--datasets: {name!r} is not default, ucf64, ucf64_STORAGE or '
-                       'folder_STORAGE (STORAGE: png, raw, zlib)')
+                       'folder_STORAGE (STORAGE: png, raw, zlib, latents)')
     facts = storage_facts(config)
     if '_' in name:
       facts.update(prepared)
