@@ -198,17 +198,22 @@ class Embedder:
       self._fn = resolve(self.name)
     texts = [as_str(t) for t in texts]
     out = np.zeros((len(texts), self.max_length, self.width), np.float32)
-    rows = [i for i, t in enumerate(texts) if t]  # '' stays the all-zero null text.
-    if not rows:
+    # Each distinct caption once: a training row repeats its caption on every
+    # frame. '' stays the all-zero null text.
+    distinct = sorted({t for t in texts if t})
+    if not distinct:
       return out
-    emb, mask = self._fn([texts[i] for i in rows], self.max_length)
+    n = len(distinct)
+    emb, mask = self._fn(distinct, self.max_length)
     emb, mask = np.asarray(emb, np.float32), np.asarray(mask, bool)
-    if (emb.ndim != 3 or emb.shape[0] != len(rows) or emb.shape[1] > self.max_length
+    if (emb.ndim != 3 or emb.shape[0] != n or emb.shape[1] > self.max_length
         or emb.shape[2] != self.width or mask.shape != emb.shape[:2]):
       raise ValueError(
           f'config.model.text_embedder={self.name!r} returned embeddings {emb.shape} and mask '
-          f'{mask.shape} for {len(rows)} texts; expected [{len(rows)}, <= {self.max_length}, '
-          f'{self.width}] and [{len(rows)}, <= {self.max_length}] (L = config.model.'
+          f'{mask.shape} for {n} texts; expected [{n}, <= {self.max_length}, '
+          f'{self.width}] and [{n}, <= {self.max_length}] (L = config.model.'
           'text_max_length, D = config.model.text_embed_dim).')
-    out[rows, :emb.shape[1]] = emb * mask[..., None]
+    row = {t: i for i, t in enumerate(distinct)}
+    rows = [i for i, t in enumerate(texts) if t]
+    out[rows, :emb.shape[1]] = (emb * mask[..., None])[[row[texts[i]] for i in rows]]
     return out
