@@ -215,9 +215,11 @@ def make_train_iterator(config, *, start_step: int = 0,
       label: int32 [B_local, T + K], the label of every frame (the video's
         for clip frames, each image's own for appended images), only when
         config.data.label_key is set.
-      text: int32 [B_local, T + K, L], the byte tokens
-        (vdm.models.tokenizer) of every frame's caption, the same way, only
-        when config.data.caption_key is set.
+      text: int32 [B_local, T + K, L], the tokens (vdm.models.tokenizer)
+        of every frame's caption, the same way, only when
+        config.data.caption_key is set; with model.text_encoder =
+        'precomputed', the caption's embeddings float32 [B_local, T + K, L, D]
+        instead (stored ones with config.data.text_embedding_key).
     B_local = batch_size // process_count; process p gets rows
     [p * B_local, (p + 1) * B_local) of the global batch of each step, which
     (for array_record data) is a pure function of (config.data.seed, step).
@@ -277,8 +279,9 @@ def make_eval_iterator(config, split: Optional[str] = None, *,
     A finite iterator of dicts:
       video: uint8 [B_local, T, H, W, C].
       label: int32 [B_local], only when config.data.label_key is set.
-      text: int32 [B_local, L], caption tokens, only when
-        config.data.caption_key is set and the model has a tokenizer.
+      text: int32 [B_local, L], caption tokens (or embeddings float32
+        [B_local, L, D], as above), only when config.data.caption_key is set
+        and the model has a text encoder.
       caption: object [B_local] of the captions (str), likewise.
       mask: bool [B_local], False on padding rows of the last batch.
       index: int64 [B_local], example index in the split (-1 on padding).
