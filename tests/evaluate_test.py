@@ -25,6 +25,7 @@ from vdm.evaluation import evaluate_lib
 from vdm.evaluation import i3d
 from vdm.evaluation import periodic
 from vdm.evaluation import real
+from vdm.evaluation import records
 from vdm.sampling import long_video
 from vdm.train import train_lib
 
@@ -108,22 +109,23 @@ def test_result_file_names_tell_apart_evaluation_settings():
   def tag(num=None, split='test', batch_size=None, seed=0, **sampling):
     used = saved.copy_and_resolve_references()
     used.sampling.update(sampling)
-    return evaluate_lib._settings_tag(
+    return records.settings_tag(
         saved, used, num=num or saved.eval.num_samples, split=split,
         batch_size=batch_size or saved.eval.batch_size, seed=seed)
 
   # The run's own settings keep the plain name PeriodicEvaluation writes.
   assert tag() == ''
-  assert evaluate_lib.result_name(600, 'unconditional', tag=tag()) == '600.json'
+  assert records.result_name(600, 'unconditional', tag=tag()) == '600.json'
   assert tag(guidance_weight=0.5, num=64) == '_w0.5_n64'
   assert tag(sampler='ancestral', num_steps=64, seed=1) == '_ancestral-64_seed1'
   assert tag(sampler='dpm++2m', num_steps=16) == '_dpm++2m-16'  # Steps apart from the '2m'.
   assert tag(split='train', batch_size=3, w_r=1.0) == '_wr1_train_bs3'
+  assert tag(vidrd_order='forward', vidrd_beta=0.2) == '_beta0.2_forward'
   # Every departure gets its own name.
   variants = [tag(), tag(num_steps=8), tag(time_grid='uniform_logsnr'),
-              tag(guidance_weight=1.0), tag(num=7), tag(seed=2)]
+              tag(guidance_weight=1.0), tag(num=7), tag(seed=2), tag(vidrd_overlap=2)]
   assert len(set(variants)) == len(variants)
-  assert evaluate_lib.result_name(2, 'predict', 2, tag='_w0') == '2_predict2_w0.json'
+  assert records.result_name(2, 'predict', 2, tag='_w0') == '2_predict2_w0.json'
 
 
 # The one-device figure of the fixture's run, kept by the end-to-end test for

@@ -2,7 +2,7 @@
 
 `evaluate` is what evaluate.py runs; `model_eval` is shared with the training
 hook (`vdm.evaluation.periodic`). The real side lives in `real`, the generated
-side in `generated`, the other scores in `scores`. The whole protocol is fixed
+side in `generated`, the other scores in `scores`, what is written in `records`. The whole protocol is fixed
 in code and printed with every figure:
 
 * Real videos: N clips of a TFDS split, made exactly like training clips
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Mapping, Optional
@@ -60,7 +59,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from vdm import atomic
 from vdm import config_lib
 from vdm import progress as progress_lib
 from vdm import run_lib
@@ -71,6 +69,7 @@ from vdm.evaluation import fidelity
 from vdm.evaluation import generated
 from vdm.evaluation import i3d
 from vdm.evaluation import real as real_lib
+from vdm.evaluation import records
 from vdm.evaluation import scores as scores_lib
 from vdm.evaluation import seams
 from vdm.evaluation import text_alignment
@@ -130,85 +129,6 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
   if mode == 'predict' and not 0 < context_frames < t:
     raise ValueError(f'context_frames={context_frames} must be in (0, '
                      f'config.data.num_frames={t}) for mode=predict.')
-
-
-def protocol_fields(config, split: str, num: int, num_real: Optional[int] = None
-                    ) -> dict[str, Any]:
-  """The protocol printed with every figure (flat, for grep and JSON).
-
-  Args:
-    config: the run's config.
-    split: real split.
-    num: generated (or first real set) videos.
-    num_real: real videos (num when None).
-
-  Returns:
-    dict of JSON-able protocol fields.
-  """
-  d = config.data
-  return {
-      'num_samples': int(num),
-      'num_real': int(num if num_real is None else num_real),
-      'dataset': str(d.dataset),
-      'split': split,
-      'frames': int(d.num_frames),
-      'frameskip': int(d.get('frameskip', 1)),
-      'resolution': int(d.image_size),
-      'channels': int(d.channels),
-      'replacement': 'without',
-      'sample_format': 'uint8 frames as sampled (video_io.to_uint8), no video compression',
-      'real_selection': f'{real_lib.REAL_SELECTION}: examples floor(i * S / N) of the split',
-      'protocol_version': i3d.FVD_PROTOCOL['version'],
-      'protocol': i3d.format_protocol(),
-  }
-
-
-# (result key, label, format) of the figures summary_line shows, where present.
-_SUMMARY_FIGURES = (
-    ('fvd', 'FVD', '.1f'), ('kvd', 'KVD', '.4g'),
-    ('digit_accuracy', 'digit accuracy', '.3f'),
-    ('digit_consistency', 'digit consistency', '.3f'),
-    ('digit_accuracy_seen', 'text digit/direction accuracy: seen', '.3f'),
-    ('direction_accuracy_seen', '/', '.3f'),
-    ('digit_accuracy_held_out', 'held out', '.3f'),
-    ('direction_accuracy_held_out', '/', '.3f'),
-    ('first_frame_psnr', 'first-frame PSNR', '.2f'),
-    ('first_frame_ssim', 'first-frame SSIM', '.3f'),
-    ('later_frames_psnr', 'later-frames PSNR', '.2f'),
-    ('seam_track_ratio', 'seam track ratio', '.2f'),
-    ('real_seam_track_ratio', 'real', '.2f'),
-    ('seam_pixel_ratio', 'seam pixel ratio', '.2f'),
-    ('real_seam_pixel_ratio', 'real', '.2f'),
-    ('seam_class_consistency', 'seam class consistency', '.3f'),
-)
-
-
-def summary_line(result: dict) -> str:
-  """The result for a person: its figures, then what they were measured on.
-
-  E.g. 'FVD 412.3  KVD 0.1021  digit accuracy 0.812  (step 500, unconditional,
-  64 samples vs 64 real clips of test, 10 frames)'.
-  """
-  figures = '  '.join(f'{label} {result[key]:{fmt}}' for key, label, fmt in _SUMMARY_FIGURES
-                      if isinstance(result.get(key), (int, float)))
-  what = [f'step {result["step"]}'] if 'step' in result else []
-  what += [str(result.get('mode', '')),
-           f'{result.get("num_samples")} samples vs {result.get("num_real")} real clips of '
-           f'{result.get("split")}', f'{result.get("frames")} frames']
-  return f'{figures}  ({", ".join(w for w in what if w)})'
-
-
-def emit(result: dict, path: Optional[str]) -> None:
-  """Writes the result to `path` and prints it twice: as one JSON line on
-  stdout (for scripts) and as a short line of figures on stderr (for a person).
-  """
-  if jax.process_index() != 0:
-    return
-  if path:
-    result['output'] = path
-    atomic.write_json(path, result)
-  print(json.dumps(result, sort_keys=True), flush=True)
-  progress_lib.log(summary_line(result) + (f'; written to {path}' if path else ''))
 
 
 def model_eval(run, *, num: int, split: str, mode: str, context_frames: Optional[int],
@@ -281,7 +201,7 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: Optional
       'step': int(run.step),
       'mode': mode,
       'method': str(config.get('method', 'vdm')),
-      **protocol_fields(config, split, num),
+      **records.protocol_fields(config, split, num),
       'sampler': long_video.driver_sampler(sc) if mode == 'long' else str(sc.sampler),
       'sampling_steps': int(sc.num_steps),
       'time_grid': str(sc.time_grid),
@@ -358,7 +278,7 @@ def real_vs_real(config, *, num: int, split: str, batch_size: int,
                            cache_dir=cache_dir)
   a, b = feats[0::2], feats[1::2]
   result = {**scores_lib.distances(a, b), 'mode': 'real_vs_real',
-            **protocol_fields(config, split, len(b), len(a)),
+            **records.protocol_fields(config, split, len(b), len(a)),
             'real_vs_real': f'{len(a)} vs {len(b)} disjoint real clips '
                             '(alternate clips of the selection)',
             'batch_size': int(batch_size)}
@@ -495,7 +415,7 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
   # Fail before touching checkpoints or data.
   check_config(run_config, mode, context_frames, num_frames, conditioning)
   num = int(r.num_samples or run_config.eval.num_samples)
-  split = r.split or eval_split(run_config)
+  split = r.split or records.eval_split(run_config)
   bs = int(r.batch_size or run_config.eval.batch_size)
   progress_lib.log(f'FVD protocol {i3d.format_protocol()}')
   if r.real_vs_real:
@@ -503,7 +423,7 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
                           cache_dir=r.cache_dir)
     path = (os.path.join(workdir, 'eval', f'real_vs_real_{split}_{num}.json')
             if workdir else None)
-    emit(result, path)
+    records.emit(result, path)
     return result
   if not workdir or config is not None:
     # The model must be rebuilt exactly as trained, so its own saved config is
@@ -518,78 +438,14 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
        f'sampler={run.config.sampling.sampler} x {run.config.sampling.num_steps} steps, '
        f'on {mesh.size} device(s) of {jax.process_count()} process(es).')
   # Named before the long sampling run, so a naming error cannot discard it.
-  name = result_name(step, mode, context_frames, num_frames, run.config.sampling.long_method,
-                      _settings_tag(saved_config, run.config, num=num, split=split,
-                                    batch_size=bs, seed=seed), conditioning=conditioning)
+  name = records.result_name(
+      step, mode, context_frames, num_frames, run.config.sampling.long_method,
+      records.settings_tag(saved_config, run.config, num=num, split=split, batch_size=bs,
+                           seed=seed), conditioning=conditioning)
   result = model_eval(run, num=num, split=split, mode=mode,
                        context_frames=context_frames, batch_size=bs, seed=seed,
                        cache_dir=r.cache_dir, num_frames=num_frames, conditioning=conditioning,
                        mesh=mesh)
   result['workdir'] = workdir
-  emit(result, os.path.join(workdir, 'eval', name))
+  records.emit(result, os.path.join(workdir, 'eval', name))
   return result
-
-
-def eval_split(config: ml_collections.ConfigDict) -> str:
-  """The split a run is evaluated on: config.data.eval_split, 'test' where it has none."""
-  return str(config.data.get('eval_split', 'test'))
-
-
-def _settings_tag(saved: ml_collections.ConfigDict, used: ml_collections.ConfigDict, *,
-                  num: int, split: str, batch_size: int, seed: int) -> str:
-  """File-name suffix naming where an evaluation departs from the run's own settings.
-
-  Args:
-    saved: the run's saved config.
-    used: the config the samples were drawn with (saved plus overrides).
-    num, split, batch_size, seed: the evaluation's N, real split, batch and seed.
-
-  Returns:
-    '' for the run's own settings (its config.sampling, config.eval.num_samples
-    and batch_size, its eval split, seed 0: what periodic.PeriodicEvaluation writes);
-    otherwise one '_<part>' per departure, e.g. '_ddim-64_w0_n64_seed1', so
-    evaluations with different settings get different names. The names are
-    relative to the run's config.json as it is now (the result's JSON
-    records the settings themselves).
-  """
-  s, base = used.sampling, saved.sampling
-  parts = []
-  if (s.sampler, int(s.num_steps)) != (base.sampler, int(base.num_steps)):
-    parts.append(f'{s.sampler}-{int(s.num_steps)}')
-  if s.time_grid != base.time_grid:
-    parts.append(str(s.time_grid))
-  if float(s.guidance_weight) != float(base.guidance_weight):
-    parts.append(f'w{float(s.guidance_weight):g}')
-  if float(s.w_r) != float(base.w_r):
-    parts.append(f'wr{float(s.w_r):g}')
-  if num != int(saved.eval.num_samples):
-    parts.append(f'n{num}')
-  if split != eval_split(saved):
-    parts.append(split)
-  if batch_size != int(saved.eval.batch_size):
-    parts.append(f'bs{batch_size}')
-  if seed:
-    parts.append(f'seed{seed}')
-  return ''.join('_' + part for part in parts)
-
-
-def result_name(step: int, mode: str, context_frames: Optional[int] = 1,
-                num_frames: Optional[int] = None, long_method: str = '',
-                tag: str = '', conditioning: str = 'reconstruction') -> str:
-  """workdir/eval/ file name of a result; tag is _settings_tag's suffix.
-
-  Replacement conditioning names itself ('_replacement' in 'predict', in
-  place of the driver's name in 'long'); a long video's context_frames is
-  named when given (None: the default, half a clip).
-  """
-  replaced = conditioning == 'replacement'
-  if mode == 'long':
-    known = long_method == 'reconstruction'
-    stem = f'{step}_long{num_frames}_{"replacement" if known and replaced else long_method}'
-    if known and context_frames is not None:
-      stem += f'_k{context_frames}'
-  else:
-    stem = {'unconditional': f'{step}', 'i2v': f'{step}_i2v',
-            'predict': f'{step}_predict{context_frames}' + ('_replacement' if replaced else '')
-            }[mode]
-  return f'{stem}{tag}.json'

@@ -12,6 +12,7 @@ from flax import nnx
 from vdm import methods
 from vdm import run_lib
 from vdm.evaluation import evaluate_lib
+from vdm.evaluation import records
 from vdm.train import summaries
 
 
@@ -55,7 +56,7 @@ class PeriodicEvaluation:
       self._static = (method, nnx.graphdef(nnx.eval_shape(lambda: method.build(nnx.Rngs(0)))))
     method, graphdef = self._static
     run = run_lib.Run(self.config, method, graphdef, state.ema_params, step)
-    split = evaluate_lib.eval_split(self.config)
+    split = records.eval_split(self.config)
     # The training mesh, where the EMA weights already lie (and the one the
     # trainer's latent space, cached per mesh, was restored on).
     mesh = jax.tree.leaves(state.ema_params)[0].sharding.mesh
@@ -64,8 +65,8 @@ class PeriodicEvaluation:
                          batch_size=int(self.config.eval.batch_size), seed=0, cache_dir=None,
                          mesh=mesh)
     result['workdir'] = self.workdir
-    evaluate_lib.emit(result, os.path.join(self.workdir, 'eval',
-                                           evaluate_lib.result_name(step, self.mode, 1)))
+    records.emit(result, os.path.join(self.workdir, 'eval',
+                                           records.result_name(step, self.mode, 1)))
     if jax.process_index() == 0:
       if self._writer is None:
         self._writer = summaries.create_writer(self.workdir)
