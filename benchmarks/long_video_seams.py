@@ -35,7 +35,8 @@ DRIVERS = (
     'vidrd_forward=--long_method=vidrd --vidrd_order=forward',
 )
 FIGURES = ('fvd', 'digit_accuracy', 'digit_consistency', 'seam_track_ratio',
-           'seam_pixel_ratio', 'seam_class_consistency', 'seconds')
+           'seam_pixel_ratio', 'seam_class_consistency', 'seam_jumps_seam', 'seam_jumps_inside',
+           'seam_videos_without_jump', 'seconds')
 
 
 def evaluate(args, flags: list[str]) -> dict:
@@ -95,8 +96,7 @@ def main():
           + f' ({time.perf_counter() - start:.0f} s)', flush=True)
   first = next(iter(record['results'].values()))
   record['real'] = {'digit_consistency': first.get('digit_consistency_ceiling'),
-                    **{k: first.get(f'real_{k}') for k in ('seam_track_ratio', 'seam_pixel_ratio',
-                                                          'seam_class_consistency')}}
+                    **{k: first.get(f'real_{k}') for k in FIGURES[3:-1]}}
   rows = [('driver', *FIGURES)]
   for name, r in record['results'].items():
     rows.append((name, *[f'{r[k]:.3g}' if isinstance(r.get(k), float) else str(r.get(k, '-'))

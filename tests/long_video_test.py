@@ -295,5 +295,17 @@ def test_seam_scores_see_a_restart_and_not_continuous_real_motion():
   assert 0.5 < a['seam_track_ratio'] < 1.5 and 0.5 < a['seam_pixel_ratio'] < 1.5
   assert b['seam_track_ratio'] > 3 and b['seam_pixel_ratio'] > 2
   assert a['seam_class_consistency'] == 1.0 and b['seam_class_consistency'] == 0.0
+  # Real motion never jumps; the restart jumps at the seam in most videos (a
+  # neighbour's digit may by chance lie close by).
+  assert a['seam_jumps_seam'] == a['seam_jumps_inside'] == 0.0
+  assert a['seam_videos_without_jump'] == 1.0
+  assert b['seam_jumps_seam'] > 0.5 and b['seam_jumps_inside'] == 0.0
+  assert b['seam_videos_without_jump'] == 1.0 - b['seam_jumps_seam']
+  # A restart two frames after the seam: the seam is smooth, the video is not.
+  late = seams.SeamStats([10], 20, track=True)
+  late.add(np.concatenate([real[:, :12], np.roll(real, 1, axis=0)[:, 12:]], axis=1))
+  c = late.scores()
+  assert c['seam_jumps_seam'] == 0.0 and c['seam_jumps_inside'] > 0
+  assert c['seam_videos_without_jump'] < 0.5
   with pytest.raises(ValueError, match='must lie in'):
     seams.SeamStats([20], 20, track=False)

@@ -68,6 +68,8 @@ _SUMMARY_FIGURES = (
     ('seam_pixel_ratio', 'seam pixel ratio', '.2f'),
     ('real_seam_pixel_ratio', 'real', '.2f'),
     ('seam_class_consistency', 'seam class consistency', '.3f'),
+    ('seam_videos_without_jump', 'videos without a jump', '.3f'),
+    ('real_seam_videos_without_jump', 'real', '.3f'),
 )
 
 

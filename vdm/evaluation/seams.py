@@ -10,7 +10,13 @@ with the change between neighbouring frames inside the clips:
 * track (single moving digits): the distance the digit's brightness
   centroid moves from one frame to the next, in pixels;
 * class (digits, with a classifier's class of every frame): the share of
-  seams where the frame before and the frame after get the same class.
+  seams where the frame before and the frame after get the same class;
+* jumps (single moving digits): steps where the digit's centroid moves more
+  than JUMP_SHARE of the frame side in one frame, which no real clip of the
+  bundled digits does (they move at most 2.5/32 of it). A driver can keep
+  the seam itself smooth and still restart the video a frame or two later;
+  the jump shares at the seams and inside the clips, and the share of videos
+  with no jump at all, say whether it continues throughout.
 
 A ratio (seam change / inside change) near 1 means the seam is invisible;
 independently sampled clips, which restart the motion and the content,
@@ -30,6 +36,10 @@ from vdm.data import moving_digits
 from vdm.evaluation import generated
 from vdm.evaluation import real
 from vdm.sampling import long_video
+
+
+# A centroid step longer than this share of the frame side is a jump (a restart).
+JUMP_SHARE = 0.125
 
 
 def _changes(videos: np.ndarray, track: bool) -> np.ndarray:
@@ -58,6 +68,7 @@ class SeamStats:
     self.track = track
     self._sums = {}  # name -> [seam sum, seam count, inside sum, inside count]
     self._same, self._pairs = 0, 0
+    self._jump_videos, self._videos = 0, 0
 
   def _add(self, name: str, steps: np.ndarray) -> None:
     s = self._sums.setdefault(name, np.zeros(4))
@@ -68,7 +79,12 @@ class SeamStats:
     """Adds videos [n, F, H, W, C] and, optionally, their frames' classes int [n, F]."""
     self._add('pixel', _changes(videos, track=False))
     if self.track:
-      self._add('track', _changes(videos, track=True))
+      steps = _changes(videos, track=True)  # [n, F - 1]
+      self._add('track', steps)
+      jumps = (steps > JUMP_SHARE * videos.shape[2]).astype(np.float64)
+      self._add('jumps', jumps)
+      self._jump_videos += int(jumps.any(axis=1).sum())
+      self._videos += len(jumps)
     if classes is not None:
       self._same += int((classes[:, self.seams - 1] == classes[:, self.seams]).sum())
       self._pairs += classes[:, self.seams].size
@@ -79,8 +95,11 @@ class SeamStats:
     for name, (seam, n_seam, inside, n_inside) in self._sums.items():
       seam, inside = seam / max(n_seam, 1), inside / max(n_inside, 1)
       out.update({f'{prefix}seam_{name}_seam': float(seam),
-                  f'{prefix}seam_{name}_inside': float(inside),
-                  f'{prefix}seam_{name}_ratio': float(seam / max(inside, 1e-12))})
+                  f'{prefix}seam_{name}_inside': float(inside)})
+      if name != 'jumps':  # Jump shares are compared as they are; a ratio of ~0 / 0 says nothing.
+        out[f'{prefix}seam_{name}_ratio'] = float(seam / max(inside, 1e-12))
+    if self._videos:
+      out[f'{prefix}seam_videos_without_jump'] = 1.0 - self._jump_videos / self._videos
     if self._pairs:
       out[f'{prefix}seam_class_consistency'] = self._same / self._pairs
     return out
@@ -90,6 +109,8 @@ PROTOCOL = ('seams: frames where a new clip begins; *_seam: mean change from the
             'a seam to the frame after, *_inside: between neighbouring frames of one clip, '
             '*_ratio: their quotient (1: an invisible seam); pixel: mean absolute pixel change '
             '(uint8 units); track: distance the brightness centroid moves, in pixels; '
+            f'jumps: share of steps where it moves more than {JUMP_SHARE} of the frame side; '
+            'videos_without_jump: share of videos with no such step; '
             'class_consistency: seams where the digit classifier gives the frames on both sides '
             'one class; real_*: real clips of the same length with seams at the same frames')
 
