@@ -136,7 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.pc_delta = 0.1            # Langevin step size of the corrector.
   sampling.clip_x = True             # Clip x_hat to [-1, 1] at every step.
   sampling.guidance_weight = 1.0     # Classifier-free w: eps = (1 + w) eps_c - w eps_u (0: the conditional model alone).
-  sampling.w_r = 2.0                 # Reconstruction guidance weight for conditional modes.
+  sampling.w_r = 5.0                 # Reconstruction guidance weight for conditional modes (5: the best of 1-10 for long videos, BENCHMARKS.md#long-videos-at-their-seams).
   sampling.long_method = 'reconstruction'  # sample.py extend: 'reconstruction', 'vidrd' or 'independent' clips.
   sampling.vidrd_overlap = 4         # VidRD: M frames of each clip tied to the previous clip.
   sampling.vidrd_noise_a = 4.0       # VidRD: PNS weight a (0 = fresh noise past the overlap).
