@@ -8,7 +8,11 @@ for GPU runs prepare it once (`python prepare.py --config=configs/bair_64.py
 --source=tfds:bair_robot_pushing_small --video_key=image_main ...`, docs/data.md).
 Hardware: 8 H100/H200 GPUs or a TPU-v4 slice, bfloat16. The train state
 (148M parameters, EMA, Adam) takes 2.2 GiB a device replicated, 0.3 GiB
-under FSDP over 8 (BENCHMARKS.md#memory-plan). Expected result: the
+under FSDP over 8 (BENCHMARKS.md#memory-plan); its activations, estimated by
+compiling the step for the CPU, are 14 GiB a video (5 a device on 80 GB, 9 on
+141 GB; an estimate that materialises every attention matrix and ignores
+remat, so a GPU needs less: benchmarks/device_check.py measures the largest
+batch). Expected result: the
 paper reports FVD 66.92 for 1-frame-conditioned prediction of 15 frames with
 256 ancestral steps plus 256 Langevin corrections (sample.py --mode=predict
 --sampler=pc --steps=256).

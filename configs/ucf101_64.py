@@ -15,7 +15,12 @@ Hardware: the paper trained on TPU-v4 with batch 128; on 8 H100/H200 GPUs use
 bfloat16. The train state (1.17B parameters, EMA, Adam) takes 17.4 GiB a
 device on the default mesh (('data', -1), ('fsdp', 1)), 2.2 GiB with
 --config.sharding.mesh="(('data', 1), ('fsdp', -1))" on 8 devices
-(BENCHMARKS.md#memory-plan); the step's activations are not measured yet.
+(BENCHMARKS.md#memory-plan). The step's activations, estimated by compiling
+it for the CPU, are 34 GiB a video, which would fit only 2 videos a device on
+80 GB and 3 on 141 GB, not the 16 of batch 128 over 8; that estimate
+materialises every attention matrix and ignores remat, so a GPU needs less:
+run benchmarks/device_check.py (its batch stages) before a long run, and
+lower config.training.batch_size or turn on config.model.remat to fit.
 Expected result:
 the paper reports FVD 295 for the unconditional 16x64x64 model with joint
 training (K = 8 appended images), after roughly 450k steps.
