@@ -113,16 +113,6 @@ def settings_from_config(config, *, clip_frames: Optional[int] = None,
                   min_frames=span, storage=storage, videos_per_shard=videos_per_shard)
 
 
-def text_embeddings_record(embedder) -> Dict[str, Any]:
-  """What identifies stored text embeddings: the frozen encoder, L, D and dtype.
-
-  Args:
-    embedder: a vdm.models.tokenizer.Embedder.
-  """
-  return dict(embedder=embedder.name, max_length=embedder.max_length, dim=embedder.width,
-              dtype='float16')
-
-
 def features(settings: Settings, label_names: Optional[List[str]], captions: bool,
              latents: Optional[Dict[str, Any]] = None,
              text_embeddings: Optional[Dict[str, Any]] = None):
@@ -134,7 +124,7 @@ def features(settings: Settings, label_names: Optional[List[str]], captions: boo
   source has them; latents [L, h, w, c] (float16) of every frame when an
   autoencoder is given (`latents` is its vdm.latent.stored_latents_record);
   text_embeddings [L_text, D] (float16) of the caption when a frozen text
-  encoder is given (`text_embeddings` is its text_embeddings_record).
+  encoder is given (`text_embeddings` is its vdm.models.tokenizer.Embedder.record).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   s = settings
@@ -236,7 +226,7 @@ def write_shard(source, settings: Settings, shard: Shard, state_dir: str,
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   feats = features(settings, source.label_names, bool(source.captions),
                    encoder.record() if encoder else None,
-                   text_embeddings_record(text_embedder) if text_embedder else None)
+                   text_embedder.record() if text_embedder else None)
   path = os.path.join(state_dir, shard.stem + '.array_record')
   writer = array_record_module.ArrayRecordWriter(path + '.tmp', 'group_size:1')
   done = dict(split=shard.split, index=shard.index, videos=0, records=0, bytes=0, skipped=[])
@@ -322,7 +312,7 @@ def _state_request(source, settings: Settings, splits: Dict[str, int],
   return dict(source=source.describe(), settings=dataclasses.asdict(settings), splits=splits,
               label_names=source.label_names, captions=bool(source.captions),
               latents=encoder.record() if encoder else None,
-              text_embeddings=text_embeddings_record(text_embedder) if text_embedder else None)
+              text_embeddings=text_embedder.record() if text_embedder else None)
 
 
 def _finalize(name: str, version_dir: str, state_dir: str, shards: List[Shard],

@@ -267,11 +267,10 @@ def check_prepared(metadata: dict, spec: Spec) -> None:
   """
   if spec.text_embedding_key:
     stored = metadata.get('text_embeddings') or {}
-    tok = spec.tokenizer
-    want = dict(embedder=getattr(tok, 'name', None), max_length=getattr(tok, 'max_length', None),
-                dim=getattr(tok, 'width', None))
-    differ = [f'{k} {stored.get(k)!r} (the config: {v!r})' for k, v in want.items()
-              if stored.get(k) != v]
+    # validate_config makes the config's text input an Embedder here.
+    want = spec.tokenizer.record() if hasattr(spec.tokenizer, 'record') else {}
+    differ = [f'{k} {stored.get(k)!r} (the config: {want.get(k)!r})'
+              for k in ('embedder', 'max_length', 'dim') if stored.get(k) != want.get(k)]
     if differ:
       raise ValueError(
           f'{spec.dataset} stores text embeddings that the config\'s text encoder would not '

@@ -184,6 +184,11 @@ class Embedder:
   def __getstate__(self):
     return {'name': self.name, 'max_length': self.max_length, 'width': self.width}
 
+  def record(self) -> dict:
+    """What identifies its embeddings when prepare.py stores them (as float16)."""
+    return dict(embedder=self.name, max_length=self.max_length, dim=self.width,
+                dtype='float16')
+
   def __setstate__(self, state):
     self.__init__(**state)
 
