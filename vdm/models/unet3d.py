@@ -396,9 +396,9 @@ class UNet3D(nnx.Module):
     per_token = cfg.text_input_shape()
     if text is not None and jnp.shape(text) not in ((b, *per_token), (b, t, *per_token)):
       what = 'tokens' if cfg.text_encoder == 'learned' else 'embeddings'
-      raise ValueError(f'text must be {what} [B, {per_token}] (per video) or [B, T, '
-                       f'{per_token}] (per frame), B = {b}, T = {t}; got shape '
-                       f'{jnp.shape(text)}.')
+      dims = ', '.join(map(str, per_token))
+      raise ValueError(f'text must be {what} [B, {dims}] (per video) or [B, T, {dims}] (per '
+                       f'frame), B = {b}, T = {t}; got shape {jnp.shape(text)}.')
     if cfg.cond_channels:
       want = (b, t, h, w, cfg.cond_channels)
       if cond is None or cond.shape != want:
