@@ -131,6 +131,13 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'unconditional',
                      f'config.data.num_frames={t}) for mode=predict.')
 
 
+def _given_frames(mode: str, long_method: str) -> bool:
+  """Whether the mode samples around given frames, so that context_frames,
+  conditioning and (with guidance) w_r apply: 'predict', and 'long' with the
+  'reconstruction' driver."""
+  return mode == 'predict' or (mode == 'long' and long_method == 'reconstruction')
+
+
 def model_eval(run, *, num: int, split: str, mode: str, context_frames: Optional[int],
                batch_size: int, seed: int, cache_dir: Optional[str],
                num_frames: Optional[int] = None, conditioning: str = 'reconstruction',
@@ -138,13 +145,13 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: Optional
   """FVD/KVD of a run's samples against N real clips; returns the result.
 
   context_frames: 'predict': given frames; 'long': frames each new clip is
-  conditioned on (None: generated.long_context_frames).
+  conditioned on (None: long_video.default_context_frames).
   """
   check_config(run.config, mode, context_frames, num_frames, conditioning)
   config = run.config
   if mode == 'long':
     if context_frames is None:
-      context_frames = generated.long_context_frames(int(config.data.num_frames))
+      context_frames = long_video.default_context_frames(int(config.data.num_frames))
     # The real side: clips of the long videos' length, made like the others.
     config = config.copy_and_resolve_references()
     config.data.num_frames = num_frames
@@ -214,8 +221,7 @@ def model_eval(run, *, num: int, split: str, mode: str, context_frames: Optional
     result['sample_captions'] = 'captions of the real clips'
   if conditional or text is not None:
     result['guidance_weight'] = float(sc.guidance_weight)
-  known_frames = mode == 'predict' or (mode == 'long' and sc.long_method == 'reconstruction')
-  if known_frames:
+  if _given_frames(mode, sc.long_method):
     result.update(context_frames=int(context_frames), conditioning=conditioning)
     if conditioning == 'reconstruction':
       result['reconstruction_guidance_weight'] = float(sc.w_r)
@@ -306,7 +312,7 @@ class EvalRequest:
     split: real split; config.data.eval_split when None.
     context_frames: k given frames in 'predict' mode (default 1); in 'long'
       mode with long_method='reconstruction', the frames each new clip is
-      conditioned on (default half a clip, long_context_frames).
+      conditioned on (default half a clip, long_video.default_context_frames).
     num_frames: 'long' mode: frames per video.
     conditioning: how the known frames enter in 'predict' and in 'long' with
       long_method='reconstruction': 'reconstruction' (guidance, the default)
@@ -356,7 +362,7 @@ class EvalRequest:
         ('seed', self.seed, model, not_real),
         *[(key, value, model, not_real) for key, value in given.items()],
     ])
-    known_frames = mode == 'predict' or (mode == 'long' and long_method == 'reconstruction')
+    known_frames = _given_frames(mode, long_method)
     known_where = 'mode=predict and mode=long with long_method=reconstruction'
     guided = known_frames and self.conditioning != 'replacement'
     options.refuse_unused([
@@ -408,7 +414,7 @@ def evaluate(workdir: Optional[str] = None, request: EvalRequest = EvalRequest()
   run_config = config_lib.apply_overrides(copy.deepcopy(saved_config), {**overrides, **data})
   r.check_options_apply(run_config, overrides)
   mode, num_frames = r.mode or 'unconditional', r.num_frames
-  # 'long' keeps None: long_context_frames of the clip length, named only when given.
+  # 'long' keeps None: default_context_frames of the clip length, named only when given.
   context_frames = 1 if r.context_frames is None and mode != 'long' else r.context_frames
   conditioning = r.conditioning or 'reconstruction'
   seed = r.seed or 0

@@ -22,13 +22,6 @@ from vdm.sampling import conditional
 from vdm.sampling import long_video
 from vdm.sampling import mesh_sampling
 
-
-
-def long_context_frames(clip_frames: int) -> int:
-  """Frames each new clip of a long video is conditioned on in evaluation
-  ('reconstruction' driver): half a clip."""
-  return max(1, clip_frames // 2)
-
 @functools.partial(jax.jit, static_argnames=('num_frames', 'conditioning', 'options'))
 def _predict(fn, rng, context, w_r, sample_ids, *, num_frames, conditioning, options):
   """'First k frames given' sampling, compiled once per shape and options."""
@@ -70,7 +63,8 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
     num_frames: long videos of this many frames, clip by clip with the driver
       config.sampling.long_method names ('long' mode); None: one clip.
     context_frames: 'long' mode with the 'reconstruction' driver: frames each
-      new clip is conditioned on; None: long_context_frames (half a clip).
+      new clip is conditioned on (evaluate_lib resolves its default,
+      long_video.default_context_frames).
     conditioning: how given frames enter ('predict' mode and the
       'reconstruction' driver): 'reconstruction' or 'replacement'.
     first_frames: uint8 [N, H, W, C] images the videos start from ('i2v'
@@ -109,7 +103,7 @@ def generated_features(run, num: int, *, batch_size: int, seed: int,
       videos = sharding.shard_rows(long_video.generate(
           fn, rng, num_frames, sampling_config=c.sampling, clip_frames=t,
           clip_shape=(bs, size, size, channels),
-          context_frames=context_frames or long_context_frames(t), conditioning=conditioning,
+          context_frames=context_frames, conditioning=conditioning,
           sample_ids=chunk.sample_ids, mesh=mesh, **options), mesh)
     elif ctx is None:
       videos = run_lib.sample(fn, rng, (bs, t, size, size, channels), options, chunk.sample_ids)

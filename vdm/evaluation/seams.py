@@ -33,7 +33,6 @@ import numpy as np
 
 from vdm.data import digit_captions
 from vdm.data import moving_digits
-from vdm.evaluation import generated
 from vdm.evaluation import real
 from vdm.sampling import long_video
 
@@ -115,18 +114,17 @@ PROTOCOL = ('seams: frames where a new clip begins; *_seam: mean change from the
             'one class; real_*: real clips of the same length with seams at the same frames')
 
 
-def for_long_videos(config, num_frames: int, context_frames: Optional[int] = None) -> SeamStats:
+def for_long_videos(config, num_frames: int, context_frames: int) -> SeamStats:
   """Empty SeamStats for a run's long videos (evaluate.py --mode=long).
 
   Args:
     config: the run's config (its clip length and config.sampling's driver).
     num_frames: frames of the long videos.
     context_frames: frames each new clip of the 'reconstruction' driver is
-      conditioned on; None: generated.long_context_frames (half a clip).
+      conditioned on.
   """
   t = int(config.data.num_frames)
-  k = context_frames or generated.long_context_frames(t)
-  seams = long_video.clip_starts(config.sampling, num_frames, t, k)
+  seams = long_video.clip_starts(config.sampling, num_frames, t, context_frames)
   track = (moving_digits.single_digit(str(config.data.dataset))
            and int(config.data.channels) == 1)
   return SeamStats(seams, num_frames, track)

@@ -11,9 +11,9 @@ The encoder is a plain Python function named in the config,
 (numpy or anything np.asarray takes; L' <= max_length, shorter rows are
 padded). vdm.models.tokenizer.Embedder wraps it with the run's L and D, so
 training, sampling prompts and evaluation all turn captions into the net's
-text input the same way (vdm.models.tokenizer.from_model_config). prepare.py --text_embedder stores
-each caption's embeddings in the dataset once, so training then runs no
-encoder (config.data.text_embedding_key).
+text input the same way (vdm.models.tokenizer.from_model_config).
+prepare.py --text_embeddings stores each caption's embeddings in the
+dataset once, so training then runs no encoder (config.data.text_embedding_key).
 
 Padding is all zero, and that is how the net finds it again: a token is real
 where its embedding is not the zero vector. The null text of classifier-free

@@ -360,6 +360,13 @@ def vidrd_video(model_fn: samplers.ModelFn, rng: jax.Array, num_frames: int, *,
   return np.concatenate(video, axis=1)[:, :num_frames]
 
 
+def default_context_frames(clip_frames: int) -> int:
+  """Frames each new clip of the 'reconstruction' driver is conditioned on
+  unless told otherwise (sample.py --mode=extend, evaluate.py --mode=long):
+  half a clip."""
+  return max(1, clip_frames // 2)
+
+
 def clip_starts(sampling_config, num_frames: int, clip_frames: int,
                 context_frames: int) -> np.ndarray:
   """The first output frame of every clip after the first: the seams of a long video.

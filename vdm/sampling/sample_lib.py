@@ -347,7 +347,7 @@ def _plan(config, mode: str, num_frames: Optional[int], context_frames: Optional
                        f'in a clip of num_frames={out}; expected 1 <= context_frames < {out}.')
     return inputs.Plan(out_frames=out, clip_frames=out, known=k, cond_size=size, dataset_frames=k)
   if mode == 'extend':
-    k = max(1, clip // 2) if context_frames is None else context_frames
+    k = long_video.default_context_frames(clip) if context_frames is None else context_frames
     if not 0 < k < clip:
       raise ValueError(f'extend: context_frames={k} must be in [1, {clip}): each new clip '
                        f'of the model holds {clip} frames (config.data.num_frames).')
