@@ -10,11 +10,13 @@ with evaluate_lib.evaluate at the same N and seed (the same labels and z_1):
 
   * the teacher as it is sampled by default (its sampler and steps, two
     passes per step under guidance);
-  * every student on its own grid (DDIM, N steps; the guidance-distilled one
-    at the teacher's sampler and steps), one pass per step;
-  * the teacher with DPM-Solver++ 2M, DDIM and ancestral at 2, 4 and 8 steps
-    (4, 8 and 16 passes with guidance): what the same passes buy without
-    distillation;
+  * every student on its own grid, one pass per step, with each sampler of
+    --student_samplers (DDIM, the steps it was trained for, and DDIM with
+    renoising); the guidance-distilled one at the teacher's sampler and steps,
+    and with DDIM at those steps (what the first round distils);
+  * the teacher with DPM-Solver++ 2M, DDIM, DDIM renoised and ancestral at
+    2, 4 and 8 steps (4, 8 and 16 passes with guidance): what the same passes
+    buy without distillation;
 
 and times sampling one eval batch per point (compiled first). Writes
 benchmarks/results/distillation.json, rewritten after every point.
@@ -108,6 +110,8 @@ def main(argv=None):
   parser.add_argument('--num_samples', type=int, default=64)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--baseline_steps', default='2,4,8')
+  parser.add_argument('--student_samplers', default='ddim,ddim_renoise',
+                      help='samplers each progressive student is scored with, on its own grid')
   parser.add_argument('--report_only', action='store_true',
                       help='print the tables of the last JSON and stop')
   args = parser.parse_args(argv)
@@ -125,10 +129,15 @@ def main(argv=None):
   teacher = config_lib.read_config(args.teacher)
   guided = 2 if teacher.sampling.guidance_weight else 1
   score(record, 'teacher', args.teacher, {}, guided, args)
-  for _, workdir in rounds:
-    score(record, os.path.basename(workdir), workdir, {}, 1, args)
+  guidance_stage, *students = [workdir for _, workdir in rounds]
+  score(record, os.path.basename(guidance_stage), guidance_stage, {}, 1, args)
+  score(record, os.path.basename(guidance_stage), guidance_stage,
+        {'sampling.sampler': 'ddim', 'sampling.time_grid': 'uniform_t'}, 1, args)
+  for workdir in students:
+    for sampler in args.student_samplers.split(','):
+      score(record, os.path.basename(workdir), workdir, {'sampling.sampler': sampler}, 1, args)
   for steps in [int(s) for s in args.baseline_steps.split(',') if s]:
-    for sampler in ('dpm++2m', 'ddim', 'ancestral'):
+    for sampler in ('dpm++2m', 'ddim', 'ddim_renoise', 'ancestral'):
       score(record, f'teacher {sampler}', args.teacher,
             {'sampling.sampler': sampler, 'sampling.num_steps': steps,
              'sampling.time_grid': 'auto'}, guided, args)

@@ -129,9 +129,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- sampling ------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.sampler = 'ancestral'     # 'ancestral', 'ddim', 'pc' (predictor-corrector), 'dpm++2m' or 'dpm++3m' (DPM-Solver++ multistep).
+  sampling.sampler = 'ancestral'     # 'ancestral', 'ddim', 'ddim_renoise' (DDIM two points ahead, renoised back: for distilled students), 'pc' (predictor-corrector), 'dpm++2m' or 'dpm++3m' (DPM-Solver++ multistep).
   sampling.num_steps = 32            # Denoising steps (model evaluations; 'pc' adds its corrections).
-  sampling.time_grid = 'auto'        # 'uniform_t', 'uniform_logsnr' or 'auto': uniform_t for ancestral/ddim/pc, uniform_logsnr (lambda in [-8.8, 12.4]) for dpm++.
+  sampling.time_grid = 'auto'        # 'uniform_t', 'uniform_logsnr' or 'auto': uniform_t for ancestral/ddim/ddim_renoise/pc, uniform_logsnr (lambda in [-8.8, 12.4]) for dpm++.
   sampling.gamma = 0.1               # Ancestral variance interpolation (paper: UCF 0.1, BAIR 0).
   sampling.pc_delta = 0.1            # Langevin step size of the corrector.
   sampling.clip_x = True             # Clip x_hat to [-1, 1] at every step.

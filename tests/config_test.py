@@ -49,7 +49,7 @@ def test_distill_config_chains_rounds_from_its_teacher_run(tmp_path):
     config_lib.save_config(config, str(tmp_path / out))
     rounds.append(config)
   assert [(c.distill.num_steps, c.sampling.num_steps, c.sampling.sampler, c.distill.round)
-          for c in rounds] == [(16, 16, 'ddim', 1), (8, 8, 'ddim', 2)]
+          for c in rounds] == [(16, 16, 'ddim_renoise', 1), (8, 8, 'ddim_renoise', 2)]
   assert all(c.distill.teacher_guidance_embed and c.distill.teacher_method == 'distill' and
              c.optimizer.learning_rate == guided.optimizer.learning_rate for c in rounds)
   assert distill.get_config(f'{tmp_path / "r8"},steps=2').distill.num_steps == 2

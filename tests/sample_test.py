@@ -498,7 +498,7 @@ def test_long_videos_on_eight_devices_in_chunks(workdir, tmp_path):
 def test_distilled_students_train_from_the_run_and_sample(workdir, tmp_path):
   """The guidance stage, a short run from the tiny run, then a progressive
   round from it: the frozen teachers are the runs' (EMA) weights, the round's config
-  samples with DDIM on its own steps and its train step traces (its target's
+  samples with renoised DDIM on its own steps and its train step traces (its target's
   arithmetic: tests/distillation_test.py), and the guidance student takes w in
   one pass of run_lib.model_fn, the path of sample.py and evaluate.py."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -515,7 +515,7 @@ def test_distilled_students_train_from_the_run_and_sample(workdir, tmp_path):
     np.testing.assert_array_equal(ours, theirs)
 
   config = distill_config.get_config(str(tmp_path / 'g'))
-  assert (config.distill.num_steps, config.sampling.sampler, config.sampling.num_steps) == (2, 'ddim', 2)
+  assert (config.distill.num_steps, config.sampling.sampler, config.sampling.num_steps) == (2, 'ddim_renoise', 2)
   assert config.distill.teacher_guidance_embed and config.model.guidance_embed
   trainer = train_lib.Trainer(config)
   round_state = trainer.init_state()

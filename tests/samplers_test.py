@@ -98,6 +98,7 @@ def moment_z_scores(x: np.ndarray, data: analytic.GaussianData) -> tuple[float, 
     ('ddim', 0.0, 'eps'),
     ('ddim', 0.0, 'v'),
     ('ddim', 0.0, 'x'),
+    ('ddim_renoise', 0.0, 'v'),
     ('pc', 0.0, 'eps'),
 ])
 def test_sampler_reproduces_gaussian_moments(sampler, gamma, parameterization):
@@ -132,6 +133,63 @@ def test_dpm_solver_reproduces_gaussian_moments_in_20_steps(sampler):
   assert np.abs(z_mean).max() < 5
   assert np.abs(z_cov).max() < 5
   assert abs(z_trace) < 5
+
+
+def linear_sampler_law(data: analytic.GaussianData, num_steps: int, renoise: bool):
+  """The exact law of 'ddim' (renoise False) or 'ddim_renoise' output on Gaussian data.
+
+  The exact denoiser is affine, x_hat = m + K_t (z - alpha_t m) with
+  K_t = alpha_t S (alpha_t^2 S + sigma_t^2 I)^-1, so every step is an affine
+  map of z plus independent Gaussian noise, and the mean and covariance of z
+  follow in closed form from z_1 ~ N(0, I) (float64, the sampler's grid).
+
+  Returns:
+    (mean [D], cov [D, D]) of the final x_hat.
+  """
+  m, s = np.asarray(data.mean, np.float64), np.asarray(data.cov, np.float64)
+  eye = np.eye(len(m))
+  logsnr = np.asarray(samplers.make_time_grid(LOGSNR_FN, num_steps, 'uniform_t')[1], np.float64)
+  alpha = lambda lam: np.sqrt(1 / (1 + np.exp(-lam)))
+  sigma = lambda lam: np.sqrt(1 / (1 + np.exp(lam)))
+  mu, p = np.zeros_like(m), eye
+
+  def denoiser(lam):  # x_hat = gain z + offset
+    a, sg = alpha(lam), sigma(lam)
+    gain = a * s @ np.linalg.inv(a * a * s + sg * sg * eye)
+    return gain, m - a * gain @ m
+
+  for i in range(num_steps - 1):
+    gain, offset = denoiser(logsnr[i])
+    a_t, s_t = alpha(logsnr[i]), sigma(logsnr[i])
+    l_s, l_u = logsnr[i + 1], logsnr[min(i + 2, num_steps)] if renoise else logsnr[i + 1]
+    # DDIM to u: alpha_u x_hat + sigma_u (z - alpha_t x_hat) / sigma_t.
+    w = alpha(l_u) - sigma(l_u) * a_t / s_t
+    step, shift = w * gain + sigma(l_u) / s_t * eye, w * offset
+    ratio = alpha(l_s) / alpha(l_u)
+    var = sigma(l_s) ** 2 - ratio**2 * sigma(l_u) ** 2
+    mu, p = ratio * (step @ mu + shift), ratio**2 * step @ p @ step.T + var * eye
+  gain, offset = denoiser(logsnr[num_steps - 1])
+  return gain @ mu + offset, gain @ p @ gain.T
+
+
+def test_ddim_renoise_has_its_closed_form_law_in_few_steps():
+  # With 4 steps the sampler is far from the data law, which makes its own
+  # law (the affine recursion above) a sharp check of the step: the DDIM step
+  # two grid points ahead, then the forward process back one. DDIM's law at
+  # the same N is many standard errors away, so a sampler that skipped the
+  # renoising, or renoised to the wrong time, fails.
+  n, steps = 6000, 4
+  x = run_sampler(DATA, jax.random.PRNGKey(1), n, parameterization='v',
+                  sampler='ddim_renoise', num_steps=steps, clip_x=False)
+  law = analytic.GaussianData.create(*linear_sampler_law(DATA, steps, renoise=True), DATA.shape)
+  ddim = analytic.GaussianData.create(*linear_sampler_law(DATA, steps, renoise=False), DATA.shape)
+  z_mean, z_cov, z_trace = moment_z_scores(x, law)
+  print(f'\nddim_renoise, 4 steps: max |z| mean {z_mean:.2f}, cov {z_cov:.2f}, '
+        f'trace {z_trace:.2f}; against DDIM\'s law: trace {moment_z_scores(x, ddim)[2]:.1f}, '
+        f'against the data: trace {moment_z_scores(x, DATA)[2]:.1f}')
+  assert z_mean < 5 and z_cov < 5 and abs(z_trace) < 5
+  assert abs(moment_z_scores(x, ddim)[2]) > 10
+  assert abs(moment_z_scores(x, DATA)[2]) > 10
 
 
 @pytest.mark.slow

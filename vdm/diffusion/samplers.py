@@ -1,5 +1,5 @@
-"""Samplers of the reverse process: ancestral, DDIM, predictor-corrector and
-DPM-Solver++ (multistep, second and third order).
+"""Samplers of the reverse process: ancestral, DDIM, DDIM with renoising,
+predictor-corrector and DPM-Solver++ (multistep, second and third order).
 
 A model enters as ``model_fn(z [B, T, H, W, C], logsnr [B]) -> output`` in a
 given parameterization ('eps', 'v' or 'x'); labels, conditioning channels and
@@ -39,8 +39,8 @@ import numpy as np
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
 
-SAMPLERS = ('ancestral', 'ddim', 'pc', 'dpm++2m', 'dpm++3m')
-# 'auto' is each sampler's own grid: 'uniform_t' for the first three (their
+SAMPLERS = ('ancestral', 'ddim', 'ddim_renoise', 'pc', 'dpm++2m', 'dpm++3m')
+# 'auto' is each sampler's own grid: 'uniform_t' for the first four (their
 # behaviour before the grid was a choice), 'uniform_logsnr' for DPM-Solver++.
 TIME_GRIDS = ('auto', 'uniform_t', 'uniform_logsnr')
 # The log-SNR span of the 'uniform_logsnr' grid: EDM's sigma in [0.002, 80]
@@ -373,6 +373,15 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
   Samplers (see docs/vdm.md, "Samplers"), each step t -> s:
     'ancestral': z_s = mu(z_t, x_hat) + sqrt(var_tilde^(1-gamma) var_ts^gamma) e.
     'ddim': z_s = alpha_s x_hat + sigma_s eps_hat (deterministic, eta = 0).
+    'ddim_renoise': the stochastic sampler of few-step distilled students
+      (Meng et al., 2023): the DDIM step to the grid point after s,
+      z_u = alpha_u x_hat + sigma_u eps_hat, then the forward process back
+      to s, z_s = (alpha_s / alpha_u) z_u + sigma_{s|u} e, with
+      sigma_{s|u}^2 = sigma_s^2 - (alpha_s / alpha_u)^2 sigma_u^2. With exact
+      steps each step maps the marginal at t onto the one at s, as the
+      ancestral step does, but the noise enters after a deterministic step
+      twice as long, the step a distilled student was trained for every
+      other grid point of.
     'pc': the ancestral step followed by ``pc_corrections`` Langevin moves
       z <- z - 0.5 delta sigma_s eps_hat(z) + sqrt(delta) sigma_s e'.
     'dpm++2m', 'dpm++3m': DPM-Solver++ (Lu et al., 2022), multistep, in the
@@ -381,7 +390,7 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       z_s = alpha_s x_hat + sigma_s eps_hat + alpha_s (1 - e^-h) (D - x_hat),
       h = (lambda_s - lambda_t) / 2; the first steps use the history there is.
       Deterministic; second and third order in the step size.
-  Model evaluations: N for 'ancestral', 'ddim' and 'dpm++', N + (N - 1) *
+  Model evaluations: N for 'ancestral', 'ddim', 'ddim_renoise' and 'dpm++', N + (N - 1) *
   corrections for 'pc' (no correction after the final denoising step).
 
   Args:
@@ -393,14 +402,15 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
     sampler: one of SAMPLERS.
     num_steps: N >= 1 model evaluations of the predictor (static).
     gamma: ancestral variance interpolation in [0, 1]; 0 is the posterior
-      variance, 1 the forward-step variance. Ignored by 'ddim'.
+      variance, 1 the forward-step variance. Used by 'ancestral' and 'pc' only.
     pc_delta: Langevin step size delta of 'pc' (the paper's 0.1).
     pc_corrections: Langevin moves after each ancestral step (static).
     clip_x: clip x_hat to [-1, 1] (static thresholding; eps_hat follows;
       DPM-Solver++ extrapolates the clipped x_hat). Turn off for data that is
       not in [-1, 1].
     time_grid: one of TIME_GRIDS (see ``make_time_grid``); 'auto' is 'uniform_t'
-      for 'ancestral', 'ddim' and 'pc', 'uniform_logsnr' for DPM-Solver++.
+      for 'ancestral', 'ddim', 'ddim_renoise' and 'pc', 'uniform_logsnr' for
+      DPM-Solver++.
     logsnr_range: (lo, hi), the log-SNR span of the 'uniform_logsnr' grid.
     z_init: optional starting latent at t = 1, [B, ...]; drawn from noise_fn
       when None (VidRD's reused noise enters here).
@@ -537,6 +547,19 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       if order:
         z_s = z_s + multistep_correction(x, history, i, alpha_s)
         history = (x,) + history[:-1]
+    elif sampler == 'ddim_renoise':
+      # At i = N - 2 the point after s is t_N = 0 (z_u = x_hat); the last
+      # transition (i = N - 1) returns x_hat below.
+      beyond = at(jnp.minimum(i + 2, num_steps))
+      l_s = gaussian.expand_to(target.logsnr, z)
+      l_u = gaussian.expand_to(beyond.logsnr, z)
+      alpha_u, sigma_u = schedules.alpha_sigma(l_u)
+      z_u = alpha_u * x + sigma_u * eps
+      # q(z_s | z_u): alpha_s / alpha_u in log space (lambda_u may be +inf at
+      # t = 0), and sigma_{s|u}^2 = (1 - e^(lambda_s - lambda_u)) sigma_s^2.
+      ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(l_s) - jax.nn.log_sigmoid(l_u)))
+      var_su = -jnp.expm1(l_s - l_u) * jax.nn.sigmoid(-l_s)
+      z_s = ratio * z_u + jnp.sqrt(var_su) * noise_fn(rng_noise, z.shape)
     else:
       mean, var_tilde, var_ts = posterior(z, x, step.logsnr, target.logsnr)
       std = jnp.sqrt(var_tilde**(1.0 - gamma) * var_ts**gamma)
