@@ -379,9 +379,9 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       to s, z_s = (alpha_s / alpha_u) z_u + sigma_{s|u} e, with
       sigma_{s|u}^2 = sigma_s^2 - (alpha_s / alpha_u)^2 sigma_u^2. With exact
       steps each step maps the marginal at t onto the one at s, as the
-      ancestral step does, but the noise enters after a deterministic step
-      twice as long, the step a distilled student was trained for every
-      other grid point of.
+      ancestral step does; the move itself is a DDIM step (twice the grid's
+      length), the kind of step a distilled student's x_hat is made for,
+      which the ancestral posterior mean is not.
     'pc': the ancestral step followed by ``pc_corrections`` Langevin moves
       z <- z - 0.5 delta sigma_s eps_hat(z) + sqrt(delta) sigma_s e'.
     'dpm++2m', 'dpm++3m': DPM-Solver++ (Lu et al., 2022), multistep, in the
