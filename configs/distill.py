@@ -69,7 +69,7 @@ def get_config(arg: str = 'runs/default'):
   else:
     d.num_steps = steps or max(_teacher_steps(teacher) // 2, 1)
     # The student learns DDIM steps; it samples best with them renoised
-    # (FVD 128 against 210 at 8 steps: BENCHMARKS.md#distillation).
+    # (BENCHMARKS.md#distillation, docs/distillation.md#sampling-a-student).
     # --sampler=ddim gives the deterministic map the rounds distil.
     config.sampling.sampler = 'ddim_renoise'
     config.sampling.num_steps = d.num_steps
