@@ -122,7 +122,29 @@ def posterior(z_t: jax.Array, x: jax.Array, logsnr_t: jax.Array,
   log_alpha_s = 0.5 * jax.nn.log_sigmoid(ls)
   mean = (jnp.exp(log_r + log_alpha_s - log_alpha_t) * z_t +
           one_minus_r * jnp.exp(log_alpha_s) * x)
-  return mean, one_minus_r * jax.nn.sigmoid(-ls), one_minus_r * jax.nn.sigmoid(-lt)
+  return mean, one_minus_r * jax.nn.sigmoid(-ls), forward_step(x, logsnr_s, logsnr_t)[1]
+
+
+def forward_step(z_s: jax.Array, logsnr_s: jax.Array,
+                 logsnr_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The forward process q(z_t | z_s) for t > s: more noise on a noisy z_s.
+
+  mean = (alpha_t / alpha_s) z_s,  sigma^2_{t|s} = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2
+  = (1 - r) sigma_t^2 with r = exp(lambda_t - lambda_s), formed in log space so
+  that lambda_s = +inf (t = 0, z_s = x) gives q(z_t | x).
+
+  Args:
+    z_s: [B, ...] latent at time s.
+    logsnr_s: lambda_s, [B].
+    logsnr_t: lambda_t <= lambda_s, [B].
+
+  Returns:
+    (mean [B, ...], sigma^2_{t|s} shaped [B, 1, ...] to broadcast against z_s).
+  """
+  ls = gaussian.expand_to(logsnr_s, z_s).astype(jnp.float32)
+  lt = gaussian.expand_to(logsnr_t, z_s).astype(jnp.float32)
+  ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(lt) - jax.nn.log_sigmoid(ls)))
+  return ratio * z_s, -jnp.expm1(lt - ls) * jax.nn.sigmoid(-lt)
 
 
 def make_denoise(model_fn: ModelFn, parameterization: str,
@@ -551,15 +573,10 @@ def sample(model_fn: ModelFn, rng: jax.Array, shape: tuple[int, ...], *,
       # At i = N - 2 the point after s is t_N = 0 (z_u = x_hat); the last
       # transition (i = N - 1) returns x_hat below.
       beyond = at(jnp.minimum(i + 2, num_steps))
-      l_s = gaussian.expand_to(target.logsnr, z)
-      l_u = gaussian.expand_to(beyond.logsnr, z)
-      alpha_u, sigma_u = schedules.alpha_sigma(l_u)
+      alpha_u, sigma_u = schedules.alpha_sigma(gaussian.expand_to(beyond.logsnr, z))
       z_u = alpha_u * x + sigma_u * eps
-      # q(z_s | z_u): alpha_s / alpha_u in log space (lambda_u may be +inf at
-      # t = 0), and sigma_{s|u}^2 = (1 - e^(lambda_s - lambda_u)) sigma_s^2.
-      ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(l_s) - jax.nn.log_sigmoid(l_u)))
-      var_su = -jnp.expm1(l_s - l_u) * jax.nn.sigmoid(-l_s)
-      z_s = ratio * z_u + jnp.sqrt(var_su) * noise_fn(rng_noise, z.shape)
+      mean, var = forward_step(z_u, beyond.logsnr, target.logsnr)
+      z_s = mean + jnp.sqrt(var) * noise_fn(rng_noise, z.shape)
     else:
       mean, var_tilde, var_ts = posterior(z, x, step.logsnr, target.logsnr)
       std = jnp.sqrt(var_tilde**(1.0 - gamma) * var_ts**gamma)
