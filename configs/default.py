@@ -93,6 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.schedule = 'cosine'      # 'cosine' (log-SNR clipped) or 'linear_beta'.
   diffusion.logsnr_min = -20.0       # Cosine schedule: lambda at t = 1.
   diffusion.logsnr_max = 20.0        # Cosine schedule: lambda at t = 0.
+  diffusion.logsnr_shift = 0.0       # Cosine schedule: shift of lambda inside [min, max] (< 0: more of t at low SNR; docs/text.md).
   diffusion.beta_start = 1e-4        # Linear-beta schedule: first beta.
   diffusion.beta_end = 2e-2          # Linear-beta schedule: last beta.
   diffusion.beta_num_steps = 1000    # Linear-beta schedule: number of discrete betas.

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from vdm.diffusion import analytic
 from vdm.diffusion import gaussian
 from vdm.diffusion import schedules
@@ -17,6 +18,25 @@ def test_cosine_endpoints_and_monotone():
   assert (np.diff(lam) < 0).all()
   # The midpoint of the unclipped cosine schedule has lambda = 0.
   np.testing.assert_allclose(schedules.cosine_logsnr(0.5, -20.0, 20.0), 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize('shift', [-3.0, 2.0])
+def test_shifted_cosine_keeps_its_ends_and_moves_its_middle(shift):
+  t = jnp.linspace(0.0, 1.0, 1001)
+  lam = np.asarray(schedules.cosine_logsnr(t, -20.0, 20.0, logsnr_shift=shift))
+  np.testing.assert_allclose(lam[[0, -1]], [20.0, -20.0], atol=1e-2)  # float32 tan at its ends
+  assert (np.diff(lam) < 0).all()
+  # Away from the clipped ends the shift is added to the cosine schedule:
+  # the SNR at every such t is multiplied by e^shift.
+  plain = np.asarray(schedules.cosine_logsnr(t, -20.0, 20.0))
+  middle = (t > 0.05) & (t < 0.95)
+  np.testing.assert_allclose(lam[middle] - plain[middle], shift, atol=0.02)
+  # Shifting down gives more of t to low SNR: the share of t with lambda < 0.
+  assert ((lam < 0).mean() > (plain < 0).mean()) == (shift < 0)
+  # The config key reaches the schedule every method builds.
+  diffusion = default.get_config().diffusion
+  diffusion.logsnr_shift = shift
+  np.testing.assert_allclose(schedules.logsnr_fn_from_config(diffusion)(t), lam, atol=1e-5)
 
 
 def test_linear_beta_matches_discrete_product():

@@ -22,24 +22,30 @@ SCHEDULES = ('cosine', 'linear_beta')
 
 
 def cosine_logsnr(t: jax.Array, logsnr_min: float = -20.0,
-                  logsnr_max: float = 20.0) -> jax.Array:
-  """The cosine schedule of Nichol & Dhariwal, clipped in log-SNR.
+                  logsnr_max: float = 20.0, logsnr_shift: float = 0.0) -> jax.Array:
+  """The cosine schedule of Nichol & Dhariwal, clipped and shifted in log-SNR.
 
-  lambda(t) = -2 log tan(a t + b), with b and a chosen so that
-  lambda(0) = logsnr_max and lambda(1) = logsnr_min.
+  lambda(t) = shift - 2 log tan(a t + b), with b and a chosen so that
+  lambda(0) = logsnr_max and lambda(1) = logsnr_min whatever the shift. A
+  negative shift spends more of t (of training examples and of sampling
+  steps) at low SNR, where the layout of a video is decided (the shifted
+  cosine schedule of Hoogeboom et al., 2023, there for large images, whose
+  many pixels reveal the layout at a lower SNR than small ones).
 
   Args:
     t: times in [0, 1], any shape.
     logsnr_min: log-SNR at t = 1.
     logsnr_max: log-SNR at t = 0.
+    logsnr_shift: added to the unclipped schedule's log-SNR (0: the cosine
+      schedule itself).
 
   Returns:
     lambda_t, same shape as t, float32.
   """
   t = jnp.asarray(t, jnp.float32)
-  b = math.atan(math.exp(-0.5 * logsnr_max))
-  a = math.atan(math.exp(-0.5 * logsnr_min)) - b
-  return -2.0 * jnp.log(jnp.tan(a * t + b))
+  b = math.atan(math.exp(-0.5 * (logsnr_max - logsnr_shift)))
+  a = math.atan(math.exp(-0.5 * (logsnr_min - logsnr_shift))) - b
+  return logsnr_shift - 2.0 * jnp.log(jnp.tan(a * t + b))
 
 
 def linear_beta_logsnr(t: jax.Array, beta_start: float = 1e-4,
@@ -73,7 +79,7 @@ def get_logsnr_fn(name: str, **kwargs) -> LogSNRFn:
 
   Args:
     name: one of SCHEDULES.
-    **kwargs: the schedule's own parameters (logsnr_min/logsnr_max for cosine;
+    **kwargs: the schedule's own parameters (logsnr_min/logsnr_max/logsnr_shift for cosine;
       beta_start/beta_end/num_steps for linear_beta).
 
   Returns:
@@ -90,7 +96,8 @@ def logsnr_fn_from_config(diffusion_config) -> LogSNRFn:
   """Builds the schedule named by a ``config.diffusion`` section."""
   if diffusion_config.schedule == 'cosine':
     return get_logsnr_fn('cosine', logsnr_min=diffusion_config.logsnr_min,
-                         logsnr_max=diffusion_config.logsnr_max)
+                         logsnr_max=diffusion_config.logsnr_max,
+                         logsnr_shift=diffusion_config.get('logsnr_shift', 0.0))
   if diffusion_config.schedule == 'linear_beta':
     return get_logsnr_fn('linear_beta',
                          beta_start=diffusion_config.beta_start,
