@@ -8,7 +8,9 @@ For each guidance weight w, `python evaluate.py --workdir=... --num_samples=N
 --guidance_weight=w` samples every video with the caption of the real test
 clip in its row and scores digit and direction accuracy on seen and on
 held-out compositions (vdm.evaluation.text_alignment) and FVD. Then the
-direction probe (the eight directions of one digit, paired by noise), and one
+direction probe (the eight directions of one digit, paired by noise), the
+denoiser probe (one denoising step of real test clips under captions that
+differ from their own in one word: does the net read that word?), and one
 video per prompt of FRAME_PROMPTS (seen and held-out compositions) is
 sampled with the run's own guidance weight, and every frame is written to
 docs/text_digits_frames.png (one row per prompt, in that order) and the
@@ -98,6 +100,78 @@ def direction_probe(workdir: str, digit: int, num_samples: int) -> dict:
   return probe
 
 
+# Captions that differ from a clip's own in one part, for the denoiser probe.
+CAPTION_VARIANTS = ('own caption', 'opposite direction', 'next digit', 'null text')
+
+
+def _variant(caption: str, kind: str) -> str:
+  from vdm.data import digit_captions  # pylint: disable=g-import-not-at-top
+  motion = digit_captions.parse(caption)
+  if kind == 'opposite direction':
+    motion = motion._replace(direction=(motion.direction + 4) % len(digit_captions.DIRECTIONS))
+  elif kind == 'next digit':
+    motion = motion._replace(digit=(motion.digit + 1) % len(digit_captions.DIGIT_WORDS))
+  elif kind == 'null text':
+    return ''
+  return digit_captions.caption(motion)
+
+
+def denoiser_probe(workdir: str, num_videos: int, logsnrs=(-10.0, -6.0, -3.0, 0.0)) -> dict:
+  """Does the denoiser read each word? One step, no sampling.
+
+  Real test clips x are noised to z at each log-SNR (the same noise for every
+  caption) and denoised with their own caption, with the direction reversed,
+  with the next digit and with the null text. A word the net ignores leaves
+  the error |x_hat - x|^2 unchanged when it is swapped; a word it reads makes
+  the wrong caption's error larger. Also the motion of x_hat's brightness
+  centroid along the clip's own direction, in pixels per frame, beside the
+  clips' own: at low SNR, where z hardly shows the digit, it is the motion
+  the caption alone asks for.
+
+  Returns:
+    {variant: {logsnr: {'mse': float, 'motion_along': float}}}, and the
+    clips' own motion under 'real clips': {'motion_along': float}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from vdm import run_lib  # pylint: disable=g-import-not-at-top
+  from vdm.data import digit_captions, pipeline  # pylint: disable=g-import-not-at-top
+  from vdm.diffusion import conditions, schedules  # pylint: disable=g-import-not-at-top
+  from vdm.models import tokenizer  # pylint: disable=g-import-not-at-top
+  run = run_lib.restore_run(workdir)
+  if run.config.get('method', 'vdm') != 'vdm' or run.config.diffusion.parameterization != 'v':
+    raise ValueError('the denoiser probe reads a pixel-space vdm run with v-prediction.')
+  batches = list(pipeline.make_eval_iterator(run.config, 'test', num_examples=num_videos,
+                                             batch_size=num_videos, process_index=0,
+                                             process_count=1))
+  x = batches[0]['video'].astype(np.float32) / 127.5 - 1.0  # [N, T, H, W, 1]
+  captions = [str(c) for c in batches[0]['caption']]
+  directions = np.stack([digit_captions.unit_vector(digit_captions.parse(c).direction)
+                         for c in captions])  # [N, 2] (dy, dx)
+  tokens = tokenizer.from_config(run.config)
+  denoise = jax.jit(lambda z, logsnr, text: run.method.denoiser(
+      nnx.merge(run.graphdef, run.params))(z, logsnr, conditions.make(None, text)))
+  def motion_along(videos):  # [N, T, H, W, 1] -> mean px/frame along each clip's caption
+    track = digit_captions.centroids(videos)  # [N, T, 2]
+    velocity = (track[:, -1] - track[:, 0]) / (track.shape[1] - 1)  # [N, 2]
+    return float(np.mean((velocity * directions).sum(-1)))
+
+  eps = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+  out = {kind: {} for kind in CAPTION_VARIANTS}
+  out['real clips'] = {'motion_along': motion_along(x)}
+  for logsnr in logsnrs:
+    alpha, sigma = (float(a) for a in schedules.alpha_sigma(jnp.float32(logsnr)))
+    z = alpha * x + sigma * eps
+    for kind in CAPTION_VARIANTS:
+      text = jnp.asarray(tokens([_variant(c, kind) for c in captions]))
+      v = np.asarray(denoise(jnp.asarray(z), jnp.full((len(x),), logsnr), text))
+      x_hat = np.clip(alpha * z - sigma * v, -1.0, 1.0)  # v-prediction: x = alpha z - sigma v
+      out[kind][logsnr] = {'mse': float(np.mean((x_hat - x)**2)),
+                           'motion_along': motion_along(x_hat)}
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
@@ -108,6 +182,8 @@ def main():
                       help='digit of the direction probe (all eight directions, quickly)')
   parser.add_argument('--probe_samples', type=int, default=12,
                       help='videos per direction in the probe (0 skips it)')
+  parser.add_argument('--denoiser_probe_videos', type=int, default=256,
+                      help='test clips of the denoiser probe (0 skips it)')
   parser.add_argument('--png', default=os.path.join(common.ROOT, 'docs', 'text_digits_frames.png'))
   parser.add_argument('--gif', default=os.path.join(common.ROOT, 'docs', 'text_digits_samples.gif'))
   args = parser.parse_args()
@@ -130,6 +206,16 @@ def main():
     rows += [[p['prompt'], f'{p["moves_that_way"]:.0%}',
               '({:+.2f}, {:+.2f})'.format(*p['mean_velocity'])] for p in probe.values()]
     print(common.table(rows), flush=True)
+  if args.denoiser_probe_videos:
+    probe = denoiser_probe(args.workdir, args.denoiser_probe_videos)
+    record['denoiser_probe'] = probe
+    logsnrs = list(probe[CAPTION_VARIANTS[0]])
+    rows = [['caption'] + [f'λ = {l:g}: error, motion' for l in logsnrs]]
+    rows += [[kind] + [f'{probe[kind][l]["mse"]:.4f}, {probe[kind][l]["motion_along"]:+.2f}'
+                       for l in logsnrs] for kind in CAPTION_VARIANTS]
+    print(common.table(rows), flush=True)
+    print(f'real clips move {probe["real clips"]["motion_along"]:.2f} px/frame along their '
+          'captions', flush=True)
   record['frame_prompts'] = frames(args.workdir, args.png, args.gif)
   path = os.path.join(common.ROOT, 'benchmarks', 'results', 'text_alignment.json')
   with open(path, 'w') as f:
