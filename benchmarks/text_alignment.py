@@ -134,24 +134,27 @@ def denoiser_probe(workdir: str, num_videos: int, logsnrs=(-10.0, -6.0, -3.0, 0.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from vdm import run_lib  # pylint: disable=g-import-not-at-top
+  from vdm import run_lib, video_io  # pylint: disable=g-import-not-at-top
   from vdm.data import digit_captions, pipeline  # pylint: disable=g-import-not-at-top
-  from vdm.diffusion import conditions, schedules  # pylint: disable=g-import-not-at-top
+  from vdm.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
   from vdm.models import tokenizer  # pylint: disable=g-import-not-at-top
   run = run_lib.restore_run(workdir)
-  if run.config.get('method', 'vdm') != 'vdm' or run.config.diffusion.parameterization != 'v':
-    raise ValueError('the denoiser probe reads a pixel-space vdm run with v-prediction.')
-  batches = list(pipeline.make_eval_iterator(run.config, 'test', num_examples=num_videos,
-                                             batch_size=num_videos, process_index=0,
-                                             process_count=1))
-  x = batches[0]['video'].astype(np.float32) / 127.5 - 1.0  # [N, T, H, W, 1]
-  captions = [str(c) for c in batches[0]['caption']]
+  if run.config.get('method', 'vdm') != 'vdm' or run.config.latent.autoencoder:
+    raise ValueError('the denoiser probe reads a pixel-space vdm run (its x_hat is frames).')
+  batch = next(iter(pipeline.make_eval_iterator(run.config, 'test', num_examples=num_videos,
+                                                batch_size=num_videos, process_index=0,
+                                                process_count=1)))
+  x = video_io.to_model_range(batch['video'])  # [N, T, H, W, 1]
+  captions = [str(c) for c in batch['caption']]
   directions = np.stack([digit_captions.unit_vector(digit_captions.parse(c).direction)
                          for c in captions])  # [N, 2] (dy, dx)
   tokens = tokenizer.from_config(run.config)
-  denoise = jax.jit(lambda z, logsnr, text: run.method.denoiser(
-      nnx.merge(run.graphdef, run.params))(z, logsnr, conditions.make(None, text)))
+  parameterization = run.config.diffusion.parameterization
+
+  @jax.jit
+  def denoise(model_fn, z, logsnr):  # The conditional net alone: w = 0.
+    return samplers.make_denoise(model_fn, parameterization, logsnr)(z)[0]
+
   def motion_along(videos):  # [N, T, H, W, 1] -> mean px/frame along each clip's caption
     track = digit_captions.centroids(videos)  # [N, T, 2]
     velocity = (track[:, -1] - track[:, 0]) / (track.shape[1] - 1)  # [N, 2]
@@ -161,12 +164,12 @@ def denoiser_probe(workdir: str, num_videos: int, logsnrs=(-10.0, -6.0, -3.0, 0.
   out = {kind: {} for kind in CAPTION_VARIANTS}
   out['real clips'] = {'motion_along': motion_along(x)}
   for logsnr in logsnrs:
-    alpha, sigma = (float(a) for a in schedules.alpha_sigma(jnp.float32(logsnr)))
-    z = alpha * x + sigma * eps
+    logsnr_batch = jnp.full((len(x),), logsnr, jnp.float32)
+    z = gaussian.q_sample(jnp.asarray(x), logsnr_batch, jnp.asarray(eps))
     for kind in CAPTION_VARIANTS:
-      text = jnp.asarray(tokens([_variant(c, kind) for c in captions]))
-      v = np.asarray(denoise(jnp.asarray(z), jnp.full((len(x),), logsnr), text))
-      x_hat = np.clip(alpha * z - sigma * v, -1.0, 1.0)  # v-prediction: x = alpha z - sigma v
+      model_fn = run_lib.model_fn(run.method, run.graphdef, run.params,
+                                  text=tokens([_variant(c, kind) for c in captions]))
+      x_hat = np.clip(np.asarray(denoise(model_fn, z, logsnr_batch)), -1.0, 1.0)
       out[kind][logsnr] = {'mse': float(np.mean((x_hat - x)**2)),
                            'motion_along': motion_along(x_hat)}
   return out
