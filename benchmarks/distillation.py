@@ -16,7 +16,9 @@ with evaluate_lib.evaluate at the same N and seed (the same labels and z_1):
     and with DDIM at those steps (what the first round distils);
   * the teacher with DPM-Solver++ 2M, DDIM, DDIM renoised and ancestral at
     2, 4 and 8 steps (4, 8 and 16 passes with guidance): what the same passes
-    buy without distillation;
+    buy without distillation; and, on the students' grid (the schedule
+    shifted by --baseline_shifts, configs/distill.py's GRID_SHIFT), the
+    teacher as sampled by default and its uniform-t samplers at those steps;
 
 and times sampling one eval batch per point (compiled first). Writes
 benchmarks/results/distillation.json, rewritten after every point.
@@ -110,6 +112,8 @@ def main(argv=None):
   parser.add_argument('--num_samples', type=int, default=64)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--baseline_steps', default='2,4,8')
+  parser.add_argument('--baseline_shifts', default=str(distill_config.GRID_SHIFT),
+                      help='log-SNR shifts of the grid the teacher is also scored on')
   parser.add_argument('--student_samplers', default='ddim,ddim_renoise',
                       help='samplers each progressive student is scored with, on its own grid')
   parser.add_argument('--report_only', action='store_true',
@@ -136,11 +140,21 @@ def main(argv=None):
   for workdir in students:
     for sampler in args.student_samplers.split(','):
       score(record, os.path.basename(workdir), workdir, {'sampling.sampler': sampler}, 1, args)
+  shifts = [float(s) for s in args.baseline_shifts.split(',') if s]
+  for shift in shifts:
+    score(record, f'teacher, shift {shift:g}', args.teacher, {'diffusion.logsnr_shift': shift},
+          guided, args)
   for steps in [int(s) for s in args.baseline_steps.split(',') if s]:
     for sampler in ('dpm++2m', 'ddim', 'ddim_renoise', 'ancestral'):
       score(record, f'teacher {sampler}', args.teacher,
             {'sampling.sampler': sampler, 'sampling.num_steps': steps,
              'sampling.time_grid': 'auto'}, guided, args)
+      # DPM-Solver++'s grid is uniform in log-SNR: a shift does not move it.
+      for shift in shifts if sampler != 'dpm++2m' else ():
+        score(record, f'teacher {sampler}, shift {shift:g}', args.teacher,
+              {'sampling.sampler': sampler, 'sampling.num_steps': steps,
+               'sampling.time_grid': 'uniform_t', 'diffusion.logsnr_shift': shift},
+              guided, args)
   record['load_average_end'] = common.load_average()
   print(report(record))
   print(f'Wrote {common.write_result(record, NAME)}')

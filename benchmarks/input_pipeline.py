@@ -59,7 +59,7 @@ SYNTHETIC_NAME = 'synthetic_ucf101'
 UCF_HEIGHT, UCF_WIDTH = 240, 320
 UCF_CLASSES = 101
 
-# Planning figures of the issue: bair64 measured ~5.94 TFLOP per clip per
+# Planning figures: bair64 measured ~5.94 TFLOP per clip per
 # training step (BENCHMARKS.md#gpu-rows: 5,940 GFLOP at batch 1), and the
 # goal is 40% MFU in bfloat16 on an H100/H200 (989 TFLOP/s dense peak).
 FLOP_PER_CLIP = 5.94e12

@@ -53,6 +53,12 @@ def test_distill_config_chains_rounds_from_its_teacher_run(tmp_path):
   assert all(c.distill.teacher_guidance_embed and c.distill.teacher_method == 'distill' and
              c.optimizer.learning_rate == guided.optimizer.learning_rate for c in rounds)
   assert distill.get_config(f'{tmp_path / "r8"},steps=2').distill.num_steps == 2
+  # The first progressive round sets the students' grid; later rounds keep it.
+  assert guided.diffusion.logsnr_shift == teacher.diffusion.logsnr_shift == 0.0
+  assert [c.diffusion.logsnr_shift for c in rounds] == [distill.GRID_SHIFT] * 2
+  assert distill.get_config(f'{tmp_path / "g"},shift=0.5').diffusion.logsnr_shift == 0.5
+  with pytest.raises(ValueError, match='shift= sets the grid of the first progressive round'):
+    distill.get_config(f'{tmp_path / "r16"},shift=1')
   with pytest.raises(ValueError, match="unknown option 'fast'"):
     distill.get_config(f'{tmp_path / "run"},fast')
   with pytest.raises(FileNotFoundError, match='config.json'):
@@ -101,6 +107,13 @@ def test_bad_values_name_the_key(section, key, value, match):
   config = _default()
   config[section][key] = value
   with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(config)
+
+
+def test_logsnr_shift_needs_the_cosine_schedule():
+  config = _default()
+  config.diffusion.schedule, config.diffusion.logsnr_shift = 'linear_beta', 1.0
+  with pytest.raises(ValueError, match=r'logsnr_shift=1\.0 shifts the cosine schedule only'):
     config_lib.validate_config(config)
 
 

@@ -81,9 +81,9 @@ def test_one_student_step_lands_on_two_teacher_steps(correlated_noise, num_steps
   assert np.abs(np.asarray(x_target) - one_step).max() > 1e-3
 
 
-def grid_time(num_steps):
+def grid_time(num_steps, logsnr_fn=LOGSNR_FN):
   """t of a log-SNR on the 'uniform_t' grid of N steps (the student sees only log-SNR)."""
-  ts, logsnrs = samplers.make_time_grid(LOGSNR_FN, num_steps, 'uniform_t')
+  ts, logsnrs = samplers.make_time_grid(logsnr_fn, num_steps, 'uniform_t')
 
   def t_of(logsnr):
     i = jnp.argmin(jnp.abs(logsnrs[None, :-1] - logsnr[:, None]), axis=1)
@@ -91,29 +91,37 @@ def grid_time(num_steps):
   return t_of
 
 
-def exact_student(data, num_steps, parameterization='v'):
+def exact_student(data, num_steps, parameterization='v', logsnr_fn=LOGSNR_FN):
   """The student that does the exact teacher's two DDIM steps in one: x_hat = x~."""
-  t_of = grid_time(num_steps)
+  t_of = grid_time(num_steps, logsnr_fn)
 
   def model_fn(z, logsnr):
-    x = distillation.target_x(exact_x(data), z, t_of(logsnr), num_steps, LOGSNR_FN)
+    x = distillation.target_x(exact_x(data), z, t_of(logsnr), num_steps, logsnr_fn)
     alpha, sigma = schedules.alpha_sigma(logsnr.reshape(-1, 1, 1, 1, 1))
     eps = (z - alpha * x) / sigma
     return {'x': x, 'eps': eps, 'v': alpha * eps - sigma * x}[parameterization]
   return model_fn
 
 
-@pytest.mark.parametrize('correlated_noise', [False, True])
-def test_student_sampler_equals_teacher_sampler_at_twice_the_steps(correlated_noise):
+@pytest.mark.parametrize('correlated_noise, logsnr_shift', [(False, 0.0), (True, 0.0),
+                                                           (False, 2.0)])
+def test_student_sampler_equals_teacher_sampler_at_twice_the_steps(correlated_noise,
+                                                                    logsnr_shift):
+  """Also on the shifted grid configs/distill.py gives students: the target
+  and the sampler must both use the run's schedule."""
   data = gaussian_data(seed=2, correlated_noise=correlated_noise)
   n = 4
-  common = dict(logsnr_fn=LOGSNR_FN, parameterization='v', sampler='ddim', clip_x=False,
+  config = default.get_config().diffusion
+  config.logsnr_shift = logsnr_shift
+  logsnr_fn = schedules.logsnr_fn_from_config(config)
+  common = dict(logsnr_fn=logsnr_fn, parameterization='v', sampler='ddim', clip_x=False,
                 time_grid='uniform_t', return_trajectory=True)
   z1 = jax.random.normal(jax.random.PRNGKey(3), (6,) + SHAPE)
   teacher_x, teacher_path = samplers.sample(lambda z, l: data.model_output(z, l, 'v'),
                                             jax.random.PRNGKey(0), z1.shape, num_steps=2 * n,
                                             z_init=z1, **common)
-  student_x, student_path = samplers.sample(exact_student(data, n), jax.random.PRNGKey(0),
+  student_x, student_path = samplers.sample(exact_student(data, n, logsnr_fn=logsnr_fn),
+                                            jax.random.PRNGKey(0),
                                             z1.shape, num_steps=n, z_init=z1, **common)
   scale = float(jnp.abs(teacher_x).max())
   np.testing.assert_allclose(student_path, teacher_path[::2], atol=3e-5 * scale)

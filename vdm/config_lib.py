@@ -125,6 +125,9 @@ def validate_config(config):
     raise ValueError(f'config.diffusion.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).')
   if d.schedule == 'cosine' and not d.logsnr_min < d.logsnr_max:
     raise ValueError('config.diffusion.logsnr_min must be below config.diffusion.logsnr_max.')
+  if d.schedule != 'cosine' and d.get('logsnr_shift', 0.0):
+    raise ValueError(f'config.diffusion.logsnr_shift={d.logsnr_shift} shifts the cosine schedule '
+                     f'only; with schedule={d.schedule!r} set it to 0.')
   data = config.data
   if data.num_frames < 1 or data.num_images < 0 or data.frameskip < 1:
     raise ValueError('config.data.num_frames and config.data.frameskip must be >= 1 '
