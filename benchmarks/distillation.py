@@ -5,7 +5,8 @@
 Trains (or resumes: each round is a train.py run in its own workdir) the
 chain of configs/distill.py: the guidance stage <prefix>_g, then progressive
 rounds <prefix>_16, <prefix>_8, ... down to --target_steps, each starting from
-the previous student, recording each round's training minutes. Then scores,
+the previous student (the first on the grid --shift names, by default the
+config's), recording each round's training minutes. Then scores,
 with evaluate_lib.evaluate at the same N and seed (the same labels and z_1):
 
   * the teacher as it is sampled by default (its sampler and steps, two
@@ -13,12 +14,12 @@ with evaluate_lib.evaluate at the same N and seed (the same labels and z_1):
   * every student on its own grid, one pass per step, with each sampler of
     --student_samplers (DDIM, the steps it was trained for, and DDIM with
     renoising); the guidance-distilled one at the teacher's sampler and steps,
-    and with DDIM at those steps (what the first round distils);
+    and with DDIM at those steps on the plain grid;
   * the teacher with DPM-Solver++ 2M, DDIM, DDIM renoised and ancestral at
     2, 4 and 8 steps (4, 8 and 16 passes with guidance): what the same passes
-    buy without distillation; and, on the students' grid (the schedule
-    shifted by --baseline_shifts, configs/distill.py's GRID_SHIFT), the
-    teacher as sampled by default and its uniform-t samplers at those steps;
+    buy without distillation; and, on the schedule shifted by each of
+    --baseline_shifts (by default the students' shift), the teacher as
+    sampled by default and its uniform-t samplers at those steps;
 
 and times sampling one eval batch per point (compiled first). Writes
 benchmarks/results/distillation.json, rewritten after every point.
@@ -29,6 +30,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,13 +45,16 @@ from vdm.train import train_lib  # pylint: disable=g-import-not-at-top,wrong-imp
 NAME = 'distillation'
 
 
-def chain(teacher: str, prefix: str, target_steps: int) -> list[tuple[str, str]]:
-  """(configs/distill.py argument, workdir) of every round, guidance stage first."""
+def chain(teacher: str, prefix: str, target_steps: int,
+          shift: Optional[float] = None) -> list[tuple[str, str]]:
+  """(configs/distill.py argument, workdir) of every round, guidance stage first;
+  ``shift``, if given, the first progressive round's grid (its 'shift=S')."""
   steps = int(config_lib.read_config(teacher).sampling.num_steps) // 2
   rounds = [(f'{teacher},guidance', f'{prefix}_g')]
   previous = f'{prefix}_g'
   while steps >= target_steps:
-    rounds.append((previous, f'{prefix}_{steps}'))
+    first = len(rounds) == 1 and shift is not None
+    rounds.append((f'{previous},shift={shift:g}' if first else previous, f'{prefix}_{steps}'))
     previous, steps = f'{prefix}_{steps}', steps // 2
   return rounds
 
@@ -112,8 +117,12 @@ def main(argv=None):
   parser.add_argument('--num_samples', type=int, default=64)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--baseline_steps', default='2,4,8')
-  parser.add_argument('--baseline_shifts', default=str(distill_config.GRID_SHIFT),
-                      help='log-SNR shifts of the grid the teacher is also scored on')
+  parser.add_argument('--shift', type=float, default=None,
+                      help="the first progressive round's grid (configs/distill.py's "
+                           "'shift=S'); default: the config's GRID_SHIFT")
+  parser.add_argument('--baseline_shifts', default=None,
+                      help='log-SNR shifts of the grid the teacher is also scored on; '
+                           'default: the students\' shift, none for a linear_beta teacher')
   parser.add_argument('--student_samplers', default='ddim,ddim_renoise',
                       help='samplers each progressive student is scored with, on its own grid')
   parser.add_argument('--report_only', action='store_true',
@@ -126,7 +135,7 @@ def main(argv=None):
   record = {'benchmark': NAME, 'teacher': args.teacher, 'num_samples': args.num_samples,
             'seed': args.seed, **common.machine_info(), 'rounds': [], 'points': [],
             'load_average_start': common.load_average()}
-  rounds = chain(args.teacher, args.prefix, args.target_steps)
+  rounds = chain(args.teacher, args.prefix, args.target_steps, args.shift)
   train_rounds(rounds, args.train_steps, record)
   record['floor'] = evaluate_lib.evaluate(args.teacher, evaluate_lib.EvalRequest(
       num_samples=args.num_samples, real_vs_real=True))['fvd']
@@ -140,6 +149,10 @@ def main(argv=None):
   for workdir in students:
     for sampler in args.student_samplers.split(','):
       score(record, os.path.basename(workdir), workdir, {'sampling.sampler': sampler}, 1, args)
+  if args.baseline_shifts is None:  # The first student's grid (none for linear_beta).
+    student_shift = (float(config_lib.read_config(students[0]).diffusion.logsnr_shift)
+                     if students else 0.0)
+    args.baseline_shifts = str(student_shift) if student_shift else ''
   shifts = [float(s) for s in args.baseline_shifts.split(',') if s]
   for shift in shifts:
     score(record, f'teacher, shift {shift:g}', args.teacher, {'diffusion.logsnr_shift': shift},

@@ -26,9 +26,10 @@ teacher's log-SNR ends with shift S = GRID_SHIFT = +2
 times the unshifted one's), so that few steps spend more of themselves where
 the detail is drawn. The network sees only the log-SNR, so the shift moves
 where the steps fall, not what the teacher computes. The first progressive
-round sets it (shift=S overrides it; shift=0 is the plain grid; a
-'linear_beta' teacher keeps 0), later rounds keep their teacher's, and the
-guidance stage keeps the run's schedule. Why +2: BENCHMARKS.md#distillation.
+round sets it, not adds it to a teacher's own shift (shift=S overrides it;
+shift=0 is the plain grid; a 'linear_beta' teacher keeps 0), later rounds
+keep their teacher's, and the guidance stage keeps the run's schedule. Why
++2: BENCHMARKS.md#distillation.
 
 Hardware: 2 CPU cores. Expected result, on the `make train` model (v-prediction, w = 1),
 with the minutes each round took: BENCHMARKS.md#distillation.

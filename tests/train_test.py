@@ -368,7 +368,7 @@ def finished_run(tmp_path, uninterrupted_run):
 @pytest.mark.slow
 def test_rerun_with_changed_model_is_refused_and_num_steps_may_change(finished_run, data_dir,
                                                                       capsys):
-  """The issue's two commands: a changed model.base_channels must not destroy the run."""
+  """Two commands: a changed model.base_channels must not destroy the run."""
   workdir = finished_run
   before = _tree_snapshot(workdir)
   with pytest.raises(run_dir.ConfigMismatchError,
