@@ -159,15 +159,15 @@ def main(argv=None):
           guided, args)
   for steps in [int(s) for s in args.baseline_steps.split(',') if s]:
     for sampler in ('dpm++2m', 'ddim', 'ddim_renoise', 'ancestral'):
-      score(record, f'teacher {sampler}', args.teacher,
-            {'sampling.sampler': sampler, 'sampling.num_steps': steps,
-             'sampling.time_grid': 'auto'}, guided, args)
       # DPM-Solver++'s grid is uniform in log-SNR: a shift does not move it.
-      for shift in shifts if sampler != 'dpm++2m' else ():
-        score(record, f'teacher {sampler}, shift {shift:g}', args.teacher,
-              {'sampling.sampler': sampler, 'sampling.num_steps': steps,
-               'sampling.time_grid': 'uniform_t', 'diffusion.logsnr_shift': shift},
-              guided, args)
+      for shift in (None,) if sampler == 'dpm++2m' else (None, *shifts):
+        overrides = {'sampling.sampler': sampler, 'sampling.num_steps': steps,
+                     'sampling.time_grid': 'auto'}
+        label = f'teacher {sampler}'
+        if shift is not None:
+          overrides['diffusion.logsnr_shift'] = shift
+          label += f', shift {shift:g}'
+        score(record, label, args.teacher, overrides, guided, args)
   record['load_average_end'] = common.load_average()
   print(report(record))
   print(f'Wrote {common.write_result(record, NAME)}')
